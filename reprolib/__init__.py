@@ -1,0 +1,3 @@
+"""reprolib: the shared library behind the backdoor-defense reproduction book."""
+
+__version__ = "0.1.0"
