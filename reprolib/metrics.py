@@ -1,0 +1,50 @@
+"""Clean accuracy (CA), attack success rate (ASR), robust accuracy (RA) and the defense
+effectiveness rating (DER), as BackdoorBench defines them. All are fractions in [0, 1].
+
+ASR and RA are computed on triggered test images whose *true* class is not the target: an image of
+the target class says nothing about the backdoor.
+"""
+from __future__ import annotations
+
+import torch
+
+from .config import ParameterError, check_range
+
+
+def _non_target(labels: torch.Tensor, target: int) -> torch.Tensor:
+    keep = labels != target
+    if not keep.any():
+        raise ParameterError(f"target={target}: every image is of the target class, so ASR and "
+                             "RA are undefined; pass triggered images of other classes")
+    return keep
+
+
+def ca(pred: torch.Tensor, labels: torch.Tensor) -> float:
+    """Clean accuracy: predictions on clean test images against their labels."""
+    if len(labels) == 0:
+        raise ParameterError("labels is empty: accuracy of no images is undefined")
+    return (pred == labels).float().mean().item()
+
+
+def asr(pred: torch.Tensor, labels: torch.Tensor, target: int) -> float:
+    """Attack success rate: the share of triggered non-target images predicted as `target`.
+
+    `pred` are predictions on triggered images, `labels` their true classes."""
+    keep = _non_target(labels, target)
+    return (pred[keep] == target).float().mean().item()
+
+
+def ra(pred: torch.Tensor, labels: torch.Tensor, target: int) -> float:
+    """Robust accuracy: the share of triggered non-target images still given their true class."""
+    keep = _non_target(labels, target)
+    return (pred[keep] == labels[keep]).float().mean().item()
+
+
+def der(ca_before: float, asr_before: float, ca_after: float, asr_after: float) -> float:
+    """Defense effectiveness rating: [max(0, ΔASR) − max(0, ΔCA) + 1] / 2, with Δ = before − after.
+
+    1 means the attack was removed at no cost in accuracy, 0.5 that nothing changed."""
+    for name, value in (("ca_before", ca_before), ("asr_before", asr_before),
+                        ("ca_after", ca_after), ("asr_after", asr_after)):
+        check_range(name, value, low=0, high=1)
+    return (max(0.0, asr_before - asr_after) - max(0.0, ca_before - ca_after) + 1) / 2
