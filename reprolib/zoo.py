@@ -1,0 +1,128 @@
+"""The trained-model cache.
+
+An entry is addressed by a hash of everything that determines the weights (the `spec`: data,
+model, attack, recipe, seed, plus `TRAINING_VERSION`). It is two files: the weights as
+safetensors and a JSON card (spec, metrics, wall time, device, code version, and the SHA-256 of
+the weights). Both are written through a temporary file and an atomic rename, weights first, so
+an interrupted write leaves no partial entry; a card whose checksum does not match its weights
+is treated as missing and the model is retrained. The device is not part of the key: a model
+trained on a GPU serves CPU runs of the same spec, and its card says where it was trained.
+
+Location: `$REPRO_CACHE_DIR`, else `~/.cache/repro/zoo`.
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from .config import cache_home, code_version
+
+# Bump when a change to training code changes what weights a spec produces.
+TRAINING_VERSION = "1"
+
+
+def key(spec: dict) -> str:
+    """A stable hash of `spec` (key order does not matter) and the training version."""
+    canonical = json.dumps({"training_version": TRAINING_VERSION, "spec": spec}, sort_keys=True,
+                           separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:24]
+
+
+def atomic_write(path: Path, payload: bytes) -> None:
+    """Write `payload` to `path` so that `path` is either absent, as before, or complete."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class Zoo:
+    def __init__(self, root: str | Path | None = None):
+        root = root or os.environ.get("REPRO_CACHE_DIR") or cache_home() / "zoo"
+        self.root = Path(root).expanduser()
+
+    def paths(self, k: str) -> tuple[Path, Path]:
+        return self.root / f"{k}.safetensors", self.root / f"{k}.json"
+
+    def _entry(self, spec: dict) -> tuple[dict, bytes] | None:
+        """The card and weights of a complete, intact entry for `spec`, or None."""
+        k = key(spec)
+        weights, card_path = self.paths(k)
+        try:
+            card = json.loads(card_path.read_text())
+            payload = weights.read_bytes()
+        except (OSError, ValueError):
+            return None
+        if card.get("key") != k or hashlib.sha256(payload).hexdigest() != card.get("sha256"):
+            print(f"zoo: entry {k} is corrupted (checksum mismatch); it will be retrained",
+                  file=sys.stderr)
+            return None
+        return card, payload
+
+    def load(self, spec: dict, model: nn.Module) -> dict | None:
+        """Load the weights for `spec` into `model` and return the card, or None if absent."""
+        entry = self._entry(spec)
+        if entry is None:
+            return None
+        card, payload = entry
+        model.load_state_dict(load_safetensors(payload))
+        return card
+
+    def save(self, spec: dict, model: nn.Module, record: dict) -> dict:
+        """Store `model` under `spec` with `record` (metrics, wall time, ...) in its card."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        k = key(spec)
+        state = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
+        payload = save_safetensors(state)
+        card = {"key": k, "spec": spec, **record, "code_version": code_version(),
+                "torch": torch.__version__,
+                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "sha256": hashlib.sha256(payload).hexdigest(), "bytes": len(payload)}
+        weights, card_path = self.paths(k)
+        atomic_write(weights, payload)
+        atomic_write(card_path, (json.dumps(card, indent=1) + "\n").encode())
+        return card
+
+    def fetch(self, spec: dict, build: Callable[[], nn.Module],
+              fit: Callable[[nn.Module], dict]) -> tuple[nn.Module, dict]:
+        """The model for `spec`: loaded from the zoo if it holds an intact entry, else built,
+        trained by `fit` (which returns the metrics for the card) and stored."""
+        model = build()
+        card = self.load(spec, model)
+        if card is not None:
+            return model, {**card, "cached": True}
+        start = time.perf_counter()
+        record = fit(model)
+        seconds = time.perf_counter() - start
+        device = next(model.parameters()).device
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        card = self.save(spec, model, {**record, "wall_time_s": round(seconds, 2), "device": name})
+        return model, {**card, "cached": False}
+
+    def entries(self) -> list[dict]:
+        """Cards of the intact entries, newest first."""
+        cards = []
+        for card_path in self.root.glob("*.json"):
+            try:
+                card = json.loads(card_path.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(card, dict) and self._entry(card.get("spec", {})) is not None:
+                cards.append(card)
+        return sorted(cards, key=lambda c: c.get("created", ""), reverse=True)
