@@ -1,0 +1,149 @@
+"""One trainer for every model in the book, and evaluation.
+
+The data stay on the device (`data.Batches`); on CUDA the model runs in channels_last with bf16
+autocast, on the CPU in plain fp32. Losses and accuracies are summed on the device and read once
+per epoch, so the loop never waits on the GPU mid-epoch.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from . import metrics, models
+from .config import SCHEDULES, ParameterError, Recipe, check_choice, resolve_device
+from .data import Batches, ImageSet
+from .zoo import Zoo
+
+
+def lr_factor(schedule: str, step: int, total: int) -> float:
+    """The learning rate at `step` of `total`, as a fraction of the recipe's peak lr.
+
+    cosine: from 1 down to 0 along a half cosine. onecycle: a triangle, rising linearly over the
+    first quarter of the steps, then falling linearly to 0."""
+    check_choice("schedule", schedule, SCHEDULES)
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * step / total))
+    return min((step + 1) / (0.25 * total), (total - step) / (0.75 * total))
+
+
+@dataclass
+class History:
+    """Per epoch: mean training loss, accuracy (on the augmented batches) and wall time."""
+    loss: list[float] = field(default_factory=list)
+    accuracy: list[float] = field(default_factory=list)
+    epoch_seconds: list[float] = field(default_factory=list)
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def train(model: nn.Module, data: ImageSet, recipe: Recipe, *, seed: int = 0,
+          device: str | torch.device = "auto", compile: bool = False, progress: bool = True,
+          desc: str = "train") -> History:
+    """Train `model` in place on `data` with `recipe`; the batch order and augmentation are
+    drawn from `seed` (the model's initial weights come from `models.build(..., seed=)`)."""
+    device = resolve_device(device)
+    cuda = device.type == "cuda"
+    data = data.to(device)
+    model.to(device)
+    if cuda:
+        model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
+    net = torch.compile(model, mode="reduce-overhead" if cuda else "default") if compile else model
+
+    batches = Batches(data, recipe.batch_size, shuffle=True, augment=recipe.augment, seed=seed)
+    optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                                weight_decay=recipe.weight_decay, nesterov=recipe.nesterov)
+    total = recipe.epochs * len(batches)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(recipe.schedule, min(step, total - 1), total))
+
+    history = History()
+    bar = tqdm(total=total, desc=desc, unit="step", disable=not progress, mininterval=2,
+               dynamic_ncols=True)
+    for epoch in range(recipe.epochs):
+        start = time.perf_counter()
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        for x, y, _ in batches:
+            if cuda:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                logits = net(x)
+                loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            loss_sum += loss.detach().float() * len(y)
+            correct += (logits.argmax(1) == y).sum()
+            bar.update()
+        history.loss.append(loss_sum.item() / len(data))
+        history.accuracy.append(correct.item() / len(data))
+        history.epoch_seconds.append(time.perf_counter() - start)
+        bar.set_postfix(epoch=epoch + 1, loss=f"{history.loss[-1]:.3f}",
+                        acc=f"{history.accuracy[-1]:.3f}")
+    bar.close()
+    return history
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: ImageSet, batch_size: int = 1000) -> torch.Tensor:
+    """Predicted classes of every image in `data`, in order (the model in eval mode)."""
+    device = _model_device(model)
+    cuda = device.type == "cuda"
+    was_training = model.training
+    model.eval()
+    preds = []
+    for x, _, _ in Batches(data.to(device), batch_size):
+        if cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            preds.append(model(x).argmax(1))
+    model.train(was_training)
+    return torch.cat(preds)
+
+
+def evaluate(model: nn.Module, test: ImageSet, backdoor: ImageSet | None = None,
+             target: int | None = None) -> dict[str, float]:
+    """CA on the clean `test` set; with a triggered `backdoor` set (true labels) and the attack's
+    `target`, also ASR and RA."""
+    result = {"ca": metrics.ca(predict(model, test), test.labels.to(_model_device(model)))}
+    if backdoor is not None:
+        if target is None:
+            raise ParameterError("target=None: the attack's target class is required with a backdoor set")
+        pred, labels = predict(model, backdoor), backdoor.labels.to(_model_device(model))
+        result["asr"] = metrics.asr(pred, labels, target)
+        result["ra"] = metrics.ra(pred, labels, target)
+    return result
+
+
+def trained(model_name: str, data: ImageSet, recipe: Recipe, *, seed: int = 0,
+            device: str | torch.device = "auto", about: dict | None = None,
+            score: Callable[[nn.Module], dict] | None = None, zoo: Zoo | None = None,
+            progress: bool = True, desc: str = "train") -> tuple[nn.Module, dict]:
+    """A `model_name` trained on `data` by `recipe` from `seed`, taken from the zoo when it holds
+    one. The zoo key covers the exact images and labels (their digest), the model, recipe and
+    seed, and `about` (what the digest cannot tell: dataset name, attack settings applied per
+    batch, ...). `score(model)` gives the metrics stored in the card. Returns (model, card)."""
+    device = resolve_device(device)
+    spec = {"model": model_name, "data": data.digest(), "classes": len(data.classes),
+            "in_channels": data.images.shape[1], "recipe": asdict(recipe), "seed": seed,
+            "about": about or {}}
+
+    def fit(model):
+        history = train(model, data, recipe, seed=seed, device=device, progress=progress, desc=desc)
+        return {"history": asdict(history), "metrics": score(model) if score else {}}
+
+    model, card = (zoo or Zoo()).fetch(
+        spec, lambda: models.build(model_name, len(data.classes), data.images.shape[1], seed=seed), fit)
+    return model.to(device), card
