@@ -55,3 +55,18 @@ def test_unknown_model_and_bad_arguments():
         models.build("small_cnn", in_channels=4)
     with pytest.raises(ParameterError, match="num_classes=1"):
         models.build("small_cnn", num_classes=1)
+
+
+@pytest.mark.parametrize("stride, in_planes", [(1, 8), (2, 4)])
+def test_preact_block_computes_the_reference_forward(stride, in_planes):
+    torch.manual_seed(0)
+    block = models.PreActBlock(in_planes, 8, stride).eval()
+    for bn in (block.bn1, block.bn2):                     # non-trivial statistics
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+    x = torch.randn(2, in_planes, 8, 8)
+    pre = torch.relu(block.bn1(x))
+    residual = block.conv2(torch.relu(block.bn2(block.conv1(pre))))
+    # BackdoorBench: a projection shortcut reads the pre-activated input, the identity reads x.
+    shortcut = block.shortcut(pre) if stride != 1 else x
+    assert torch.allclose(block(x), residual + shortcut, atol=1e-6)
