@@ -8,7 +8,7 @@ in this one run, and the last of `--epochs` epochs is timed (earlier ones absorb
             Normalize, a torch DataLoader (shuffle, `--workers` workers, pinned memory), and the
             standard fp32 loop: what BackdoorBench's trainer does.
   reprolib: `reprolib.train.train`: data on the device, augmentation there; on CUDA bf16 autocast
-            and channels_last, and CUDA graphs with `--compile`.
+            (channels_last everywhere), and CUDA graphs with `--compile`.
 
     python bench/train_speed.py                         # on a GPU: 50,000 images, 2 epochs each
     python bench/train_speed.py --n 256 --epochs 1      # a quick CPU run
@@ -113,7 +113,8 @@ def main():
     result = {"device": name, "torch": torch.__version__, "images": n, "epochs": epochs,
               "baseline_s": base, "baseline_img_per_s": n / base, "reprolib_s": ours,
               "reprolib_img_per_s": n / ours, "ratio": base / ours, "workers": args.workers,
-              "compile": args.compile, "precision": "bf16 autocast + channels_last" if cuda else "fp32"}
+              "compile": args.compile,
+              "precision": "bf16 autocast + channels_last" if cuda else "fp32 + channels_last"}
     print(f"baseline  torchvision DataLoader ({args.workers} workers), fp32: "
           f"{base:7.2f} s/epoch  {n / base:9.0f} img/s")
     print(f"reprolib  on-device data, {result['precision']}{', compiled' if args.compile else ''}: "
