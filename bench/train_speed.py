@@ -7,8 +7,8 @@ in this one run, and the last of `--epochs` epochs is timed (earlier ones absorb
   baseline: a Dataset doing numpy → PIL → RandomCrop → RandomHorizontalFlip → ToTensor →
             Normalize, a torch DataLoader (shuffle, `--workers` workers, pinned memory), and the
             standard fp32 loop: what BackdoorBench's trainer does.
-  reprolib: `reprolib.train.train`: data on the device, augmentation there; on CUDA bf16 autocast
-            (channels_last everywhere), and CUDA graphs with `--compile`.
+  reprolib: `reprolib.train.train`: data and augmentation on the device, channels_last, bf16
+            autocast on CUDA, and CUDA graphs with `--compile`.
 
     python bench/train_speed.py                         # on a GPU: 50,000 images, 2 epochs each
     python bench/train_speed.py --n 256 --epochs 1      # a quick CPU run
