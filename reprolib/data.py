@@ -14,7 +14,6 @@ from __future__ import annotations
 import codecs
 import gzip
 import hashlib
-import io
 import math
 import os
 import pickle
@@ -29,7 +28,7 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .config import ParameterError, cache_home, check_choice, check_range
 
@@ -74,7 +73,7 @@ class ImageSet:
         return replace(self, images=self.images[indices], labels=self.labels[indices])
 
     def sample(self, n: int | None, seed: int) -> "ImageSet":
-        """`n` images drawn without replacement (in a seeded random order); all if n is None."""
+        """`n` images chosen at random from `seed`, kept in their original order; all if None."""
         if n is None:
             return self
         check_range("n", n, low=1, high=len(self), integer=True)
@@ -134,7 +133,10 @@ def _cifar_split(paths: list[Path], label_key: bytes) -> tuple[torch.Tensor, tor
     return torch.from_numpy(images.astype(np.uint8, copy=False)), torch.from_numpy(labels)
 
 
-def read_cifar10(folder: Path) -> tuple[ImageSet, ImageSet, tuple[str, ...]]:
+# Each reader returns (train images, train labels, test images, test labels, class names).
+
+
+def read_cifar10(folder: Path) -> tuple:
     """The official `cifar-10-batches-py` folder (or a subset of its training batches)."""
     names = tuple(n.decode() for n in _unpickle(folder / "batches.meta")[b"label_names"])
     train_paths = sorted(folder.glob("data_batch_[1-5]"))
@@ -142,7 +144,7 @@ def read_cifar10(folder: Path) -> tuple[ImageSet, ImageSet, tuple[str, ...]]:
             names)
 
 
-def read_cifar100(folder: Path):
+def read_cifar100(folder: Path) -> tuple:
     """The official `cifar-100-python` folder, fine labels."""
     names = tuple(n.decode() for n in _unpickle(folder / "meta")[b"fine_label_names"])
     return (*_cifar_split([folder / "train"], b"fine_labels"),
@@ -163,7 +165,7 @@ def read_idx(path: Path) -> np.ndarray:
     return data.reshape(shape)
 
 
-def read_fashion_mnist(folder: Path):
+def read_fashion_mnist(folder: Path) -> tuple:
     """The four idx `.gz` files, images zero-padded from 28×28 to 32×32."""
     def split(prefix):
         images = torch.from_numpy(read_idx(folder / f"{prefix}-images-idx3-ubyte.gz").copy())
