@@ -118,7 +118,8 @@ def evaluate(model: nn.Module, test: ImageSet, backdoor: ImageSet | None = None,
     result = {"ca": metrics.ca(predict(model, test), test.labels.to(_model_device(model)))}
     if backdoor is not None:
         if target is None:
-            raise ParameterError("target=None: the attack's target class is required with a backdoor set")
+            raise ParameterError("target=None: the attack's target class is required "
+                                 "with a backdoor set")
         pred, labels = predict(model, backdoor), backdoor.labels.to(_model_device(model))
         result["asr"] = metrics.asr(pred, labels, target)
         result["ra"] = metrics.ra(pred, labels, target)

@@ -7,6 +7,7 @@ import tarfile
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -40,6 +41,29 @@ def test_cifar_images_are_channel_major_rows(cifar_mini):
     assert torch.equal(train.images[7].flatten(), torch.from_numpy(raw[b"data"][7]))
     assert train.images[7, 1, 0, 5] == raw[b"data"][7][1024 + 5]
     assert train.labels[7] == raw[b"labels"][7]
+
+
+def test_cifar100_reader_on_files_in_the_official_layout(tmp_path):
+    """Built here as the official files are: pickled dicts with bytes keys, fine and coarse labels."""
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 30), ("test", 10)):
+        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                 b"fine_labels": [i % 100 for i in range(n)], b"coarse_labels": [i % 20 for i in range(n)],
+                 b"filenames": [b"x.png"] * n, b"batch_label": b"training batch 1 of 1"}
+        (folder / split).write_bytes(pickle.dumps(batch, protocol=2))
+        if split == "train":
+            first = batch[b"data"][3]
+    names = [f"class{i}".encode() for i in range(100)]
+    (folder / "meta").write_bytes(pickle.dumps({b"fine_label_names": names,
+                                                b"coarse_label_names": names[:20]}, protocol=2))
+    with pytest.warns(UserWarning, match="holds 30 training images, not the 50000"):
+        train, test = data.load("cifar100", tmp_path)
+    assert train.images.shape == (30, 3, 32, 32) and len(test) == 10
+    assert torch.equal(train.images[3].flatten(), torch.from_numpy(first))
+    assert train.labels.tolist() == list(range(30)) and len(train.classes) == 100
+    assert train.classes[42] == "class42" and train.mean == (0.5071, 0.4865, 0.4409)
 
 
 def test_cifar_reader_refuses_pickles_that_run_code(tmp_path):

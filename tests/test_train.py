@@ -41,9 +41,9 @@ def test_smoke_profile_learns_fashion_mnist_and_a_badnets_backdoor(fashion):
     assert evaluate(model, test_set, backdoor_test, 0)["asr"] < 0.3
 
 
-def train_tiny(data, seed):
+def train_tiny(data, seed, **recipe):
     model = models.build("small_cnn", 10, 1, seed=seed)
-    train(model, data, Recipe(epochs=1, batch_size=32, lr=0.05), seed=seed, progress=False)
+    train(model, data, Recipe(epochs=1, batch_size=32, lr=0.05, **recipe), seed=seed, progress=False)
     return model.state_dict()
 
 
@@ -52,6 +52,14 @@ def test_training_is_deterministic_on_the_cpu(fashion):
     a, b, c = train_tiny(data, 3), train_tiny(data, 3), train_tiny(data, 4)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["conv1.weight"], c["conv1.weight"])
+
+
+@pytest.mark.parametrize("change", [{"label_smoothing": 0.1}, {"nesterov": True},
+                                    {"schedule": "onecycle"}, {"augment": False}])
+def test_every_recipe_knob_reaches_training(fashion, change):
+    data = fashion[0].sample(256, seed=0)
+    base, changed = train_tiny(data, 3), train_tiny(data, 3, **change)
+    assert not torch.equal(base["head.weight"], changed["head.weight"])
 
 
 def test_predict_keeps_order_and_mode(fashion):
