@@ -97,9 +97,9 @@ class ImageSet:
 
 
 def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
-    shape = (1, -1, 1, 1)
-    mean = torch.tensor(mean, device=images.device).view(shape)
-    std = torch.tensor(std, device=images.device).view(shape)
+    """(images / 255 − mean) / std per channel; `mean` and `std` are sequences or tensors."""
+    mean = torch.as_tensor(mean, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
+    std = torch.as_tensor(std, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
     return (images.float() / 255 - mean) / std
 
 
@@ -368,6 +368,9 @@ class Batches:
         self.shuffle, self.augment = shuffle, augment
         self.generator = torch.Generator().manual_seed(check_range("seed", seed, low=0, integer=True))
         self._padded = None
+        # On the device once: a host-to-device copy per batch would make every step wait.
+        self._mean = torch.tensor(data.mean, device=data.device)
+        self._std = torch.tensor(data.std, device=data.device)
 
     def __len__(self) -> int:
         return math.ceil(len(self.data) / self.batch_size)
@@ -385,7 +388,7 @@ class Batches:
             idx = order[part]
             images = (self._crop_flip(idx, shifts[part], flips[part]) if self.augment
                       else self.data.images[idx])
-            yield self.data.normalize(images), self.data.labels[idx], idx
+            yield normalize(images, self._mean, self._std), self.data.labels[idx], idx
 
     def _crop_flip(self, idx, shifts, flips):
         """Gather each image's crop window from the padded set, reading columns backwards
