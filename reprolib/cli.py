@@ -48,12 +48,13 @@ def cmd_train(args) -> None:
     device = config.resolve_device(args.device)
     print(_run_record(args.profile, args.dataset, device))
     train_set, test_set = _datasets(args, p)
-    _, card = trained(model_name, train_set, recipe, seed=args.seed, device=device,
-                      about={"dataset": args.dataset},
-                      score=lambda m: evaluate(m, test_set), zoo=Zoo(args.cache_dir))
+    score = lambda m: evaluate(m, test_set)  # noqa: E731
+    model, card = trained(model_name, train_set, recipe, seed=args.seed, device=device,
+                          about={"dataset": args.dataset}, score=score, zoo=Zoo(args.cache_dir))
     source = "from the zoo" if card["cached"] else "trained now"
     print(f"{model_name} on {args.dataset} ({len(train_set)} images, {recipe.epochs} epochs): "
-          f"test accuracy {_pct(card['metrics']['ca']).strip()} — {source}, training took "
+          f"test accuracy {_pct(score(model)['ca']).strip()} on {len(test_set)} images — "
+          f"{source}, training took "
           f"{card['wall_time_s']:.0f} s on {card['device']} (zoo key {card['key']})")
 
 
@@ -66,19 +67,18 @@ def cmd_demo(args) -> None:
     score = lambda m: evaluate(m, test_set, backdoor, args.target)  # noqa: E731
     poisoned, poison_indices = badnets.poison(train_set, args.ratio, args.target, args.seed)
     attack = {"name": "badnets", "ratio": args.ratio, "target": args.target}
-    rows = []
+    rows = []  # evaluated now, on this run's test sets, whether trained now or loaded
     for label, train_data, about in (
             ("clean", train_set, {"dataset": args.dataset}),
             (f"BadNets {args.ratio:.0%} → class {args.target}", poisoned,
              {"dataset": args.dataset, "attack": attack})):
-        _, card = trained(p.model, train_data, p.recipe, seed=args.seed, device=device,
-                          about=about, score=score, zoo=Zoo(args.cache_dir), desc=label)
-        rows.append((label, card))
+        model, card = trained(p.model, train_data, p.recipe, seed=args.seed, device=device,
+                              about=about, score=score, zoo=Zoo(args.cache_dir), desc=label)
+        rows.append((label, score(model), card))
     print(f"\n{p.model}, {len(train_set)} training images ({len(poison_indices)} poisoned), "
           f"{p.recipe.epochs} epochs; ASR/RA on {len(backdoor)} triggered non-target test images")
     print(f"{'model':<24} {'CA':>8} {'ASR':>8} {'RA':>8} {'train s':>8}  source")
-    for label, card in rows:
-        m = card["metrics"]
+    for label, m, card in rows:
         print(f"{label:<24} {_pct(m['ca']):>8} {_pct(m['asr']):>8} {_pct(m['ra']):>8} "
               f"{card['wall_time_s']:>8.0f}  {'zoo' if card['cached'] else 'trained now'}")
 

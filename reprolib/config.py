@@ -94,9 +94,6 @@ class Profile:
     recipe: Recipe = field(repr=False)
 
 
-# BackdoorBench's attack recipe (batch 128, SGD lr 0.01, momentum 0.9, wd 5e-4, cosine, 100 epochs).
-PAPER_RECIPE = Recipe(epochs=100)
-
 PROFILES = {
     # CI scale. No augmentation: in 64 steps random crops keep a corner trigger from taking hold.
     "smoke": Profile("smoke", model="small_cnn", n_train=2000, n_test=500,
@@ -106,8 +103,9 @@ PROFILES = {
     "quick": Profile("quick", model="small_cnn", n_train=None, n_test=None,
                      recipe=Recipe(epochs=4, batch_size=128, lr=0.05, schedule="onecycle",
                                    nesterov=True)),
+    # BackdoorBench's attack recipe: batch 128, SGD lr 0.01, momentum 0.9, wd 5e-4, cosine.
     "paper": Profile("paper", model="preact_resnet18", n_train=None, n_test=None,
-                     recipe=PAPER_RECIPE),
+                     recipe=Recipe(epochs=100)),
 }
 
 
@@ -121,7 +119,11 @@ DEVICES = ("auto", "cpu", "cuda")
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if isinstance(device, torch.device):
         return device
-    check_choice("device", device.split(":")[0], DEVICES)
+    kind, _, index = device.partition(":")
+    check_choice("device", kind, DEVICES)
+    if index and (kind != "cuda" or not index.isdigit()):
+        raise ParameterError(f"device={device!r} is not allowed; only 'cuda' takes an index, "
+                             "as in 'cuda:1'")
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():

@@ -54,6 +54,8 @@ def test_profiles_are_scale_only_and_name_real_models():
 def test_device_validation():
     with pytest.raises(ParameterError, match="device='tpu'.*'auto', 'cpu', 'cuda'"):
         config.resolve_device("tpu")
+    with pytest.raises(ParameterError, match="device='auto:1'.*only 'cuda' takes an index"):
+        config.resolve_device("auto:1")
     assert config.resolve_device("cpu") == torch.device("cpu")
     if torch.cuda.is_available():
         assert config.resolve_device("auto").type == "cuda"
