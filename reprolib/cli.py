@@ -19,8 +19,7 @@ from .zoo import Zoo
 
 
 def _run_record(profile: str, dataset: str, device: torch.device) -> str:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    return (f"profile {profile} · dataset {dataset} · device {name} · "
+    return (f"profile {profile} · dataset {dataset} · device {config.device_name(device)} · "
             f"code {config.code_version()} · torch {torch.__version__}")
 
 

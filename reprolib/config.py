@@ -132,6 +132,11 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or 'cpu': what run records and model cards report."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
 def seed_everything(seed: int) -> int:
     """Seed Python, NumPy and torch (all devices) and return the seed."""
     seed = check_range("seed", seed, low=0, high=2**32 - 1, integer=True)

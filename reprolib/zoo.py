@@ -26,7 +26,7 @@ import torch.nn as nn
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from .config import cache_home, code_version
+from .config import cache_home, code_version, device_name
 
 # Bump when a change to training code changes what weights a spec produces.
 TRAINING_VERSION = "1"
@@ -102,7 +102,7 @@ class Zoo:
     def fetch(self, spec: dict, build: Callable[[], nn.Module],
               fit: Callable[[nn.Module], dict]) -> tuple[nn.Module, dict]:
         """The model for `spec`: loaded from the zoo if it holds an intact entry, else built,
-        trained by `fit` (which returns the metrics for the card) and stored."""
+        trained by `fit` (which returns what the card should record) and stored."""
         model = build()
         card = self.load(spec, model)
         if card is not None:
@@ -110,9 +110,8 @@ class Zoo:
         start = time.perf_counter()
         record = fit(model)
         seconds = time.perf_counter() - start
-        device = next(model.parameters()).device
-        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-        card = self.save(spec, model, {**record, "wall_time_s": round(seconds, 2), "device": name})
+        device = device_name(next(model.parameters()).device)
+        card = self.save(spec, model, {**record, "wall_time_s": round(seconds, 2), "device": device})
         return model, {**card, "cached": False}
 
     def entries(self) -> list[dict]:
