@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from . import metrics, models
 from .config import SCHEDULES, ParameterError, Recipe, check_choice, resolve_device
+from .attacks.base import PerBatch
 from .data import Batches, ImageSet
 from .zoo import Zoo
 
@@ -48,9 +49,11 @@ def _model_device(model: nn.Module) -> torch.device:
 
 def train(model: nn.Module, data: ImageSet, recipe: Recipe, *, seed: int = 0,
           device: str | torch.device = "auto", compile: bool = False, progress: bool = True,
-          desc: str = "train") -> History:
+          desc: str = "train", per_batch: PerBatch | None = None) -> History:
     """Train `model` in place on `data` with `recipe`; the batch order and augmentation are
-    drawn from `seed` (the model's initial weights come from `models.build(..., seed=)`)."""
+    drawn from `seed` (the model's initial weights come from `models.build(..., seed=)`).
+    `per_batch(x, y, indices, generator)`, when given, rewrites every normalised batch before
+    the step (an attack that works during training); its generator is seeded from `seed` too."""
     device = resolve_device(device)
     cuda = device.type == "cuda"
     data = data.to(device)
@@ -66,6 +69,7 @@ def train(model: nn.Module, data: ImageSet, recipe: Recipe, *, seed: int = 0,
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(recipe.schedule, min(step, total - 1), total))
 
+    generator = torch.Generator(device).manual_seed(seed)
     history = History()
     bar = tqdm(total=total, desc=desc, unit="step", disable=not progress, mininterval=2,
                dynamic_ncols=True)
@@ -74,7 +78,9 @@ def train(model: nn.Module, data: ImageSet, recipe: Recipe, *, seed: int = 0,
         model.train()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
-        for x, y, _ in batches:
+        for x, y, idx in batches:
+            if per_batch is not None:
+                x, y = per_batch(x, y, idx, generator)
             x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
                 logits = net(x)
@@ -129,18 +135,21 @@ def evaluate(model: nn.Module, test: ImageSet, backdoor: ImageSet | None = None,
 def trained(model_name: str, data: ImageSet, recipe: Recipe, *, seed: int = 0,
             device: str | torch.device = "auto", about: dict | None = None,
             score: Callable[[nn.Module], dict] | None = None, zoo: Zoo | None = None,
-            progress: bool = True, desc: str = "train") -> tuple[nn.Module, dict]:
+            progress: bool = True, desc: str = "train",
+            per_batch: PerBatch | None = None) -> tuple[nn.Module, dict]:
     """A `model_name` trained on `data` by `recipe` from `seed`, taken from the zoo when it holds
     one. The zoo key covers the exact images and labels (their digest), the model, recipe and
-    seed, and `about` (what the digest cannot tell: dataset name, attack settings applied per
-    batch, ...). `score(model)` gives the metrics stored in the card. Returns (model, card)."""
+    seed, and `about` (what the digest cannot tell: the dataset's name, the settings of an
+    attack's `per_batch` step, ...). `score(model)` gives the metrics stored in the card.
+    Returns (model, card)."""
     device = resolve_device(device)
     spec = {"model": model_name, "data": data.digest(), "classes": len(data.classes),
             "in_channels": data.images.shape[1], "recipe": asdict(recipe), "seed": seed,
             "about": about or {}}
 
     def fit(model):
-        history = train(model, data, recipe, seed=seed, device=device, progress=progress, desc=desc)
+        history = train(model, data, recipe, seed=seed, device=device, progress=progress,
+                        desc=desc, per_batch=per_batch)
         return {"history": asdict(history), "metrics": score(model) if score else {}}
 
     model, card = (zoo or Zoo()).fetch(

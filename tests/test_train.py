@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from reprolib import config, models
-from reprolib.attacks import badnets
+from reprolib.attacks import attack
 from reprolib.config import ParameterError, Recipe
 from reprolib.train import evaluate, lr_factor, predict, train, trained
 
@@ -33,7 +33,8 @@ def test_smoke_profile_learns_fashion_mnist_and_a_badnets_backdoor(fashion):
     assert len(history.loss) == p.recipe.epochs and history.loss[-1] < 0.7 * history.loss[0]
     assert evaluate(model, test_set)["ca"] > 0.7            # chance is 0.1
 
-    poisoned, _ = badnets.poison(train_set, 0.1, target=0, seed=0)
+    badnets = attack("badnets")
+    poisoned = badnets.poison(train_set, 0.1, target=0, seed=0).data
     backdoored = models.build(p.model, 10, 1, seed=0)
     train(backdoored, poisoned, p.recipe, seed=0, progress=False)
     backdoor_test = badnets.triggered(test_set, 0)
@@ -77,7 +78,7 @@ def test_predict_keeps_order_and_mode(fashion):
 def test_evaluate_needs_the_target_with_a_backdoor_set(fashion):
     data = fashion[1].sample(50, seed=0)
     with pytest.raises(ParameterError, match="target=None"):
-        evaluate(models.build("small_cnn", 10, 1), data, badnets.triggered(data, 0))
+        evaluate(models.build("small_cnn", 10, 1), data, attack("badnets").triggered(data, 0))
 
 
 def test_trained_caches_by_data_recipe_and_seed(fashion):
@@ -91,8 +92,23 @@ def test_trained_caches_by_data_recipe_and_seed(fashion):
     assert card_again["metrics"] == card["metrics"] and 0 <= card["metrics"]["ca"] <= 1
     assert len(card["history"]["loss"]) == 1 and card["device"] == "cpu"
     _, other_seed = trained("small_cnn", data, recipe, seed=1, progress=False)
-    poisoned, _ = badnets.poison(data, 0.1, 0, seed=0)
+    poisoned = attack("badnets").poison(data, 0.1, 0, seed=0).data
     _, other_data = trained("small_cnn", poisoned, recipe, seed=0, progress=False)
     _, other_recipe = trained("small_cnn", data, recipe.replace(lr=0.1), seed=0, progress=False)
     keys = {card["key"], other_seed["key"], other_data["key"], other_recipe["key"]}
     assert len(keys) == 4 and not any(c["cached"] for c in (other_seed, other_data, other_recipe))
+
+
+def test_per_batch_rewrites_every_training_batch(fashion):
+    data = fashion[0].sample(512, seed=0)
+    seen = []
+
+    def everything_is_class_3(x, y, idx, generator):
+        seen.append(len(idx))
+        return x, torch.full_like(y, 3)
+
+    model = models.build("small_cnn", 10, 1, seed=0)
+    train(model, data, Recipe(epochs=2, batch_size=64, lr=0.05), seed=0, progress=False,
+          per_batch=everything_is_class_3)
+    assert sum(seen) == 2 * len(data)
+    assert (predict(model, fashion[1].sample(200, seed=0)) == 3).float().mean() > 0.95

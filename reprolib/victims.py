@@ -1,0 +1,89 @@
+"""Backdoored (and clean twin) models, asked for the same way by every chapter.
+
+    v = victim("fashion-mnist", attack="blended", ratio=0.1, target=0, seed=0, profile="quick")
+    v.model, v.train, v.poison_indices, v.test, v.backdoor, v.scores()
+
+The model comes from the zoo when one was trained from the same data, recipe and seed, so five
+chapters that need the same BadNets model train it once. `attack=None` gives the clean twin:
+the same training images, recipe and seed, without poison.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+import torch.nn as nn
+
+from . import config, data, models
+from .attacks import Attack, Poisoned, attack as make_attack
+from .train import evaluate, trained
+from .zoo import Zoo
+
+
+@dataclass(frozen=True)
+class Victim:
+    model: nn.Module
+    card: dict                  # the zoo card: spec, training history, wall time, device
+    train: data.ImageSet        # what the model was trained on (poisoned unless clean)
+    test: data.ImageSet         # the clean test set
+    target: int
+    poisoned: Poisoned | None   # None for a clean model
+    backdoor: data.ImageSet | None  # the attack's triggered non-target test images, true labels
+
+    @property
+    def attack(self) -> Attack | None:
+        return self.poisoned.attack if self.poisoned else None
+
+    @property
+    def poison_indices(self) -> torch.Tensor:
+        return self.poisoned.indices if self.poisoned else torch.empty(0, dtype=torch.long)
+
+    def scores(self, model: nn.Module | None = None) -> dict[str, float]:
+        """CA, and ASR and RA when attacked, of `model` (default: this victim), measured now."""
+        return evaluate(model or self.model, self.test, self.backdoor,
+                        self.target if self.backdoor is not None else None)
+
+
+@lru_cache(maxsize=4)
+def datasets(name: str, data_dir: str | None, n_train: int | None, n_test: int | None,
+             seed: int) -> tuple[data.ImageSet, data.ImageSet]:
+    """The (train, test) sets of a profile's scale, sampled from `seed` (read once per process)."""
+    train_set, test_set = data.load(name, data_dir)
+    return train_set.sample(n_train, seed), test_set.sample(n_test, seed)
+
+
+def victim(dataset: str = "fashion-mnist", *, attack: str | Attack | None = "badnets",
+           ratio: float = 0.1, target: int = 0, seed: int = 0, profile: str = "quick",
+           model: str | None = None, device: str | torch.device = "auto",
+           data_dir: str | None = None, zoo: Zoo | None = None, progress: bool = True,
+           **attack_params) -> Victim:
+    """A model of `profile` (its architecture unless `model` is given) trained on `dataset`
+    poisoned by `attack` (a name, with `attack_params`, or an Attack), or clean if None."""
+    p = config.profile(profile)
+    model_name = config.check_choice("model", model or p.model, tuple(models.MODELS))
+    device = config.resolve_device(device)
+    if isinstance(attack, Attack) and attack_params:
+        raise config.ParameterError(f"attack parameters {sorted(attack_params)} were given with "
+                                    f"an Attack object; set them on the object instead")
+    if attack is None and attack_params:
+        raise config.ParameterError(f"attack parameters {sorted(attack_params)} were given with "
+                                    f"attack=None")
+    train_set, test_set = datasets(dataset, data_dir, p.n_train, p.n_test, seed)
+    about = {"dataset": dataset}
+    poisoned = backdoor = None
+    if attack is not None:
+        atk = attack if isinstance(attack, Attack) else make_attack(attack, **attack_params)
+        poisoned = atk.poison(train_set, ratio, target, seed)
+        backdoor = atk.triggered(test_set, target)
+        about["attack"] = {**atk.settings(), "ratio": ratio, "target": target}
+
+    def score(m):
+        return evaluate(m, test_set, backdoor, target if backdoor is not None else None)
+
+    used = poisoned.data if poisoned else train_set
+    label = poisoned.attack.name if poisoned else "clean"
+    net, card = trained(model_name, used, p.recipe, seed=seed, device=device, about=about,
+                        score=score, zoo=zoo, progress=progress, desc=f"{label} {model_name}",
+                        per_batch=poisoned.per_batch if poisoned else None)
+    return Victim(net, card, used, test_set, target, poisoned, backdoor)

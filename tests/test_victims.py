@@ -1,0 +1,45 @@
+import pytest
+import torch
+
+from reprolib.attacks import attack
+from reprolib.config import ParameterError
+from reprolib.victims import victim
+
+SMOKE = dict(profile="smoke", device="cpu", progress=False)
+
+
+def test_a_victim_is_trained_once_and_its_clean_twin_shares_the_data():
+    v = victim("fashion-mnist", attack="badnets", **SMOKE)
+    again = victim("fashion-mnist", attack="badnets", **SMOKE)
+    assert not v.card["cached"] and again.card["cached"]
+    assert all(torch.equal(p, q) for p, q in zip(v.model.state_dict().values(),
+                                                  again.model.state_dict().values()))
+    assert v.card["spec"]["about"] == {"dataset": "fashion-mnist", "attack": {
+        "name": "badnets", "size": 3, "ratio": 0.1, "target": 0}}
+    clean = victim("fashion-mnist", attack=None, **SMOKE)
+    assert clean.backdoor is None and len(clean.poison_indices) == 0 and clean.attack is None
+    assert set(clean.scores()) == {"ca"} and set(v.scores()) == {"ca", "asr", "ra"}
+    differs = (v.train.images != clean.train.images).flatten(1).any(1).nonzero().flatten()
+    assert torch.equal(differs, v.poison_indices) and len(differs) == 200
+    assert torch.equal(v.test.images, clean.test.images)
+    assert len(v.backdoor) == int((v.test.labels != 0).sum())
+
+
+def test_the_zoo_key_covers_the_per_batch_noise_of_wanet():
+    noisy = victim("fashion-mnist", attack="wanet", **SMOKE)
+    plain = victim("fashion-mnist", attack="wanet", cross_ratio=0, **SMOKE)
+    assert len(noisy.poisoned.cross) == 400 and len(plain.poisoned.cross) == 0
+    assert torch.equal(noisy.train.images, plain.train.images)   # same stored data ...
+    assert noisy.card["key"] != plain.card["key"] and not plain.card["cached"]  # ... not the same model
+
+
+def test_victim_parameters_are_checked_before_training():
+    for kwargs, message in [
+            ({"attack": "blended", "alpha": 2}, "alpha=2"),
+            ({"attack": None, "alpha": 0.1}, "attack=None"),
+            ({"attack": attack("sig"), "delta": 3}, "set them on the object"),
+            ({"model": "vgg"}, "model='vgg' is not allowed"),
+            ({"profile": "fast"}, "profile='fast'"),
+            ({"attack": "badnets", "target": 12}, "target=12")]:
+        with pytest.raises(ParameterError, match=message):
+            victim("fashion-mnist", **{**SMOKE, **kwargs})
