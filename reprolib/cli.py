@@ -2,8 +2,10 @@
 
   repro data [DATASET ...]      find (or download) datasets and say where they are
   repro train [options]         train one clean model through the zoo and report its accuracy
-  repro demo [options]          train a clean and a BadNets model, print CA / ASR / RA
+  repro demo [options]          train a clean and backdoored models, print CA / ASR / RA
   repro zoo                     list the trained models in the cache
+  repro run PAPER... [options]  execute chapters into book/runs/ and book/results/
+  repro book [--rerun]          run the chapters not yet run, then build _build/html
 """
 from __future__ import annotations
 
@@ -12,20 +14,16 @@ import sys
 
 import torch
 
-from . import config, data, models
-from .attacks import badnets
+from . import book, config, data, models
+from .attacks import ATTACKS, attack as make_attack
 from .train import evaluate, trained
+from .victims import datasets, victim
 from .zoo import Zoo
 
 
 def _run_record(profile: str, dataset: str, device: torch.device) -> str:
     return (f"profile {profile} · dataset {dataset} · device {config.device_name(device)} · "
             f"code {config.code_version()} · torch {torch.__version__}")
-
-
-def _datasets(args, p: config.Profile):
-    train_set, test_set = data.load(args.dataset, args.data_dir)
-    return train_set.sample(p.n_train, args.seed), test_set.sample(p.n_test, args.seed)
 
 
 def _pct(x: float) -> str:
@@ -46,7 +44,7 @@ def cmd_train(args) -> None:
     model_name = args.model or p.model
     device = config.resolve_device(args.device)
     print(_run_record(args.profile, args.dataset, device))
-    train_set, test_set = _datasets(args, p)
+    train_set, test_set = datasets(args.dataset, args.data_dir, p.n_train, p.n_test, args.seed)
     score = lambda m: evaluate(m, test_set)  # noqa: E731
     model, card = trained(model_name, train_set, recipe, seed=args.seed, device=device,
                           about={"dataset": args.dataset}, score=score, zoo=Zoo(args.cache_dir))
@@ -60,26 +58,22 @@ def cmd_train(args) -> None:
 def cmd_demo(args) -> None:
     p = config.profile(args.profile)
     device = config.resolve_device(args.device)
+    attacks = [make_attack(name) for name in args.attack]  # every name checked before training
     print(_run_record(args.profile, args.dataset, device))
-    train_set, test_set = _datasets(args, p)
-    backdoor = badnets.triggered(test_set, args.target)
-    score = lambda m: evaluate(m, test_set, backdoor, args.target)  # noqa: E731
-    poisoned, poison_indices = badnets.poison(train_set, args.ratio, args.target, args.seed)
-    attack = {"name": "badnets", "ratio": args.ratio, "target": args.target}
-    rows = []  # evaluated now, on this run's test sets, whether trained now or loaded
-    for label, train_data, about in (
-            ("clean", train_set, {"dataset": args.dataset}),
-            (f"BadNets {args.ratio:.0%} → class {args.target}", poisoned,
-             {"dataset": args.dataset, "attack": attack})):
-        model, card = trained(p.model, train_data, p.recipe, seed=args.seed, device=device,
-                              about=about, score=score, zoo=Zoo(args.cache_dir), desc=label)
-        rows.append((label, score(model), card))
-    print(f"\n{p.model}, {len(train_set)} training images ({len(poison_indices)} poisoned), "
-          f"{p.recipe.epochs} epochs; ASR/RA on {len(backdoor)} triggered non-target test images")
-    print(f"{'model':<24} {'CA':>8} {'ASR':>8} {'RA':>8} {'train s':>8}  source")
-    for label, m, card in rows:
-        print(f"{label:<24} {_pct(m['ca']):>8} {_pct(m['asr']):>8} {_pct(m['ra']):>8} "
-              f"{card['wall_time_s']:>8.0f}  {'zoo' if card['cached'] else 'trained now'}")
+    common = dict(ratio=args.ratio, target=args.target, seed=args.seed, profile=args.profile,
+                  device=device, data_dir=args.data_dir, zoo=Zoo(args.cache_dir))
+    runs = [("clean", victim(args.dataset, attack=None, **common))]
+    runs += [(a.name, victim(args.dataset, attack=a, **common)) for a in attacks]
+    clean = runs[0][1]
+    print(f"\n{p.model}, {len(clean.train)} training images, {p.recipe.epochs} epochs; "
+          f"{args.ratio:.0%} poisoned, target class {args.target}; ASR and RA on the triggered "
+          f"non-target test images")
+    print(f"{'model':<10} {'poisoned':>8} {'CA':>8} {'ASR':>8} {'RA':>8} {'train s':>8}  source")
+    for label, v in runs:
+        m = v.scores()  # measured in this run, whether trained now or taken from the zoo
+        asr, ra = (_pct(m["asr"]), _pct(m["ra"])) if "asr" in m else ("", "")
+        print(f"{label:<10} {len(v.poison_indices):>8} {_pct(m['ca']):>8} {asr:>8} {ra:>8} "
+              f"{v.card['wall_time_s']:>8.0f}  {'zoo' if v.card['cached'] else 'trained now'}")
 
 
 def cmd_zoo(args) -> None:
@@ -92,6 +86,21 @@ def cmd_zoo(args) -> None:
         scores = " ".join(f"{k.upper()} {_pct(v).strip()}" for k, v in m.items())
         print(f"{c['key']}  {spec['model']:<16} seed {spec['seed']}  {about}  {scores}  "
               f"({c['wall_time_s']:.0f} s on {c['device']}, {c['created']})")
+
+
+def cmd_run(args) -> None:
+    params = book.check_run(args.papers, profile=args.profile, dataset=args.dataset,
+                            device=args.device, pairs=args.p)
+    for paper in args.papers:
+        page = book.run(paper, profile=args.profile, dataset=args.dataset, device=args.device,
+                        params=params[paper])
+        print(f"{paper}: {page} and book/results/{paper}.json")
+
+
+def cmd_book(args) -> None:
+    html = book.build(rerun=args.rerun, profile=args.profile, dataset=args.dataset,
+                      device=args.device)
+    print(f"the book is in {html}; open {html / 'index.html'}")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -121,11 +130,31 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None, help="default: the profile's")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("demo", help="clean vs BadNets model: CA, ASR, RA")
+    p = sub.add_parser("demo", help="a clean model and backdoored ones: CA, ASR, RA")
     common(p)
+    p.add_argument("--attack", nargs="+", default=["badnets"],
+                   help="one or more of " + ", ".join(ATTACKS))
     p.add_argument("--ratio", type=float, default=0.1, help="poisoning ratio")
     p.add_argument("--target", type=int, default=0, help="target class")
     p.set_defaults(func=cmd_demo)
+
+    def chapter_options(p):
+        p.add_argument("--profile", default="quick", help=", ".join(config.PROFILES))
+        p.add_argument("--dataset", default="auto", help="auto (CIFAR-10 when it can be read or "
+                       "downloaded, else Fashion-MNIST), " + ", ".join(data.DATASETS))
+        p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+
+    p = sub.add_parser("run", help="execute chapters with papermill")
+    p.add_argument("papers", nargs="*", help="chapters: " + ", ".join(book.chapters()))
+    chapter_options(p)
+    p.add_argument("-p", action="append", default=[], metavar="KEY=VALUE",
+                   help="a notebook parameter, its value read as YAML (repeatable)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("book", help="run missing chapters and build the HTML book")
+    chapter_options(p)
+    p.add_argument("--rerun", action="store_true", help="run every chapter again")
+    p.set_defaults(func=cmd_book)
 
     p = sub.add_parser("zoo", help="list the cached models")
     common(p, dataset=False)
@@ -140,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     except (config.ParameterError, data.DatasetNotFound) as err:
         print(f"repro: {err}", file=sys.stderr)
         return 2
+    except book.RunFailed as err:
+        print(f"repro: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

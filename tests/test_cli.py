@@ -17,24 +17,29 @@ def test_missing_dataset_exits_2_with_where_it_looked(capsys, tmp_path):
 
 
 def test_demo_trains_then_reuses_models(capsys):
-    assert main(["demo", "--profile", "smoke"]) == 0
+    assert main(["demo", "--profile", "smoke", "--attack", "badnets", "sig"]) == 0
     out = capsys.readouterr().out
     assert "profile smoke · dataset fashion-mnist · device cpu" in out
-    assert "2000 training images (200 poisoned)" in out
-    rows = [line for line in out.splitlines() if line.startswith(("clean", "BadNets"))]
-    assert len(rows) == 2 and all(line.endswith("trained now") for line in rows)
-    ca, asr = (float(v.rstrip("%")) for v in rows[1].split()[5:7])
-    assert ca > 60 and asr > 90
+    assert "small_cnn, 2000 training images, 3 epochs; 10% poisoned, target class 0" in out
+    rows = [line for line in out.splitlines() if line.startswith(("clean ", "badnets ", "sig "))]
+    assert len(rows) == 3 and all(line.endswith("trained now") for line in rows)
+    assert rows[1].split()[1] == "200"                       # poisoned images
+    assert rows[2].split()[1] == str(round(0.1 * 2000))      # SIG: all from class 0
+    ca = float(rows[1].split()[2].rstrip("%"))
+    assert ca > 60
 
-    assert main(["demo", "--profile", "smoke"]) == 0
-    again = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("clean", "BadNets"))]
+    assert main(["demo", "--profile", "smoke", "--attack", "badnets", "sig"]) == 0
+    again = [line for line in capsys.readouterr().out.splitlines()
+             if line.startswith(("clean ", "badnets ", "sig "))]
     assert all(line.endswith("zoo") for line in again)
-    scores = lambda line: line.split("%")[:3]  # noqa: E731  (CA, ASR, RA, measured afresh)
+    scores = lambda line: [t for t in line.split() if t.endswith("%")]  # noqa: E731  (measured afresh)
     assert [scores(line) for line in again] == [scores(line) for line in rows]
 
     assert main(["zoo"]) == 0
     listing = capsys.readouterr().out
-    assert listing.startswith("2 models in") and "attack={'name': 'badnets'" in listing
+    assert listing.startswith("3 models in") and "'name': 'sig'" in listing
+    assert main(["demo", "--profile", "smoke", "--attack", "trojan"]) == 2
+    assert "attack='trojan' is not allowed" in capsys.readouterr().err
 
 
 def test_data_reports_the_folder_and_sizes(capsys, cifar_mini):
