@@ -14,10 +14,11 @@ data: setup
 	$(BIN)/repro data fashion-mnist
 
 book: data
-	$(BIN)/repro demo
+	$(BIN)/repro book
 
+# unit tests and the browser check, then every notebook under nbval at the smoke profile
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest tests && REPRO_PROFILE=smoke $(BIN)/python -m pytest --nbval-lax notebooks/
 
 bench: setup
 	$(BIN)/python bench/train_speed.py

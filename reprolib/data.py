@@ -268,6 +268,17 @@ def locate(name: str, data_dir: str | Path | None = None, download: bool | None 
         + ".")
 
 
+def default_dataset(data_dir: str | Path | None = None) -> tuple[str, str]:
+    """The book's dataset when none is named: CIFAR-10 if it can be read or downloaded,
+    otherwise Fashion-MNIST; with the reason, for the page to say."""
+    try:
+        locate("cifar10", data_dir)
+        return "cifar10", "CIFAR-10 was found"
+    except DatasetNotFound as err:
+        why = "downloading is off" if "downloading is off" in str(err) else "the download failed"
+        return "fashion-mnist", f"CIFAR-10 was not found locally and {why}"
+
+
 def _md5(path: Path) -> str:
     h = hashlib.md5()
     with open(path, "rb") as f:

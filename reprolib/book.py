@@ -1,0 +1,142 @@
+"""Running chapters with papermill and building the Jupyter Book.
+
+`run` executes notebooks/PAPER.ipynb into book/runs/PAPER.ipynb and the chapter's tables into
+book/results/PAPER.json. Both are written under book/.partial first and moved into place only
+when the whole notebook has run, so an interrupted run leaves no half-written page; its models
+are already in the zoo, so the next run picks up where this one stopped. `build` runs what is
+missing, writes the scorecard page from every results file and builds _build/html.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from . import config, data
+
+ROOT = Path(__file__).resolve().parent.parent
+RESERVED = ("profile", "dataset", "device", "results")   # set by run()'s own arguments
+
+
+class RunFailed(RuntimeError):
+    """A chapter raised an error, or the book did not build."""
+
+
+def chapters(root: Path = ROOT) -> list[str]:
+    return sorted(p.stem for p in (root / "notebooks").glob("*.ipynb"))
+
+
+def notebook_parameters(path: Path) -> dict[str, str]:
+    """The names in a notebook's `parameters` cell, with their default as written."""
+    import papermill
+    return {name: p["default"] for name, p in papermill.inspect_notebook(str(path)).items()}
+
+
+def parse_params(pairs: list[str], allowed: dict[str, str], paper: str) -> dict:
+    """`key=value` strings into parameters; values are read as YAML (0.05, [badnets, sig], ...)."""
+    params = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise config.ParameterError(f"-p {pair!r}: expected key=value")
+        if key in RESERVED:
+            raise config.ParameterError(f"-p {key}=...: use --{key} instead")
+        if key not in allowed:
+            names = ", ".join(k for k in allowed if k not in RESERVED)
+            raise config.ParameterError(f"-p {key}: {paper} has no parameter {key!r}; "
+                                        f"allowed: {names}")
+        params[key] = yaml.safe_load(text)
+    return params
+
+
+def check_run(papers: list[str], *, profile: str, dataset: str, device: str,
+              pairs: list[str], root: Path = ROOT) -> dict[str, dict]:
+    """Every argument of a run checked before any work; returns each paper's -p parameters."""
+    known = chapters(root)
+    if not papers:
+        raise config.ParameterError("name at least one chapter; allowed: " + ", ".join(known))
+    for paper in papers:
+        config.check_choice("paper", paper, known)
+    config.profile(profile)
+    config.check_choice("dataset", dataset, ["auto", *data.DATASETS])
+    config.resolve_device(device)
+    return {paper: parse_params(pairs, notebook_parameters(root / "notebooks" / f"{paper}.ipynb"),
+                                paper)
+            for paper in papers}
+
+
+def run(paper: str, *, profile: str = "quick", dataset: str = "auto", device: str = "auto",
+        params: dict | None = None, root: Path = ROOT, progress: bool = True) -> Path:
+    """Execute one chapter (arguments already checked by `check_run`); returns its page."""
+    import papermill
+    partial, runs, results = root / "book" / ".partial", root / "book" / "runs", root / "book" / "results"
+    for folder in (partial, runs, results):
+        folder.mkdir(parents=True, exist_ok=True)
+    page, table = partial / f"{paper}.ipynb", partial / f"{paper}.json"
+    table.unlink(missing_ok=True)
+    try:
+        papermill.execute_notebook(
+            str(root / "notebooks" / f"{paper}.ipynb"), str(page),
+            parameters={"profile": profile, "dataset": dataset, "device": device,
+                        "results": str(table), **(params or {})},
+            cwd=str(root / "notebooks"), progress_bar=progress, kernel_name="python3")
+    except papermill.PapermillExecutionError as err:
+        raise RunFailed(f"{paper} failed in cell {err.exec_count}: {err.ename}: {err.evalue}\n"
+                        f"The partly executed notebook is {page}; nothing was written to "
+                        f"book/runs/.") from None
+    if not table.is_file():
+        raise RuntimeError(f"notebooks/{paper}.ipynb ran but wrote no results: its last cell "
+                           f"must call Chapter.finish()")
+    os.replace(table, results / f"{paper}.json")
+    os.replace(page, runs / f"{paper}.ipynb")
+    return runs / f"{paper}.ipynb"
+
+
+def scorecard(root: Path = ROOT) -> str:
+    """The scorecard page: one row per number and claim of every chapter that has results."""
+    lines = ["# Scorecard", "",
+             "Every claim and published number the chapters check, with the verdict of the last "
+             "run and the profile and dataset it ran on. Numbers are compared only in the paper's "
+             "own setting; claims are checked on whatever dataset the chapter ran.", ""]
+    files = sorted((root / "book" / "results").glob("*.json"))
+    if not files:
+        return "\n".join(lines + ["No chapter has been run yet: `repro book` runs them.", ""])
+    lines += ["| chapter | kind | what | paper | ours | verdict | tolerance | profile | dataset |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for f in files:
+        result = json.loads(f.read_text())
+        r = result["record"]
+        for row in result["comparison"]:
+            verdict = row["verdict"] + (f" ({row['why']})" if row.get("why") else "")
+            cells = [f"[{r['chapter']}](runs/{f.stem})", row["kind"], row["what"],
+                     _num(row["paper"]), _num(row["ours"]), verdict, row["tolerance"],
+                     r["profile"], r["dataset"]]
+            lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines + [""])
+
+
+def _num(value) -> str:
+    return "" if value is None else f"{value:.2f}"
+
+
+def build(root: Path = ROOT, *, rerun: bool = False, profile: str = "quick",
+          dataset: str = "auto", device: str = "auto", progress: bool = True) -> Path:
+    """Run every chapter whose page is missing (all with `rerun`), write the scorecard and build
+    the HTML book; returns _build/html."""
+    todo = [p for p in chapters(root) if rerun or not (root / "book" / "runs" / f"{p}.ipynb").is_file()]
+    if todo:
+        check_run(todo, profile=profile, dataset=dataset, device=device, pairs=[], root=root)
+    for paper in todo:
+        print(f"repro book: running {paper} ({profile} profile)", flush=True)
+        run(paper, profile=profile, dataset=dataset, device=device, root=root, progress=progress)
+    (root / "book" / "scorecard.md").write_text(scorecard(root))
+    jupyter_book = Path(sys.executable).with_name("jupyter-book")
+    done = subprocess.run([str(jupyter_book), "build", str(root), "--warningiserror",
+                           "--keep-going", "--quiet"])
+    if done.returncode:
+        raise RunFailed(f"jupyter-book build failed (exit {done.returncode}); its messages are above")
+    return root / "_build" / "html"

@@ -1,0 +1,128 @@
+"""What every chapter notebook does around its experiments.
+
+    ch = Chapter("attacks", profile=profile, dataset=dataset, device=device, results=results)
+    ch.header()                      # the run record at the top of the page
+    ...experiments...
+    ch.table("no_defense", frame)    # kept as data for book/results/attacks.json
+    ch.compare(measured)             # paper vs reproduced, from reference/attacks.yaml
+    ch.finish()                      # run record with wall time; writes the JSON for `repro run`
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from datetime import datetime, timezone
+from importlib.metadata import version
+from pathlib import Path
+
+import pandas as pd
+from IPython.display import Markdown, display
+
+from . import config, data, reference
+from .zoo import atomic_write
+
+LIBRARIES = ("torch", "torchvision", "numpy", "pandas", "papermill", "jupyter-book")
+
+
+def library_versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            found[name] = version(name)
+        except Exception:  # not installed: say so rather than fail the chapter
+            found[name] = "not installed"
+    return found
+
+
+class Chapter:
+    """The parameters a chapter runs with, resolved and checked, and what it reports."""
+
+    def __init__(self, name: str, *, profile: str | None = None, dataset: str = "auto",
+                 device: str = "auto", seed: int = 0, results: str | None = None,
+                 data_dir: str | None = None):
+        self.name = name
+        self.profile = profile or os.environ.get("REPRO_PROFILE") or "quick"
+        self.model = config.profile(self.profile).model
+        if dataset == "auto":
+            self.dataset, self.dataset_why = data.default_dataset(data_dir)
+        else:
+            self.dataset = config.check_choice("dataset", dataset, ["auto", *data.DATASETS])
+            self.dataset_why = "named by the run's parameters"
+        self.device = config.resolve_device(device)
+        self.seed = config.check_range("seed", seed, low=0, integer=True)
+        self.data_dir = data_dir
+        self.results = Path(results) if results else None
+        self.tables: dict[str, pd.DataFrame] = {}
+        self.comparison: pd.DataFrame | None = None
+        self.started = datetime.now(timezone.utc)
+        self._clock = time.perf_counter()
+
+    def record(self) -> dict:
+        return {"chapter": self.name, "profile": self.profile, "dataset": self.dataset,
+                "dataset_why": self.dataset_why, "model": self.model,
+                "device": config.device_name(self.device), "seed": self.seed,
+                "code_version": config.code_version(),
+                "started": self.started.isoformat(timespec="seconds"),
+                "wall_time_s": round(time.perf_counter() - self._clock, 1),
+                "libraries": library_versions()}
+
+    def _record_line(self, wall: bool) -> str:
+        r = self.record()
+        line = (f"profile **{r['profile']}** · dataset **{r['dataset']}** ({r['dataset_why']}) · "
+                f"model {r['model']} · device {r['device']} · seed {r['seed']} · "
+                f"code {r['code_version']}")
+        return line + (f" · wall time {r['wall_time_s']:.0f} s" if wall else "")
+
+    def header(self) -> None:
+        display(Markdown(f"**Run record:** {self._record_line(wall=False)}"))
+
+    def table(self, name: str, frame: pd.DataFrame) -> pd.DataFrame:
+        """Keep `frame` for the results file and return it for display."""
+        self.tables[name] = frame
+        return frame
+
+    def compare(self, measured: dict[str, float], paper: str | None = None) -> pd.DataFrame:
+        """The paper-vs-reproduced table for `measured` (ids of reference numbers, measures of
+        claims), against reference/<paper or chapter>.yaml."""
+        ref = reference.load(paper or self.name)
+        self.comparison = reference.compare(ref, measured,
+                                            {"dataset": self.dataset, "model": self.model})
+        return self.comparison
+
+    def show_comparison(self) -> None:
+        """The comparison as two tables, the paper's numbers and its claims."""
+        c = self.comparison
+        numbers = c[c.kind == "number"]
+        if len(numbers):
+            display(Markdown("**The paper's numbers**"))
+            display(_plain(numbers[["what", "paper", "ours", "delta", "tolerance", "verdict"]]))
+            reasons = sorted(set(numbers.why) - {""})
+            if reasons:
+                display(Markdown("Not comparable because: " + "; ".join(reasons) + "."))
+        claims = c[c.kind == "claim"]
+        if len(claims):
+            display(Markdown("**The paper's claims**"))
+            display(_plain(claims[["what", "ours", "tolerance", "verdict"]]
+                           .rename(columns={"what": "claim", "tolerance": "checked as"})))
+
+    def finish(self) -> dict:
+        """Show the run record with its wall time; write everything to `results` if given."""
+        display(Markdown(f"**Run record:** {self._record_line(wall=True)}"))
+        payload = {"record": self.record(),
+                   "tables": {k: _records(v) for k, v in self.tables.items()},
+                   "comparison": _records(self.comparison) if self.comparison is not None else []}
+        if self.results:
+            atomic_write(self.results, json.dumps(payload, indent=1).encode())
+        return payload
+
+
+def _plain(frame: pd.DataFrame):
+    """A table without its index, numbers to two decimals, empty cells left empty."""
+    return frame.style.hide(axis="index").format(precision=2, na_rep="")
+
+
+def _records(frame: pd.DataFrame) -> list[dict]:
+    """Rows as plain JSON values (NaN becomes null)."""
+    return json.loads(frame.to_json(orient="records"))

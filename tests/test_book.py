@@ -1,0 +1,178 @@
+"""`repro run`, `repro book`, and a browser check of the built book (smoke profile)."""
+import functools
+import http.server
+import json
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+from reprolib import book
+from reprolib.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = Path(os.environ.get("REPRO_CHROMIUM", "/usr/bin/chromium"))
+
+
+def project_copy(root: Path) -> Path:
+    """The book's sources (config, prose, notebooks) in a fresh folder."""
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy(ROOT / name, root / name)
+    (root / "book").mkdir()
+    for page in (ROOT / "book").glob("*.md"):
+        if page.name != "scorecard.md":
+            shutil.copy(page, root / "book" / page.name)
+    shutil.copytree(ROOT / "notebooks", root / "notebooks")
+    return root
+
+
+def tiny_chapter(root: Path, body: str) -> None:
+    """A chapter notebook whose second cell runs `body` and then finishes."""
+    (root / "notebooks").mkdir(exist_ok=True)
+    cells = [new_code_cell("profile = None\ndataset = 'auto'\ndevice = 'auto'\nresults = None\nn = 1",
+                           metadata={"tags": ["parameters"]}),
+             new_code_cell("from reprolib.chapter import Chapter\n"
+                           "ch = Chapter('tiny', profile=profile, dataset=dataset, device=device, "
+                           f"results=results)\n{body}\nch.finish()")]
+    nb = new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3",
+                                                            "display_name": "Python 3",
+                                                            "language": "python"}})
+    nbformat.write(nb, root / "notebooks" / "tiny.ipynb")
+
+
+def test_run_rejects_bad_arguments_before_any_work(capsys):
+    for argv, message in [
+            (["run", "atacks"], "paper='atacks' is not allowed; choose one of: 'attacks'"),
+            (["run", "attacks", "--profile", "fast"], "profile='fast' is not allowed"),
+            (["run", "attacks", "--dataset", "mnist"], "dataset='mnist' is not allowed; choose "
+                                                       "one of: 'auto', 'cifar10', 'cifar100', "
+                                                       "'fashion-mnist'"),
+            (["run", "attacks", "--device", "tpu"], "device='tpu'"),
+            (["run", "attacks", "-p", "ratoi=0.05"], "attacks has no parameter 'ratoi'; allowed: "
+                                                     "seed, ratio, target, attacks"),
+            (["run", "attacks", "-p", "ratio"], "expected key=value"),
+            (["run", "attacks", "-p", "profile=smoke"], "use --profile instead"),
+            (["run"], "name at least one chapter")]:
+        assert main(argv) == 2, argv
+        assert message in capsys.readouterr().err
+    assert not (ROOT / "book" / ".partial" / "attacks.json").exists()
+
+
+def test_a_failed_run_leaves_no_page_and_a_good_one_moves_both_files(tmp_path):
+    tiny_chapter(tmp_path, "raise RuntimeError('half-way')")
+    # cell 3: papermill inserts the injected-parameters cell after the parameters cell
+    with pytest.raises(book.RunFailed, match="tiny failed in cell 3: RuntimeError: half-way"):
+        book.run("tiny", profile="smoke", dataset="fashion-mnist", device="cpu", root=tmp_path,
+                 progress=False)
+    assert not list((tmp_path / "book" / "runs").iterdir())
+    assert not list((tmp_path / "book" / "results").iterdir())
+
+    tiny_chapter(tmp_path, "ch.table('n', __import__('pandas').DataFrame({'n': [n]}))")
+    params = book.check_run(["tiny"], profile="smoke", dataset="fashion-mnist", device="cpu",
+                            pairs=["n=7"], root=tmp_path)
+    page = book.run("tiny", profile="smoke", dataset="fashion-mnist", device="cpu",
+                    params=params["tiny"], root=tmp_path, progress=False)
+    assert page == tmp_path / "book" / "runs" / "tiny.ipynb" and page.is_file()
+    result = json.loads((tmp_path / "book" / "results" / "tiny.json").read_text())
+    assert result["tables"]["n"] == [{"n": 7}] and result["record"]["profile"] == "smoke"
+    assert not list((tmp_path / "book" / ".partial").iterdir())
+
+
+def test_scorecard_has_one_row_per_claim_with_profile_and_dataset(tmp_path):
+    (tmp_path / "book" / "results").mkdir(parents=True)
+    assert "No chapter has been run yet" in book.scorecard(tmp_path)
+    rows = [{"kind": "claim", "id": "c", "what": "ASR | high", "paper": None, "ours": 97.123,
+             "delta": None, "tolerance": "asr >= 90", "verdict": "reproduced", "why": ""},
+            {"kind": "number", "id": "n", "what": "T: BadNets, ASR", "paper": 95.03, "ours": 99.0,
+             "delta": 3.97, "tolerance": "± 3", "verdict": "not comparable",
+             "why": "ran fashion-mnist/small_cnn, paper cifar10/preact_resnet18"}]
+    (tmp_path / "book" / "results" / "attacks.json").write_text(json.dumps(
+        {"record": {"chapter": "attacks", "profile": "quick", "dataset": "fashion-mnist"},
+         "comparison": rows}))
+    page = book.scorecard(tmp_path).splitlines()
+    table = [line for line in page if line.startswith("| [attacks]")]
+    assert len(table) == 2
+    assert table[0] == ("| [attacks](runs/attacks) | claim | ASR \\| high |  | 97.12 | reproduced | "
+                        "asr >= 90 | quick | fashion-mnist |")
+    assert "not comparable (ran fashion-mnist/small_cnn" in table[1]
+
+
+@pytest.fixture(scope="module")
+def smoke_book(tmp_path_factory):
+    """The whole book built at the smoke profile from a copy of the sources."""
+    root = project_copy(tmp_path_factory.mktemp("book"))
+    mp = pytest.MonkeyPatch()
+    mp.setenv("REPRO_CACHE_DIR", str(root / "zoo"))
+    mp.setenv("REPRO_OFFLINE", "1")
+    try:
+        html = book.build(root, profile="smoke", dataset="auto", device="cpu", progress=False)
+    finally:
+        mp.undo()
+    return root, html
+
+
+def test_the_book_builds_with_every_chapter_and_the_scorecard(smoke_book):
+    root, html = smoke_book
+    for chapter in book.chapters(root):
+        assert (html / "book" / "runs" / f"{chapter}.html").is_file()
+        result = json.loads((root / "book" / "results" / f"{chapter}.json").read_text())
+        assert result["record"]["profile"] == "smoke"
+        assert result["record"]["dataset"] == "fashion-mnist"
+        assert result["comparison"], f"{chapter} compared nothing with its paper"
+    scorecard = (html / "book" / "scorecard.html").read_text()
+    assert scorecard.count("<tr") > 1 and "fashion-mnist" in scorecard
+
+
+def test_every_page_opens_in_a_browser_with_its_title_tables_and_images(smoke_book):
+    assert CHROMIUM.exists(), (f"the browser check needs Chromium at {CHROMIUM}: on Debian "
+                               f"`apt-get install chromium`, or point $REPRO_CHROMIUM at one")
+    from playwright.sync_api import sync_playwright
+    root, html = smoke_book
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(html))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    pages = {"book/intro.html": ("Backdoor defenses, reproduced", 1, 0),
+             "book/runs/attacks.html": ("The attacks", 2, 1),
+             "book/scorecard.html": ("Scorecard", 1, 0)}
+    shots = ROOT / "_build" / "browser-check"
+    shots.mkdir(parents=True, exist_ok=True)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
+                "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+            page = browser.new_page()
+            for path, (title, min_tables, min_images) in pages.items():
+                response = page.goto(f"{base}/{path}", wait_until="load")
+                assert response.ok, path
+                assert title in page.locator("h1").first.inner_text(), path
+                assert page.locator("table").count() >= min_tables, path
+                sizes = page.eval_on_selector_all(
+                    "img", "imgs => imgs.map(i => [i.src, i.complete ? i.naturalWidth : 0])")
+                assert len(sizes) >= min_images, path
+                assert all(width > 0 for _, width in sizes), f"{path}: images not loaded: {sizes}"
+            page.goto(f"{base}/book/runs/attacks.html", wait_until="load")
+            page.screenshot(path=str(shots / "attacks.png"), full_page=True)
+            browser.close()
+    finally:
+        server.shutdown()
+    assert (shots / "attacks.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "notebooks").glob("*.ipynb")), ids=lambda p: p.stem)
+def test_source_notebooks_are_stripped_and_parameterised(path):
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert "parameters" in code[0].metadata.get("tags", []), "the first code cell must be tagged"
+    assert {"profile", "dataset", "device", "results"} <= set(book.notebook_parameters(path))
+    for cell in code:
+        checked = cell.source.startswith("# NBVAL_CHECK_OUTPUT")
+        assert checked or (not cell.outputs and cell.get("execution_count") is None), \
+            f"outputs left in: {cell.source[:60]!r}"
+    assert any(c.source.startswith("# NBVAL_CHECK_OUTPUT") for c in code)
+    assert "ch.finish()" in code[-1].source

@@ -1,0 +1,90 @@
+import json
+
+import pandas as pd
+
+import pytest
+
+from reprolib import reference
+from reprolib.chapter import Chapter
+from reprolib.config import ParameterError
+from reprolib.reference import Claim, Number, Reference, claim_verdict, compare, number_verdict
+
+N = Number("x.asr", "T1", "BadNets", "ASR", 95.0, "paper", "high", tolerance=2.0)
+C = Claim("low", "ASR drops below 5 %", "asr_after", "<=", 5.0, margin=3.0, source="abstract")
+
+
+def test_number_verdicts_by_tolerance_and_setting():
+    assert number_verdict(N, 96.5, True) == "reproduced"
+    assert number_verdict(N, 91.5, True) == "partly"          # 3.5 off: within 2 × 2
+    assert number_verdict(N, 90.0, True) == "not reproduced"
+    assert number_verdict(N, 95.0, False) == "not comparable"  # another dataset or model
+    assert number_verdict(N, None, True) == "not comparable"
+    unknown = Number("y", "T", "r", "c", None, "s", "unknown", 1.0)
+    assert number_verdict(unknown, 50.0, True) == "not comparable"
+
+
+def test_claim_verdicts_by_threshold_and_margin():
+    assert claim_verdict(C, 4.9) == "reproduced"
+    assert claim_verdict(C, 7.0) == "partly"
+    assert claim_verdict(C, 8.5) == "not reproduced"
+    assert claim_verdict(C, None) == "not comparable"
+    at_least = Claim("hi", "high ASR", "asr", ">=", 90, 10, "s")
+    assert claim_verdict(at_least, 92) == "reproduced" and claim_verdict(at_least, 85) == "partly"
+
+
+def test_compare_builds_one_row_per_number_and_claim_with_deltas():
+    ref = Reference("P", "cite", {"dataset": "cifar10", "model": "preact_resnet18"}, [N], [C])
+    same = compare(ref, {"x.asr": 94.0, "asr_after": 2.0},
+                   {"dataset": "cifar10", "model": "preact_resnet18"})
+    assert list(same["verdict"]) == ["reproduced", "reproduced"]
+    assert same.loc[0, "delta"] == pytest.approx(-1.0) and same.loc[0, "tolerance"] == "± 2"
+    other = compare(ref, {"x.asr": 94.0}, {"dataset": "fashion-mnist", "model": "small_cnn"})
+    assert list(other["verdict"]) == ["not comparable", "not comparable"]
+    assert other.loc[0, "why"] == "ran fashion-mnist/small_cnn, paper cifar10/preact_resnet18"
+    assert other.loc[1, "why"] == "not measured in this run"
+    assert pd.isna(other.loc[0, "delta"])        # no difference across settings is shown
+
+
+def test_every_shipped_reference_loads():
+    assert "attacks" in reference.papers()
+    for paper in reference.papers():
+        ref = reference.load(paper)
+        assert ref.numbers or ref.claims
+        assert all(n.tolerance > 0 for n in ref.numbers)
+    with pytest.raises(ParameterError, match="paper='nope' is not allowed"):
+        reference.load("nope")
+
+
+def test_a_malformed_reference_names_the_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(reference, "FOLDER", tmp_path)
+    (tmp_path / "bad.yaml").write_text("paper: P\ncitation: c\nsetting: {}\n"
+                                       "claims: [{id: a, text: t, measure: m, op: '>', value: 1,"
+                                       " margin: 1, source: s}]\n")
+    with pytest.raises(ParameterError, match=r"reference/bad.yaml: claim 'a' op='>'"):
+        reference.load("bad")
+
+
+def test_chapter_resolves_parameters_and_writes_its_results(tmp_path, monkeypatch):
+    monkeypatch.setenv("REPRO_PROFILE", "smoke")
+    out = tmp_path / "attacks.json"
+    ch = Chapter("attacks", dataset="fashion-mnist", device="cpu", results=str(out))
+    assert (ch.profile, ch.model, ch.dataset) == ("smoke", "small_cnn", "fashion-mnist")
+    ch.table("t", pd.DataFrame({"ca": [90.0, float("nan")]}, index=["a", "b"]))
+    ch.compare({"badnets.asr": 99.0, "min_asr_dirty": 97.0})
+    payload = ch.finish()
+    assert json.loads(out.read_text()) == payload
+    record = payload["record"]
+    assert record["profile"] == "smoke" and record["device"] == "cpu" and record["wall_time_s"] >= 0
+    assert {"torch", "python", "papermill"} <= set(record["libraries"])
+    assert payload["tables"]["t"] == [{"ca": 90.0}, {"ca": None}]
+    verdicts = {row["id"]: row["verdict"] for row in payload["comparison"]}
+    assert verdicts["badnets.asr"] == "not comparable" and verdicts["dirty-label-asr"] == "reproduced"
+    with pytest.raises(ParameterError, match="dataset='mnist'"):
+        Chapter("attacks", dataset="mnist")
+    with pytest.raises(ParameterError, match="profile='huge'"):
+        Chapter("attacks", profile="huge")
+
+
+def test_auto_dataset_falls_back_to_fashion_mnist_offline_and_says_why(tmp_path):
+    ch = Chapter("attacks", data_dir=str(tmp_path), device="cpu")
+    assert ch.dataset == "fashion-mnist" and "downloading is off" in ch.dataset_why
