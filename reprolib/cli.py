@@ -172,6 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     except book.RunFailed as err:
         print(f"repro: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("repro: interrupted. Nothing half-written was left in book/runs or the zoo; "
+              "models trained so far are cached and the next run reuses them.", file=sys.stderr)
+        return 130
     return 0
 
 
