@@ -124,7 +124,7 @@ def _plain(frame: pd.DataFrame):
 
 
 def _records(frame: pd.DataFrame) -> list[dict]:
-    """Rows as plain JSON values (NaN becomes null), a named index kept as a column."""
-    if frame.index.name is not None:
+    """Rows as plain JSON values (NaN becomes null), named index levels kept as columns."""
+    if any(name is not None for name in frame.index.names):
         frame = frame.reset_index()
     return json.loads(frame.to_json(orient="records"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -101,19 +102,29 @@ def train(model: nn.Module, data: ImageSet, recipe: Recipe, *, seed: int = 0,
     return history
 
 
+@contextmanager
+def evaluating(model: nn.Module):
+    """`model` in eval mode (BatchNorm reads its running statistics and never updates them),
+    put back in the mode it was in afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def predict(model: nn.Module, data: ImageSet, batch_size: int = 1000) -> torch.Tensor:
     """Predicted classes of every image in `data`, in order (the model in eval mode)."""
     device = _model_device(model)
     cuda = device.type == "cuda"
-    was_training = model.training
-    model.eval()
     preds = []
-    for x, _, _ in Batches(data.to(device), batch_size):
-        x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-            preds.append(model(x).argmax(1))
-    model.train(was_training)
+    with evaluating(model):
+        for x, _, _ in Batches(data.to(device), batch_size):
+            x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                preds.append(model(x).argmax(1))
     return torch.cat(preds)
 
 

@@ -71,6 +71,8 @@ def test_chapter_resolves_parameters_and_writes_its_results(tmp_path, monkeypatc
     assert (ch.profile, ch.model, ch.dataset) == ("smoke", "small_cnn", "fashion-mnist")
     ch.table("t", pd.DataFrame({"ca": [90.0, float("nan")]}, index=["a", "b"]))
     ch.table("named", pd.DataFrame({"attack": ["x"], "asr": [1.5]}).set_index("attack"))
+    ch.table("levels", pd.DataFrame({"attack": ["x"], "model": ["m"], "asr": [2.0]})
+             .set_index(["attack", "model"]))
     ch.compare({"badnets.asr": 99.0, "min_asr_dirty": 97.0})
     payload = ch.finish()
     assert json.loads(out.read_text()) == payload
@@ -79,6 +81,7 @@ def test_chapter_resolves_parameters_and_writes_its_results(tmp_path, monkeypatc
     assert {"torch", "python", "papermill"} <= set(record["libraries"])
     assert payload["tables"]["t"] == [{"ca": 90.0}, {"ca": None}]
     assert payload["tables"]["named"] == [{"attack": "x", "asr": 1.5}]
+    assert payload["tables"]["levels"] == [{"attack": "x", "model": "m", "asr": 2.0}]
     verdicts = {row["id"]: row["verdict"] for row in payload["comparison"]}
     assert verdicts["badnets.asr"] == "not comparable" and verdicts["dirty-label-asr"] == "reproduced"
     with pytest.raises(ParameterError, match="dataset='mnist'"):
