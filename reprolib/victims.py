@@ -39,6 +39,18 @@ class Victim:
     def poison_indices(self) -> torch.Tensor:
         return self.poisoned.indices if self.poisoned else torch.empty(0, dtype=torch.long)
 
+    def clean_subset(self, n: int, seed: int = 0) -> data.ImageSet:
+        """`n` training images the attack did not touch, drawn from `seed`: the defender's
+        small clean set that most defenses assume."""
+        touched = torch.zeros(len(self.train), dtype=torch.bool)
+        if self.poisoned:
+            touched[self.poisoned.indices.cpu()] = True
+            touched[self.poisoned.cross.cpu()] = True
+        untouched = (~touched).nonzero().flatten()
+        config.check_range("n", n, low=1, high=len(untouched), integer=True)
+        order = torch.randperm(len(untouched), generator=torch.Generator().manual_seed(seed))
+        return self.train.subset(untouched[order[:n]].sort().values)
+
     def scores(self, model: nn.Module | None = None) -> dict[str, float]:
         """CA, and ASR and RA when attacked, of `model` (default: this victim), measured now."""
         return evaluate(model or self.model, self.test, self.backdoor,
@@ -59,7 +71,8 @@ def victim(dataset: str = "fashion-mnist", *, attack: str | Attack | None = "bad
            data_dir: str | None = None, zoo: Zoo | None = None, progress: bool = True,
            **attack_params) -> Victim:
     """A model of `profile` (its architecture unless `model` is given) trained on `dataset`
-    poisoned by `attack` (a name, with `attack_params`, or an Attack), or clean if None."""
+    poisoned by `attack` (a name, with `attack_params`, or an Attack), or clean if None. The
+    model comes in eval mode, so that looking at it never moves its BatchNorm statistics."""
     p = config.profile(profile)
     model_name = config.check_choice("model", model or p.model, tuple(models.MODELS))
     device = config.resolve_device(device)
@@ -86,4 +99,4 @@ def victim(dataset: str = "fashion-mnist", *, attack: str | Attack | None = "bad
     net, card = trained(model_name, used, p.recipe, seed=seed, device=device, about=about,
                         score=score, zoo=zoo, progress=progress, desc=f"{label} {model_name}",
                         per_batch=poisoned.per_batch if poisoned else None)
-    return Victim(net, card, used, test_set, target, poisoned, backdoor)
+    return Victim(net.eval(), card, used, test_set, target, poisoned, backdoor)

@@ -12,6 +12,7 @@ def test_a_victim_is_trained_once_and_its_clean_twin_shares_the_data():
     v = victim("fashion-mnist", attack="badnets", **SMOKE)
     again = victim("fashion-mnist", attack="badnets", **SMOKE)
     assert not v.card["cached"] and again.card["cached"]
+    assert not v.model.training and not again.model.training
     assert all(torch.equal(p, q) for p, q in zip(v.model.state_dict().values(),
                                                   again.model.state_dict().values()))
     assert v.card["spec"]["about"] == {"dataset": "fashion-mnist", "attack": {
@@ -23,6 +24,12 @@ def test_a_victim_is_trained_once_and_its_clean_twin_shares_the_data():
     assert torch.equal(differs, v.poison_indices) and len(differs) == 200
     assert torch.equal(v.test.images, clean.test.images)
     assert len(v.backdoor) == int((v.test.labels != 0).sum())
+    defender = v.clean_subset(500, seed=1)
+    assert len(defender) == 500 and torch.equal(defender.images, v.clean_subset(500, 1).images)
+    untouched = clean.train.images[~torch.isin(torch.arange(2000), v.poison_indices)]
+    assert (defender.images[:, None] == untouched[None]).flatten(2).all(2).any(1).all()
+    with pytest.raises(ParameterError, match="n=1801"):
+        v.clean_subset(1801)
 
 
 def test_the_zoo_key_covers_the_per_batch_noise_of_wanet():
