@@ -1,0 +1,172 @@
+"""Neural Cleanse (Wang et al., IEEE S&P 2019): for every label, reverse-engineer the smallest
+trigger that sends clean images there, then flag labels whose trigger is abnormally small.
+
+A trigger is a mask m ∈ [0, 1]^{H×W} and a pattern Δ ∈ [0, 1]^{C×H×W} in pixel space, applied as
+x ⊕ (m, Δ) = (1 − m)·x + m·Δ. For label k it minimises CE(f(x ⊕ (m, Δ)), k) + c_k·‖m‖₁ with
+Adam, m and Δ parametrised through tanh as in the reference code. Every label is optimised at
+once: each step pushes the same batch of defender images through all K triggers, so one forward
+pass of K·B images does the work of NC's K separate runs. The cost c_k follows NC's schedule per
+label: raised ×1.5 after `patience` evaluation rounds in which the trigger works (attack accuracy
+≥ `threshold`), lowered ÷1.5^1.5 after `patience` rounds in which it does not. The trigger kept
+for each label is the one with the smallest ‖m‖₁ among those that worked.
+
+Outliers: the anomaly index of label k is (median − ‖m_k‖₁) / (1.4826 · MAD) over the labels;
+NC flags labels with an index above 2 (only small triggers count).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..config import ParameterError, check_range
+from ..data import ImageSet
+from ..train import evaluating
+
+MAD_CONSISTENCY = 1.4826   # makes the MAD a consistent estimator of a normal's σ
+FLAG_INDEX = 2.0
+
+
+@dataclass(frozen=True)
+class Reversal:
+    """Reversed triggers, one per label in `labels`, and NC's outlier test over them."""
+    labels: torch.Tensor     # K labels reversed
+    masks: torch.Tensor      # K×1×H×W in [0, 1]
+    patterns: torch.Tensor   # K×C×H×W in [0, 1]
+    l1: torch.Tensor         # K: ‖m‖₁ in pixels
+    success: torch.Tensor    # K: share of defender images the kept trigger sends to its label
+
+    @property
+    def anomaly(self) -> torch.Tensor:
+        """NC's anomaly index per label; positive when the trigger is smaller than the median."""
+        return anomaly_index(self.l1)
+
+    @property
+    def flagged(self) -> list[int]:
+        return [int(k) for k, a in zip(self.labels, self.anomaly) if a > FLAG_INDEX]
+
+    @property
+    def suspect(self) -> int:
+        """The label with the largest anomaly index: the defender's guess of the target."""
+        return int(self.labels[self.anomaly.argmax()])
+
+    def trigger(self, label: int) -> tuple[torch.Tensor, torch.Tensor]:
+        where = (self.labels == label).nonzero().flatten()
+        if len(where) == 0:
+            raise ParameterError(f"label={label} was not reversed; reversed labels: "
+                                 f"{self.labels.tolist()}")
+        return self.masks[where[0]], self.patterns[where[0]]
+
+    def stamp(self, images: torch.Tensor, label: int) -> torch.Tensor:
+        """uint8 `images` carrying the reversed trigger of `label` (rounded to uint8)."""
+        mask, pattern = self.trigger(label)
+        return stamp(images, mask.to(images.device), pattern.to(images.device))
+
+
+def stamp(images: torch.Tensor, mask: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
+    """(1 − m)·x + m·Δ on uint8 images, with m and Δ in [0, 1]; returns uint8."""
+    x = images.float() / 255
+    return (255 * ((1 - mask) * x + mask * pattern)).round().clamp(0, 255).to(torch.uint8)
+
+
+def anomaly_index(values: torch.Tensor) -> torch.Tensor:
+    """(median − v) / (1.4826 · MAD) per entry: NC's robust outlier score (small values high)."""
+    values = values.float()
+    median = values.median()
+    mad = MAD_CONSISTENCY * (values - median).abs().median()
+    return (median - values) / mad.clamp(min=1e-12)
+
+
+def reverse(model: torch.nn.Module, data: ImageSet, labels: list[int] | None = None, *,
+            steps: int = 600, batch_size: int = 32, lr: float = 0.1, init_cost: float = 1e-3,
+            threshold: float = 0.99, round_steps: int = 10, patience: int = 5, seed: int = 0,
+            progress: bool = True) -> Reversal:
+    """Reverse a trigger for each of `labels` (default: all) from the clean images `data`
+    (the defender's set), optimising all of them together for `steps` Adam steps."""
+    classes = len(data.classes)
+    labels = list(range(classes)) if labels is None else list(labels)
+    if not labels or any(not (0 <= k < classes) for k in labels):
+        raise ParameterError(f"labels={labels} is not allowed; expected labels in 0..{classes - 1}")
+    check_range("steps", steps, low=1, integer=True)
+    check_range("batch_size", batch_size, low=1, integer=True)
+    check_range("lr", lr, low=0, low_open=True)
+    check_range("init_cost", init_cost, low=0)
+    check_range("threshold", threshold, low=0, high=1)
+    check_range("round_steps", round_steps, low=1, integer=True)
+    check_range("patience", patience, low=1, integer=True)
+
+    device = next(model.parameters()).device
+    cuda = device.type == "cuda"
+    images = data.images.to(device)
+    mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(data.std, device=device).view(1, -1, 1, 1)
+    k, (c, h, w) = len(labels), images.shape[1:]
+    target = torch.tensor(labels, device=device)
+
+    # tanh parametrisation; masks start small (m ≈ 0.12), patterns at random
+    gen = torch.Generator(device).manual_seed(seed)
+    mask_param = torch.full((k, 1, h, w), -1.0, device=device, requires_grad=True)
+    pattern_param = (torch.rand((k, c, h, w), generator=gen, device=device) * 2 - 1).requires_grad_()
+    optimizer = torch.optim.Adam([mask_param, pattern_param], lr=lr, betas=(0.5, 0.9))
+
+    cost = torch.full((k,), init_cost, device=device)
+    up = torch.zeros(k, dtype=torch.long, device=device)
+    down = torch.zeros(k, dtype=torch.long, device=device)
+    best_l1 = torch.full((k,), float("inf"), device=device)
+    best_mask = torch.zeros((k, 1, h, w), device=device)
+    best_pattern = torch.zeros((k, c, h, w), device=device)
+    best_success = torch.zeros(k, device=device)
+    hits = torch.zeros(k, device=device)
+    seen = 0
+
+    with evaluating(model):
+        for step in tqdm(range(steps), desc="neural cleanse", disable=not progress, mininterval=2):
+            pick = torch.randint(len(images), (batch_size,), generator=gen, device=device)
+            x = images[pick].float() / 255                                   # B×C×H×W
+            mask = (torch.tanh(mask_param) + 1) / 2                           # K×1×H×W
+            pattern = (torch.tanh(pattern_param) + 1) / 2
+            xt = (1 - mask[:, None]) * x[None] + (mask * pattern)[:, None]    # K×B×C×H×W
+            xt = ((xt - mean) / std).flatten(0, 1).contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                logits = model(xt).float().view(k, batch_size, -1)
+            ce = F.cross_entropy(logits.flatten(0, 1), target.repeat_interleave(batch_size),
+                                 reduction="none").view(k, batch_size).mean(1)
+            l1 = mask.flatten(1).sum(1)
+            loss = (ce + cost * l1).sum()
+            # only the trigger's gradients: the model's weights get none, so none are computed
+            mask_param.grad, pattern_param.grad = torch.autograd.grad(
+                loss, [mask_param, pattern_param])
+            optimizer.step()
+
+            with torch.no_grad():
+                hits += (logits.argmax(2) == target[:, None]).float().mean(1)
+                seen += 1
+                if (step + 1) % round_steps == 0:
+                    success = hits / seen
+                    works = success >= threshold
+                    better = works & (l1 < best_l1)
+                    best_l1 = torch.where(better, l1, best_l1)
+                    best_mask[better] = mask[better]
+                    best_pattern[better] = pattern[better]
+                    best_success = torch.where(better, success, best_success)
+                    up = torch.where(works, up + 1, torch.zeros_like(up))
+                    down = torch.where(works, torch.zeros_like(down), down + 1)
+                    cost = torch.where(up >= patience, cost * 1.5, cost)
+                    cost = torch.where(down >= patience, cost / 1.5 ** 1.5, cost)
+                    up[up >= patience] = 0
+                    down[down >= patience] = 0
+                    hits.zero_()
+                    seen = 0
+
+    failed = torch.isinf(best_l1)
+    if failed.any():
+        # No trigger reached the threshold: keep the last one, honestly scored.
+        with torch.no_grad():
+            mask = (torch.tanh(mask_param) + 1) / 2
+            pattern = (torch.tanh(pattern_param) + 1) / 2
+            best_mask[failed], best_pattern[failed] = mask[failed], pattern[failed]
+            best_l1[failed] = mask[failed].flatten(1).sum(1)
+    return Reversal(target.cpu(), best_mask.detach().cpu(), best_pattern.detach().cpu(),
+                    best_l1.cpu(), best_success.cpu())

@@ -1,0 +1,60 @@
+import pytest
+import torch
+
+from reprolib.attacks import attack
+from reprolib.config import ParameterError, Recipe
+from reprolib.defenses import neural_cleanse as nc
+from reprolib.train import evaluate, trained
+
+
+def test_the_anomaly_index_flags_only_an_abnormally_small_trigger():
+    l1 = torch.tensor([40.0, 42, 38, 45, 41, 39, 44, 43, 3, 90])
+    index = nc.anomaly_index(l1)
+    assert index[8] > 2 and index.argmax() == 8
+    assert index[9] < 0            # a large trigger is not suspicious
+    rev = nc.Reversal(torch.arange(10), torch.zeros(10, 1, 4, 4), torch.zeros(10, 1, 4, 4), l1,
+                      torch.ones(10))
+    assert rev.flagged == [8] and rev.suspect == 8
+
+
+def test_stamp_blends_mask_and_pattern_in_pixel_space():
+    images = torch.full((2, 1, 4, 4), 100, dtype=torch.uint8)
+    mask = torch.zeros(1, 4, 4)
+    mask[0, 3, 3], mask[0, 0, 0] = 1.0, 0.5
+    pattern = torch.ones(1, 4, 4)
+    out = nc.stamp(images, mask, pattern)
+    assert out[0, 0, 3, 3] == 255 and out[0, 0, 0, 0] == 178   # 0.5·100 + 0.5·255, rounded
+    assert (out[:, :, 1:3, 1:3] == 100).all()
+
+
+def test_reverse_checks_its_labels(fashion):
+    _, test = fashion
+    with pytest.raises(ParameterError, match="labels=\\[10\\]"):
+        nc.reverse(torch.nn.Linear(1, 1), test.sample(10, 0), [10])
+
+
+def test_neural_cleanse_finds_a_planted_corner_trigger(fashion):
+    train, test = fashion
+    train, test = train.sample(4000, 0), test.sample(500, 0)
+    badnets = attack("badnets")
+    poisoned = badnets.poison(train, 0.1, 0, 0)
+    recipe = Recipe(epochs=4, batch_size=64, lr=0.2, schedule="onecycle", nesterov=True,
+                    augment=False)
+    model, _ = trained("small_cnn", poisoned.data, recipe, seed=0, progress=False)
+    assert evaluate(model, test, badnets.triggered(test, 0), 0)["asr"] > 0.95
+    keep = torch.ones(len(train), dtype=torch.bool)
+    keep[poisoned.indices] = False
+    defender = poisoned.data.subset(keep.nonzero().flatten()[:500])
+
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    model.zero_grad(set_to_none=True)
+    rev = nc.reverse(model, defender, [0], steps=600, progress=False)
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+    mask = rev.masks[0, 0]
+    assert rev.success[0] >= 0.99
+    # The 3×3 trigger sits in the bottom-right cell of the 4×4 map the model pools over, an
+    # 8×8 pixel square that holds 6 % of the image; most of the reversed mask must be there.
+    assert mask[-8:, -8:].sum() / mask.sum() > 0.5
+    stamped = rev.stamp(test.images, 0)
+    assert evaluate(model, test.with_images(stamped), None)["ca"] < 0.2
