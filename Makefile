@@ -21,4 +21,4 @@ test: setup
 	$(BIN)/python -m pytest tests && REPRO_PROFILE=smoke $(BIN)/python -m pytest --nbval-lax notebooks/
 
 bench: setup
-	$(BIN)/python bench/train_speed.py
+	$(BIN)/python bench/train_speed.py && $(BIN)/python bench/neural_cleanse_speed.py

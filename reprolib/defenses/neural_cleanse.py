@@ -128,7 +128,9 @@ def reverse(model: torch.nn.Module, data: ImageSet, labels: list[int] | None = N
             mask = (torch.tanh(mask_param) + 1) / 2                           # K×1×H×W
             pattern = (torch.tanh(pattern_param) + 1) / 2
             xt = (1 - mask[:, None]) * x[None] + (mask * pattern)[:, None]    # K×B×C×H×W
-            xt = ((xt - mean) / std).flatten(0, 1).contiguous(memory_format=torch.channels_last)
+            xt = ((xt - mean) / std).flatten(0, 1)
+            if cuda:  # on the CPU the layout change costs more than it saves (bench/)
+                xt = xt.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
                 logits = model(xt).float().view(k, batch_size, -1)
             ce = F.cross_entropy(logits.flatten(0, 1), target.repeat_interleave(batch_size),
