@@ -105,10 +105,10 @@ def rankings(clean: torch.Tensor, synthetic: torch.Tensor, real: torch.Tensor | 
              seed: int = 0) -> dict[str, torch.Tensor]:
     """The chapter's channel orders from the defender's images: `clean` maps, the same images
     with the synthetic (reversed) trigger, and, for the oracle only, with the real trigger."""
-    orders = {p: rank_by_change(clean, synthetic, p) for p in NORMS}
-    orders = {"linf": orders["linf"], "l2": orders["l2"], "l1": orders["l1"],
-              "nc_gap": rank_mean_gap(clean, synthetic), "dormant": rank_dormant(clean),
-              "random": rank_random(clean.shape[1], seed)}
+    orders = {p: rank_by_change(clean, synthetic, p) for p in ("linf", "l2", "l1")}
+    orders["nc_gap"] = rank_mean_gap(clean, synthetic)
+    orders["dormant"] = rank_dormant(clean)
+    orders["random"] = rank_random(clean.shape[1], seed)
     if real is not None:
         orders["oracle_linf"] = rank_by_change(clean, real, "linf")
     return orders
