@@ -7,7 +7,8 @@ Adam, m and Δ parametrised through tanh as in the reference code. Every label i
 once: each step pushes the same batch of defender images through all K triggers, so one forward
 pass of K·B images does the work of NC's K separate runs. The cost c_k follows NC's schedule per
 label: raised ×1.5 after `patience` evaluation rounds in which the trigger works (attack accuracy
-≥ `threshold`), lowered ÷1.5^1.5 after `patience` rounds in which it does not. The trigger kept
+≥ `threshold`), lowered ÷1.5^1.5 after `patience` rounds in which it does not; it starts at
+`init_cost` (the reference code holds it at 0 until a trigger first works). The trigger kept
 for each label is the one with the smallest ‖m‖₁ among those that worked.
 
 Outliers: the anomaly index of label k is (median − ‖m_k‖₁) / (1.4826 · MAD) over the labels;
