@@ -39,17 +39,30 @@ class Victim:
     def poison_indices(self) -> torch.Tensor:
         return self.poisoned.indices if self.poisoned else torch.empty(0, dtype=torch.long)
 
-    def clean_subset(self, n: int, seed: int = 0) -> data.ImageSet:
+    def clean_subset(self, n: int, seed: int = 0, balanced: bool = False) -> data.ImageSet:
         """`n` training images the attack did not touch, drawn from `seed`: the defender's
-        small clean set that most defenses assume."""
+        small clean set that most defenses assume. `balanced`: n / classes from each class
+        (n must then be a multiple of the number of classes)."""
         touched = torch.zeros(len(self.train), dtype=torch.bool)
         if self.poisoned:
             touched[self.poisoned.indices.cpu()] = True
             touched[self.poisoned.cross.cpu()] = True
         untouched = (~touched).nonzero().flatten()
         config.check_range("n", n, low=1, high=len(untouched), integer=True)
-        order = torch.randperm(len(untouched), generator=torch.Generator().manual_seed(seed))
-        return self.train.subset(untouched[order[:n]].sort().values)
+        order = untouched[torch.randperm(len(untouched),
+                                         generator=torch.Generator().manual_seed(seed))]
+        if not balanced:
+            return self.train.subset(order[:n].sort().values)
+        classes = len(self.train.classes)
+        if n % classes:
+            raise config.ParameterError(f"n={n} is not allowed with balanced=True; expected a "
+                                        f"multiple of the {classes} classes")
+        labels = self.train.labels.cpu()[order]
+        chosen = [order[labels == k][:n // classes] for k in range(classes)]
+        if any(len(c) < n // classes for c in chosen):
+            raise config.ParameterError(f"n={n} is not allowed with balanced=True; a class has "
+                                        f"fewer than {n // classes} untouched images")
+        return self.train.subset(torch.cat(chosen).sort().values)
 
     def scores(self, model: nn.Module | None = None) -> dict[str, float]:
         """CA, and ASR and RA when attacked, of `model` (default: this victim), measured now."""

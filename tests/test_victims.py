@@ -50,3 +50,13 @@ def test_victim_parameters_are_checked_before_training():
             ({"attack": "badnets", "target": 12}, "target=12")]:
         with pytest.raises(ParameterError, match=message):
             victim("fashion-mnist", **{**SMOKE, **kwargs})
+
+
+def test_a_balanced_clean_subset_has_equal_classes_and_no_poison():
+    v = victim("fashion-mnist", attack="badnets", **SMOKE)
+    subset = v.clean_subset(100, seed=0, balanced=True)
+    assert torch.bincount(subset.labels, minlength=10).tolist() == [10] * 10
+    poison = v.train.images[v.poison_indices]
+    assert not (subset.images[:, None] == poison[None]).flatten(2).all(2).any()
+    with pytest.raises(ParameterError, match="n=105 is not allowed with balanced=True"):
+        v.clean_subset(105, balanced=True)
