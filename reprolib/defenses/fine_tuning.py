@@ -1,0 +1,55 @@
+"""The two classic baselines of NPD's tables.
+
+FT: fine-tune the whole backdoored model on the defender's clean data.
+FP (Fine-Pruning; Liu, Dolan-Gavitt, Garg, RAID 2018): prune the last conv layer's channels
+that are least active on clean data, as many as the clean accuracy allows, then fine-tune with
+the pruned channels kept at zero.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from ..config import Recipe, check_range
+from ..data import ImageSet
+from ..train import train
+from . import linf_pruning as lp
+
+
+def fine_tune(model: nn.Module, clean: ImageSet, recipe: Recipe, *, seed: int = 0,
+              progress: bool = True) -> nn.Module:
+    """A fine-tuned copy of `model` (the original is left as it was)."""
+    tuned = copy.deepcopy(model)
+    train(tuned, clean, recipe, seed=seed, device=next(model.parameters()).device,
+          progress=progress, desc="fine-tune")
+    return tuned.eval()
+
+
+@dataclass
+class FinePruned:
+    model: nn.Module
+    pruned: torch.Tensor       # the channels zeroed, in pruning order
+
+
+def fine_prune(model: nn.Module, clean: ImageSet, recipe: Recipe, *, max_drop: float = 0.1,
+               max_fraction: float = 0.9, seed: int = 0, progress: bool = True) -> FinePruned:
+    """Prune dormant channels while the accuracy on `clean` stays within `max_drop` (relative:
+    0.1 keeps at least 90 % of it), at most `max_fraction` of the layer, then fine-tune."""
+    check_range("max_drop", max_drop, low=0, high=1)
+    check_range("max_fraction", max_fraction, low=0, high=1)
+    maps = lp.feature_maps(model, clean)
+    order = lp.rank_dormant(maps)
+    pooled = lp.Pooled(maps.mean((2, 3)), clean.labels.to(maps.device))
+    curve = lp.sweep(model, order, pooled, None, 0,
+                     lp.counts_up_to(len(order), max_fraction, 1 / len(order)))
+    allowed = curve["ca"][0] * (1 - max_drop)
+    n = 0
+    for count, ca in zip(curve["n"], curve["ca"]):
+        if ca < allowed:          # pruning stops at the first count that costs too much
+            break
+        n = count
+    pruned = lp.prune(model, order[:n])
+    return FinePruned(fine_tune(pruned, clean, recipe, seed=seed, progress=progress), order[:n])

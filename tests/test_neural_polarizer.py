@@ -1,0 +1,96 @@
+import pytest
+import torch
+
+from reprolib import models
+from reprolib.attacks import attack
+from reprolib.config import ParameterError, Recipe
+from reprolib.data import ImageSet
+from reprolib.defenses import neural_polarizer as np_
+from reprolib.train import evaluate, trained
+
+
+def _images(n=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return ImageSet(torch.randint(0, 256, (n, 1, 32, 32), dtype=torch.uint8, generator=g),
+                    torch.arange(n) % 10, tuple("abcdefghij"), (0.2,), (0.3,))
+
+
+@pytest.mark.parametrize("name", ["small_cnn", "preact_resnet18"])
+def test_an_identity_polarizer_leaves_the_outputs_unchanged(name):
+    model = models.build(name, 10, 1, seed=0).eval()
+    net = np_.Polarized(model).eval()
+    assert net.at == {"small_cnn": "conv4", "preact_resnet18": "layer4.1.conv1"}[name]
+    x = torch.randn(4, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(net(x), model(x), atol=1e-4)
+    assert not any(p.requires_grad for p in net.backbone.parameters())
+    with pytest.raises(ParameterError, match="at='head'"):
+        np_.Polarized(model, at="head")
+
+
+def test_the_inner_perturbation_stays_in_its_l2_ball_and_the_pixel_range():
+    model = models.build("small_cnn", 10, 1, seed=0).eval()
+    x = torch.rand(16, 1, 32, 32)
+    x[:4] = 1.0                                   # saturated images: δ may only go down
+    target = torch.randint(0, 10, (16,))
+    s = np_.Settings(radius=0.5, step=0.1, inner_steps=3, early_exit=1.0)
+    delta = np_.targeted_perturbation(model, x, target, lambda v: (v - 0.2) / 0.3, s)
+    assert delta.abs().sum() > 0
+    assert (delta.flatten(1).norm(dim=1) <= 0.5 + 1e-5).all()
+    assert ((x + delta) >= 0).all() and ((x + delta) <= 1 + 1e-6).all()
+    assert (delta[:4] <= 0).all()
+
+
+def test_the_estimated_target_is_the_best_wrong_class():
+    logits = torch.tensor([[5.0, 4.0, 1.0], [0.0, 1.0, 3.0]])
+    assert np_.estimated_target(logits, torch.tensor([0, 1])).tolist() == [1, 2]
+
+
+def test_settings_are_checked():
+    with pytest.raises(ParameterError, match="radius=0"):
+        np_.Settings(radius=0)
+    with pytest.raises(ParameterError, match="weights"):
+        np_.Settings(weights=(1.0, 0.4))
+
+
+def test_npd_trains_only_the_polarizer_and_lowers_a_backdoor(fashion):
+    train, test = fashion
+    train, test = train.sample(4000, 0), test.sample(500, 0)
+    badnets = attack("badnets")
+    poisoned = badnets.poison(train, 0.1, 0, 0)
+    recipe = Recipe(epochs=4, batch_size=64, lr=0.2, schedule="onecycle", nesterov=True,
+                    augment=False)
+    model, _ = trained("small_cnn", poisoned.data, recipe, seed=0, progress=False)
+    backdoor = badnets.triggered(test, 0)
+    before = evaluate(model, test, backdoor, 0)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    keep = torch.ones(len(train), dtype=torch.bool)
+    keep[poisoned.indices] = False
+    clean = poisoned.data.subset(keep.nonzero().flatten()[:500])
+
+    result = np_.npd(model, clean, np_.Settings(epochs=10), progress=False)
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
+    backbone = result.model.backbone.state_dict()
+    assert all(torch.equal(weights[k], backbone[k]) for k in weights)
+    assert result.trainable == 64 * 64 + 2 * 64
+    assert not torch.equal(result.model.polarizer.conv.weight.squeeze(), torch.eye(64))
+    after = evaluate(result.model, test, backdoor, 0)
+    assert before["asr"] > 0.9 and after["asr"] < before["asr"] / 2
+
+
+def test_fine_tuning_and_fine_pruning_leave_the_original_alone():
+    from reprolib.defenses.fine_tuning import fine_prune, fine_tune
+    from reprolib.defenses import linf_pruning as lp
+    model = models.build("small_cnn", 10, 1, seed=0).eval()
+    data = _images(64)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    recipe = Recipe(epochs=1, batch_size=32, lr=0.01, augment=False)
+    tuned = fine_tune(model, data, recipe, progress=False)
+    assert not tuned.training
+    assert any(not torch.equal(weights[k], v) for k, v in tuned.state_dict().items())
+    fp = fine_prune(model, data, recipe, max_drop=1.0, max_fraction=0.5, progress=False)
+    assert len(fp.pruned) == 32                     # any accuracy allowed: prune up to the cap
+    assert torch.equal(fp.pruned, lp.rank_dormant(lp.feature_maps(model, data))[:32])
+    maps = lp.feature_maps(fp.model, data)
+    assert torch.all(maps[:, fp.pruned] == 0)       # still zero after fine-tuning
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
