@@ -1,8 +1,14 @@
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 
 from reprolib import data
+from reprolib.attacks import attack
+from reprolib.config import Recipe
+from reprolib.train import trained
+from reprolib.zoo import Zoo
 
 ROOT = Path(__file__).resolve().parent.parent
 CIFAR10_MINI = ROOT.parent / "shared" / "data" / "cifar10-mini"
@@ -28,3 +34,22 @@ def cifar_mini() -> Path:
 def fashion():
     """Fashion-MNIST (train, test) from Debian's dataset-fashion-mnist, which .ci/run installs."""
     return data.load("fashion-mnist", download=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_badnets(fashion, tmp_path_factory):
+    """A small CNN with a BadNets backdoor (4,000 images, 4 epochs, no augmentation, target 0),
+    the test set, its triggered version, and 500 clean training images for the defender.
+    Shared by the defense tests, which must leave the model unchanged."""
+    train, test = fashion
+    train, test = train.sample(4000, 0), test.sample(500, 0)
+    badnets = attack("badnets")
+    poisoned = badnets.poison(train, 0.1, 0, 0)
+    recipe = Recipe(epochs=4, batch_size=64, lr=0.2, schedule="onecycle", nesterov=True,
+                    augment=False)
+    model, _ = trained("small_cnn", poisoned.data, recipe, seed=0, progress=False,
+                       zoo=Zoo(tmp_path_factory.mktemp("zoo")))
+    keep = torch.ones(len(train), dtype=torch.bool)
+    keep[poisoned.indices] = False
+    return SimpleNamespace(model=model.eval(), test=test, backdoor=badnets.triggered(test, 0),
+                           defender=poisoned.data.subset(keep.nonzero().flatten()[:500]))

@@ -1,10 +1,9 @@
 import pytest
 import torch
 
-from reprolib.attacks import attack
-from reprolib.config import ParameterError, Recipe
+from reprolib.config import ParameterError
 from reprolib.defenses import neural_cleanse as nc
-from reprolib.train import evaluate, trained
+from reprolib.train import evaluate
 
 
 def test_the_anomaly_index_flags_only_an_abnormally_small_trigger():
@@ -33,19 +32,9 @@ def test_reverse_checks_its_labels(fashion):
         nc.reverse(torch.nn.Linear(1, 1), test.sample(10, 0), [10])
 
 
-def test_neural_cleanse_finds_a_planted_corner_trigger(fashion):
-    train, test = fashion
-    train, test = train.sample(4000, 0), test.sample(500, 0)
-    badnets = attack("badnets")
-    poisoned = badnets.poison(train, 0.1, 0, 0)
-    recipe = Recipe(epochs=4, batch_size=64, lr=0.2, schedule="onecycle", nesterov=True,
-                    augment=False)
-    model, _ = trained("small_cnn", poisoned.data, recipe, seed=0, progress=False)
-    assert evaluate(model, test, badnets.triggered(test, 0), 0)["asr"] > 0.95
-    keep = torch.ones(len(train), dtype=torch.bool)
-    keep[poisoned.indices] = False
-    defender = poisoned.data.subset(keep.nonzero().flatten()[:500])
-
+def test_neural_cleanse_finds_a_planted_corner_trigger(tiny_badnets):
+    model, test, defender = tiny_badnets.model, tiny_badnets.test, tiny_badnets.defender
+    assert evaluate(model, test, tiny_badnets.backdoor, 0)["asr"] > 0.95
     weights = {k: v.clone() for k, v in model.state_dict().items()}
     model.zero_grad(set_to_none=True)
     rev = nc.reverse(model, defender, [0], steps=600, progress=False)

@@ -2,11 +2,10 @@ import pytest
 import torch
 
 from reprolib import models
-from reprolib.attacks import attack
 from reprolib.config import ParameterError, Recipe
 from reprolib.data import ImageSet
 from reprolib.defenses import neural_polarizer as np_
-from reprolib.train import evaluate, trained
+from reprolib.train import evaluate
 
 
 def _images(n=32, seed=0):
@@ -53,22 +52,12 @@ def test_settings_are_checked():
         np_.Settings(weights=(1.0, 0.4))
 
 
-def test_npd_trains_only_the_polarizer_and_lowers_a_backdoor(fashion):
-    train, test = fashion
-    train, test = train.sample(4000, 0), test.sample(500, 0)
-    badnets = attack("badnets")
-    poisoned = badnets.poison(train, 0.1, 0, 0)
-    recipe = Recipe(epochs=4, batch_size=64, lr=0.2, schedule="onecycle", nesterov=True,
-                    augment=False)
-    model, _ = trained("small_cnn", poisoned.data, recipe, seed=0, progress=False)
-    backdoor = badnets.triggered(test, 0)
+def test_npd_trains_only_the_polarizer_and_lowers_a_backdoor(tiny_badnets):
+    model, test, backdoor = tiny_badnets.model, tiny_badnets.test, tiny_badnets.backdoor
     before = evaluate(model, test, backdoor, 0)
     weights = {k: v.clone() for k, v in model.state_dict().items()}
-    keep = torch.ones(len(train), dtype=torch.bool)
-    keep[poisoned.indices] = False
-    clean = poisoned.data.subset(keep.nonzero().flatten()[:500])
 
-    result = np_.npd(model, clean, np_.Settings(epochs=10), progress=False)
+    result = np_.npd(model, tiny_badnets.defender, np_.Settings(epochs=10), progress=False)
     assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
     backbone = result.model.backbone.state_dict()
     assert all(torch.equal(weights[k], backbone[k]) for k in weights)
