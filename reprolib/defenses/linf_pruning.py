@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from .. import metrics
 from ..config import ParameterError, check_range
 from ..data import Batches, ImageSet
 from ..train import evaluating
@@ -181,11 +182,10 @@ def sweep(model: nn.Module, order: torch.Tensor, clean: Pooled, triggered: Poole
     the first n channels of `order`, for every n in `counts`. Values in [0, 1]."""
     out = {"n": list(counts), "ca": [], "asr": []}
     for n in counts:
-        pred = pruned_predictions(model, clean, order[:n])
-        out["ca"].append((pred == clean.labels).float().mean().item())
+        out["ca"].append(metrics.ca(pruned_predictions(model, clean, order[:n]), clean.labels))
         if triggered is not None:
             pred = pruned_predictions(model, triggered, order[:n])
-            out["asr"].append((pred == target).float().mean().item())
+            out["asr"].append(metrics.asr(pred, triggered.labels, target))
     return out
 
 
