@@ -30,6 +30,7 @@ class Victim:
     target: int
     poisoned: Poisoned | None   # None for a clean model
     backdoor: data.ImageSet | None  # the attack's triggered non-target test images, true labels
+    original: data.ImageSet     # the training set before poisoning
 
     @property
     def attack(self) -> Attack | None:
@@ -39,30 +40,34 @@ class Victim:
     def poison_indices(self) -> torch.Tensor:
         return self.poisoned.indices if self.poisoned else torch.empty(0, dtype=torch.long)
 
-    def clean_subset(self, n: int, seed: int = 0, balanced: bool = False) -> data.ImageSet:
-        """`n` training images the attack did not touch, drawn from `seed`: the defender's
-        small clean set that most defenses assume. `balanced`: n / classes from each class
-        (n must then be a multiple of the number of classes)."""
+    def clean_subset(self, n: int, seed: int = 0, balanced: bool = False,
+                     untouched: bool = True) -> data.ImageSet:
+        """`n` clean training images drawn from `seed`: the defender's small clean set that most
+        defenses assume. `untouched`: only images the attack did not touch; False: the clean
+        originals of any training images, as BackdoorBench draws them (a clean-label attack at
+        10 % can touch a whole class). `balanced`: n / classes from each class (n must then be
+        a multiple of the number of classes)."""
         touched = torch.zeros(len(self.train), dtype=torch.bool)
-        if self.poisoned:
+        if self.poisoned and untouched:
             touched[self.poisoned.indices.cpu()] = True
             touched[self.poisoned.cross.cpu()] = True
-        untouched = (~touched).nonzero().flatten()
-        config.check_range("n", n, low=1, high=len(untouched), integer=True)
-        order = untouched[torch.randperm(len(untouched),
-                                         generator=torch.Generator().manual_seed(seed))]
+        pool = (~touched).nonzero().flatten()
+        config.check_range("n", n, low=1, high=len(pool), integer=True)
+        order = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))]
         if not balanced:
-            return self.train.subset(order[:n].sort().values)
+            return self.original.subset(order[:n].sort().values)
         classes = len(self.train.classes)
         if n % classes:
             raise config.ParameterError(f"n={n} is not allowed with balanced=True; expected a "
                                         f"multiple of the {classes} classes")
-        labels = self.train.labels.cpu()[order]
+        labels = self.original.labels.cpu()[order]
         chosen = [order[labels == k][:n // classes] for k in range(classes)]
         if any(len(c) < n // classes for c in chosen):
-            raise config.ParameterError(f"n={n} is not allowed with balanced=True; a class has "
-                                        f"fewer than {n // classes} untouched images")
-        return self.train.subset(torch.cat(chosen).sort().values)
+            raise config.ParameterError(
+                f"n={n} is not allowed with balanced=True; a class has fewer than {n // classes} "
+                f"{'untouched ' if untouched else ''}images"
+                + ("; untouched=False draws from the clean originals" if untouched else ""))
+        return self.original.subset(torch.cat(chosen).sort().values)
 
     def scores(self, model: nn.Module | None = None) -> dict[str, float]:
         """CA, and ASR and RA when attacked, of `model` (default: this victim), measured now."""
@@ -112,4 +117,4 @@ def victim(dataset: str = "fashion-mnist", *, attack: str | Attack | None = "bad
     net, card = trained(model_name, used, p.recipe, seed=seed, device=device, about=about,
                         score=score, zoo=zoo, progress=progress, desc=f"{label} {model_name}",
                         per_batch=poisoned.per_batch if poisoned else None)
-    return Victim(net.eval(), card, used, test_set, target, poisoned, backdoor)
+    return Victim(net.eval(), card, used, test_set, target, poisoned, backdoor, train_set)

@@ -60,3 +60,19 @@ def test_a_balanced_clean_subset_has_equal_classes_and_no_poison():
     assert not (subset.images[:, None] == poison[None]).flatten(2).all(2).any()
     with pytest.raises(ParameterError, match="n=105 is not allowed with balanced=True"):
         v.clean_subset(105, balanced=True)
+
+
+def test_a_clean_label_attack_that_took_a_whole_class_leaves_the_originals_to_the_defender():
+    train = victim("fashion-mnist", attack=None, **SMOKE).original
+    whole = int((train.labels == 0).sum())
+    v = victim("fashion-mnist", attack="sig", ratio=whole / len(train), **SMOKE)
+    assert len(v.poison_indices) == whole
+    with pytest.raises(ParameterError, match="untouched=False draws from the clean originals"):
+        v.clean_subset(100, balanced=True)
+    subset = v.clean_subset(100, seed=0, balanced=True, untouched=False)
+    assert torch.bincount(subset.labels, minlength=10).tolist() == [10] * 10
+    originals = v.original.images[v.poison_indices]
+    poisoned = v.train.images[v.poison_indices]
+    ours = subset.images[subset.labels == 0]
+    assert (ours[:, None] == originals[None]).flatten(2).all(2).any(1).all()
+    assert not (ours[:, None] == poisoned[None]).flatten(2).all(2).any()
