@@ -29,8 +29,10 @@ def lr_factor(schedule: str, step: int, total: int) -> float:
     """The learning rate at `step` of `total`, as a fraction of the recipe's peak lr.
 
     cosine: from 1 down to 0 along a half cosine. onecycle: a triangle, rising linearly over the
-    first quarter of the steps, then falling linearly to 0."""
+    first quarter of the steps, then falling linearly to 0. constant: 1 throughout."""
     check_choice("schedule", schedule, SCHEDULES)
+    if schedule == "constant":
+        return 1.0
     if schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * step / total))
     return min((step + 1) / (0.25 * total), (total - step) / (0.75 * total))
@@ -50,11 +52,13 @@ def _model_device(model: nn.Module) -> torch.device:
 
 def train(model: nn.Module, data: ImageSet, recipe: Recipe, *, seed: int = 0,
           device: str | torch.device = "auto", compile: bool = False, progress: bool = True,
-          desc: str = "train", per_batch: PerBatch | None = None) -> History:
+          desc: str = "train", per_batch: PerBatch | None = None,
+          frozen_bn: bool = False) -> History:
     """Train `model` in place on `data` with `recipe`; the batch order and augmentation are
     drawn from `seed` (the model's initial weights come from `models.build(..., seed=)`).
     `per_batch(x, y, indices, generator)`, when given, rewrites every normalised batch before
-    the step (an attack that works during training); its generator is seeded from `seed` too."""
+    the step (an attack that works during training); its generator is seeded from `seed` too.
+    `frozen_bn`: BatchNorm layers stay in eval mode (running statistics fixed; γ, β still learn)."""
     device = resolve_device(device)
     cuda = device.type == "cuda"
     data = data.to(device)
@@ -77,6 +81,10 @@ def train(model: nn.Module, data: ImageSet, recipe: Recipe, *, seed: int = 0,
     for epoch in range(recipe.epochs):
         start = time.perf_counter()
         model.train()
+        if frozen_bn:
+            for m in model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         for x, y, idx in batches:

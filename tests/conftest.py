@@ -39,7 +39,8 @@ def fashion():
 @pytest.fixture(scope="session")
 def tiny_badnets(fashion, tmp_path_factory):
     """A small CNN with a BadNets backdoor (4,000 images, 4 epochs, no augmentation, target 0),
-    the test set, its triggered version, and 500 clean training images for the defender.
+    its training set and poison indices, the test set, its triggered version, and 500 clean
+    training images for the defender.
     Shared by the defense tests, which must leave the model unchanged."""
     train, test = fashion
     train, test = train.sample(4000, 0), test.sample(500, 0)
@@ -51,5 +52,6 @@ def tiny_badnets(fashion, tmp_path_factory):
                        zoo=Zoo(tmp_path_factory.mktemp("zoo")))
     keep = torch.ones(len(train), dtype=torch.bool)
     keep[poisoned.indices] = False
-    return SimpleNamespace(model=model.eval(), test=test, backdoor=badnets.triggered(test, 0),
+    return SimpleNamespace(model=model.eval(), train=poisoned.data, poison_indices=poisoned.indices,
+                           test=test, backdoor=badnets.triggered(test, 0),
                            defender=poisoned.data.subset(keep.nonzero().flatten()[:500]))
