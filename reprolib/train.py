@@ -53,12 +53,14 @@ def _model_device(model: nn.Module) -> torch.device:
 def train(model: nn.Module, data: ImageSet, recipe: Recipe, *, seed: int = 0,
           device: str | torch.device = "auto", compile: bool = False, progress: bool = True,
           desc: str = "train", per_batch: PerBatch | None = None,
-          frozen_bn: bool = False) -> History:
+          frozen_bn: bool = False,
+          loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> History:
     """Train `model` in place on `data` with `recipe`; the batch order and augmentation are
     drawn from `seed` (the model's initial weights come from `models.build(..., seed=)`).
     `per_batch(x, y, indices, generator)`, when given, rewrites every normalised batch before
     the step (an attack that works during training); its generator is seeded from `seed` too.
-    `frozen_bn`: BatchNorm layers stay in eval mode (running statistics fixed; γ, β still learn)."""
+    `frozen_bn`: BatchNorm layers stay in eval mode (running statistics fixed; γ, β still learn).
+    `loss_fn(logits, labels)`: the objective, instead of the recipe's cross-entropy."""
     device = resolve_device(device)
     cuda = device.type == "cuda"
     data = data.to(device)
@@ -93,7 +95,8 @@ def train(model: nn.Module, data: ImageSet, recipe: Recipe, *, seed: int = 0,
             x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
                 logits = net(x)
-                loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
+                loss = (loss_fn(logits.float(), y) if loss_fn else
+                        F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
