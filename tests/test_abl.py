@@ -3,7 +3,6 @@ import torch
 
 from reprolib.config import ParameterError
 from reprolib.defenses import abl
-from reprolib.train import evaluate
 
 
 def test_lga_ascends_below_gamma_and_descends_above():

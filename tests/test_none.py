@@ -1,5 +1,3 @@
-import itertools
-
 import pytest
 import torch
 
@@ -112,3 +110,17 @@ def test_settings_and_thresholds_are_checked():
     acts = none.Activations(torch.full((4, 2), 0.5), {"conv2": torch.rand(4, 3)})
     with pytest.raises(ParameterError, match="low=0.9 must be below high=0.1"):
         none.neuron_scores(acts, low=0.9, high=0.1)
+
+
+def test_the_code_union_reproduces_the_released_layer_4_reset():
+    model = models.build("resnet18", 10, 3)
+    chosen = {u.conv: torch.tensor([i]) for i, u in enumerate(none.units(model))}
+    union = none.code_union(model, chosen)
+    order = [u.conv for u in none.units(model)]
+    start = order.index("layer3.1.conv2")
+    for i, name in enumerate(order):
+        expected = list(range(start, i + 1)) if i > start else [i]
+        assert sorted(union[name].tolist()) == expected, name
+    assert sorted(union["layer4.1.conv2"].tolist()) == list(range(start, len(order)))
+    with pytest.raises(ParameterError, match="model=SmallCNN"):
+        none.code_union(models.build("small_cnn"), {})
