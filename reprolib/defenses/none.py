@@ -151,6 +151,12 @@ def jenks_split(values: torch.Tensor) -> float:
     return v[int(sse.argmin())].item()
 
 
+def above_break(values: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """The Jenks break of `values` and the indices above it: the images NONE drops."""
+    threshold = jenks_split(values)
+    return threshold, (values > threshold).nonzero().flatten()
+
+
 @torch.no_grad()
 def reset(model: nn.Module, chosen: dict[str, torch.Tensor]) -> nn.Module:
     """Zero, in place, each chosen channel c of a unit: its conv filter, its BN's γ_c and β_c,
@@ -255,9 +261,9 @@ def none(model: nn.Module, data: ImageSet, settings: Settings = Settings(), *,
         neurons = neuron_scores(acts, s.low, s.high, s.sigmas)
         chosen = select(neurons, s.fraction)
         per_image = sample_scores(acts, neurons).cpu()
-        threshold = jenks_split(per_image)
-        dropped = ((per_image > threshold).nonzero().flatten() if s.drop
-                   else torch.empty(0, dtype=torch.long))
+        threshold, dropped = above_break(per_image)
+        if not s.drop:
+            dropped = torch.empty(0, dtype=torch.long)
         if s.zero:
             reset(net, code_union(net, chosen) if s.code_union else chosen)
         keep = torch.ones(len(data), dtype=torch.bool)
