@@ -2,7 +2,8 @@
 effectiveness rating (DER), as BackdoorBench defines them. All are fractions in [0, 1].
 
 ASR and RA are computed on triggered test images whose *true* class is not the target: an image of
-the target class says nothing about the backdoor.
+the target class says nothing about the backdoor. The target is one class, or one per image for
+all-to-all attacks (class y goes to y + 1 mod K).
 """
 from __future__ import annotations
 
@@ -11,11 +12,17 @@ import torch
 from .config import ParameterError, check_range
 
 
-def _non_target(labels: torch.Tensor, target: int) -> torch.Tensor:
+def _per_image(labels: torch.Tensor, target: int | torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(target, device=labels.device).expand_as(labels)
+
+
+def _non_target(labels: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     keep = labels != target
     if not keep.any():
-        raise ParameterError(f"target={target}: every image is of the target class, so ASR and "
-                             "RA are undefined; pass triggered images of other classes")
+        shown = target.unique().tolist()
+        raise ParameterError(f"target={shown[0] if len(shown) == 1 else shown}: every image is "
+                             "of its target class, so ASR and RA are undefined; pass triggered "
+                             "images of other classes")
     return keep
 
 
@@ -26,17 +33,19 @@ def ca(pred: torch.Tensor, labels: torch.Tensor) -> float:
     return (pred == labels).float().mean().item()
 
 
-def asr(pred: torch.Tensor, labels: torch.Tensor, target: int) -> float:
+def asr(pred: torch.Tensor, labels: torch.Tensor, target: int | torch.Tensor) -> float:
     """Attack success rate: the share of triggered non-target images predicted as `target`.
 
-    `pred` are predictions on triggered images, `labels` their true classes."""
+    `pred` are predictions on triggered images, `labels` their true classes, `target` the
+    class the backdoor sends them to (one, or one per image)."""
+    target = _per_image(labels, target)
     keep = _non_target(labels, target)
-    return (pred[keep] == target).float().mean().item()
+    return (pred[keep] == target[keep]).float().mean().item()
 
 
-def ra(pred: torch.Tensor, labels: torch.Tensor, target: int) -> float:
+def ra(pred: torch.Tensor, labels: torch.Tensor, target: int | torch.Tensor) -> float:
     """Robust accuracy: the share of triggered non-target images still given their true class."""
-    keep = _non_target(labels, target)
+    keep = _non_target(labels, _per_image(labels, target))
     return (pred[keep] == labels[keep]).float().mean().item()
 
 

@@ -140,15 +140,17 @@ def predict(model: nn.Module, data: ImageSet, batch_size: int = 1000) -> torch.T
 
 
 def evaluate(model: nn.Module, test: ImageSet, backdoor: ImageSet | None = None,
-             target: int | None = None) -> dict[str, float]:
+             target: int | torch.Tensor | None = None) -> dict[str, float]:
     """CA on the clean `test` set; with a triggered `backdoor` set (true labels) and the attack's
-    `target`, also ASR and RA."""
+    `target` (a class, or one per backdoor image), also ASR and RA."""
     result = {"ca": metrics.ca(predict(model, test), test.labels.to(_model_device(model)))}
     if backdoor is not None:
         if target is None:
             raise ParameterError("target=None: the attack's target class is required "
                                  "with a backdoor set")
         pred, labels = predict(model, backdoor), backdoor.labels.to(_model_device(model))
+        if isinstance(target, torch.Tensor):
+            target = target.to(labels.device)
         result["asr"] = metrics.asr(pred, labels, target)
         result["ra"] = metrics.ra(pred, labels, target)
     return result

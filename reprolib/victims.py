@@ -69,10 +69,17 @@ class Victim:
                 + ("; untouched=False draws from the clean originals" if untouched else ""))
         return self.original.subset(torch.cat(chosen).sort().values)
 
+    @property
+    def backdoor_targets(self) -> torch.Tensor | None:
+        """Per triggered test image, the class the backdoor sends it to."""
+        if self.backdoor is None:
+            return None
+        return self.attack.backdoor_labels(self.backdoor.labels, self.target,
+                                           len(self.test.classes))
+
     def scores(self, model: nn.Module | None = None) -> dict[str, float]:
         """CA, and ASR and RA when attacked, of `model` (default: this victim), measured now."""
-        return evaluate(model or self.model, self.test, self.backdoor,
-                        self.target if self.backdoor is not None else None)
+        return evaluate(model or self.model, self.test, self.backdoor, self.backdoor_targets)
 
 
 @lru_cache(maxsize=4)
@@ -110,7 +117,9 @@ def victim(dataset: str = "fashion-mnist", *, attack: str | Attack | None = "bad
         about["attack"] = {**atk.settings(), "ratio": ratio, "target": target}
 
     def score(m):
-        return evaluate(m, test_set, backdoor, target if backdoor is not None else None)
+        targets = (atk.backdoor_labels(backdoor.labels, target, len(test_set.classes))
+                   if backdoor is not None else None)
+        return evaluate(m, test_set, backdoor, targets)
 
     used = poisoned.data if poisoned else train_set
     label = poisoned.attack.name if poisoned else "clean"

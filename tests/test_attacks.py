@@ -96,6 +96,8 @@ def test_poison_indices_are_exactly_the_changed_images(name):
     assert torch.equal(p.data.images[p.indices], a.apply(clean.images[p.indices]))
     if a.clean_label:
         assert (clean.labels[p.indices] == 2).all() and torch.equal(p.data.labels, clean.labels)
+    elif a.all_to_all:
+        assert torch.equal(p.data.labels[p.indices], (clean.labels[p.indices] + 1) % 10)
     else:
         assert (p.data.labels[p.indices] == 2).all()
     again = a.poison(clean, ratio=0.05 if name == "sig" else 0.1, target=2, seed=1)
@@ -123,8 +125,9 @@ def test_triggered_test_set_is_every_non_target_image_with_its_true_label(name):
     test = toy(50)
     a = attack(name)
     backdoor = a.triggered(test, target=3)
-    keep = test.labels != 3
-    assert len(backdoor) == 45 and torch.equal(backdoor.labels, test.labels[keep])
+    keep = torch.ones(50, dtype=torch.bool) if a.all_to_all else test.labels != 3
+    assert len(backdoor) == (50 if a.all_to_all else 45)
+    assert torch.equal(backdoor.labels, test.labels[keep])
     assert torch.equal(backdoor.images, a.apply(test.images[keep]))
 
 
@@ -153,10 +156,11 @@ def test_wanet_cross_images_get_fresh_noise_in_each_batch_and_keep_their_label()
 # --- the registry ---------------------------------------------------------------------------
 
 def test_registry_names_and_parameters_are_checked():
-    assert sorted(ATTACKS) == ["badnets", "blended", "sig", "wanet"]
+    assert sorted(ATTACKS) == ["badnets", "badnets_all2all", "blended", "sig", "wanet"]
     assert attack("blended", alpha=0.3).settings() == {"name": "blended", "alpha": 0.3}
     with pytest.raises(ParameterError, match="attack='trojan' is not allowed; choose one of: "
-                                             "'badnets', 'blended', 'sig', 'wanet'"):
+                                             "'badnets', 'badnets_all2all', 'blended', 'sig', "
+                                             "'wanet'"):
         attack("trojan")
     with pytest.raises(ParameterError, match="blended has no parameter beta; allowed: alpha"):
         attack("blended", beta=0.1)

@@ -15,6 +15,14 @@ def test_ca_asr_ra_on_a_hand_made_example():
     assert metrics.ra(triggered_pred, labels, target=0) == pytest.approx(2 / 4)
 
 
+def test_all_to_all_asr_counts_each_image_against_its_own_target():
+    labels = torch.tensor([0, 1, 2, 9])
+    target = (labels + 1) % 10
+    pred = torch.tensor([1, 2, 2, 0])          # three go where the backdoor sends them
+    assert metrics.asr(pred, labels, target) == pytest.approx(3 / 4)
+    assert metrics.ra(pred, labels, target) == pytest.approx(1 / 4)
+
+
 def test_asr_undefined_without_non_target_images():
     with pytest.raises(ParameterError, match="target=3"):
         metrics.asr(torch.tensor([3, 3]), torch.tensor([3, 3]), target=3)

@@ -7,13 +7,13 @@ and builds the triggered test set for ASR and RA (`Attack.triggered`)."""
 from __future__ import annotations
 
 from ..config import ParameterError, check_choice
-from .badnets import BadNets
+from .badnets import BadNets, BadNetsAllToAll
 from .base import Attack, Poisoned
 from .blended import Blended
 from .sig import SIG
 from .wanet import WaNet
 
-ATTACKS: dict[str, type[Attack]] = {a.name: a for a in (BadNets, Blended, SIG, WaNet)}
+ATTACKS: dict[str, type[Attack]] = {a.name: a for a in (BadNets, BadNetsAllToAll, Blended, SIG, WaNet)}
 
 
 def attack(name: str, **params) -> Attack:

@@ -1,5 +1,6 @@
 """BadNets (Gu et al., 2017) as BackdoorBench sets it up: a 3×3 white square in the bottom-right
-corner, all-to-one (every poisoned image is relabelled to the target)."""
+corner, all-to-one (every poisoned image is relabelled to the target), and its all-to-all
+variant (an image of class y is relabelled to y + 1 mod K)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,3 +24,9 @@ class BadNets(Attack):
         out = images.clone()
         out[..., -self.size:, -self.size:] = 255
         return out
+
+
+@dataclass(frozen=True)
+class BadNetsAllToAll(BadNets):
+    name = "badnets_all2all"
+    all_to_all = True

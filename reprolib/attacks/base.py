@@ -7,7 +7,9 @@ and RA: every non-target test image with the trigger, keeping its true label.
 
 Dirty-label attacks draw their round(ratio × N) images uniformly from the whole training set, as
 BackdoorBench does (target-class images may be drawn; they get the trigger and keep their label).
-Clean-label attacks draw them from the target class only and never change a label.
+Clean-label attacks draw them from the target class only and never change a label. All-to-one
+attacks send every triggered image to one `target`; all-to-all attacks send class y to
+(y + 1) mod K, BackdoorBench's all2all, and have no single target.
 """
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ class Attack:
     `apply`, and `clean_label` when only target-class images may be poisoned."""
     name: ClassVar[str]
     clean_label: ClassVar[bool] = False
+    all_to_all: ClassVar[bool] = False
 
     def apply(self, images: torch.Tensor) -> torch.Tensor:
         """A triggered copy of uint8 `images` (N, C, H, W)."""
@@ -48,6 +51,12 @@ class Attack:
     def settings(self) -> dict:
         """The name and every parameter: what a model cache key needs to know."""
         return {"name": self.name, **asdict(self)}
+
+    def backdoor_labels(self, labels: torch.Tensor, target: int, classes: int) -> torch.Tensor:
+        """The label the backdoor gives each triggered image of true class `labels`."""
+        if self.all_to_all:
+            return (labels + 1) % classes
+        return torch.full_like(labels, target)
 
     def poison_indices(self, labels: torch.Tensor, ratio: float, target: int,
                        seed: int) -> torch.Tensor:
@@ -65,20 +74,21 @@ class Attack:
         return pool[order[:n]].sort().values.to(labels.device)
 
     def poison(self, data: ImageSet, ratio: float, target: int, seed: int) -> Poisoned:
-        """The training set with the trigger on round(ratio × N) images (relabelled to `target`
-        unless the attack is clean-label)."""
+        """The training set with the trigger on round(ratio × N) images, relabelled by
+        `backdoor_labels` unless the attack is clean-label (all-to-all attacks ignore `target`)."""
         _check_target(target, data)
         indices = self.poison_indices(data.labels, ratio, target, seed)
         images, labels = data.images.clone(), data.labels.clone()
         images[indices] = self.apply(images[indices])
         if not self.clean_label:
-            labels[indices] = target
+            labels[indices] = self.backdoor_labels(labels[indices], target, len(data.classes))
         return Poisoned(data.with_images(images, labels), indices, target, self)
 
     def triggered(self, test: ImageSet, target: int) -> ImageSet:
-        """Every test image not of class `target`, with the trigger and its true label."""
+        """Every test image whose backdoor label differs from its own (for all-to-one attacks,
+        every image not of class `target`), with the trigger and its true label."""
         _check_target(target, test)
-        keep = test.labels != target
+        keep = test.labels != self.backdoor_labels(test.labels, target, len(test.classes))
         return test.with_images(self.apply(test.images[keep]), test.labels[keep])
 
 
