@@ -141,6 +141,7 @@ def test_every_page_opens_in_a_browser_with_its_title_tables_and_images(smoke_bo
              "book/runs/attacks.html": ("The attacks", 2, 1),
              "book/runs/linf_pruning.html": ("neuron pruning", 6, 6),
              "book/runs/neural_polarizer.html": ("Neural Polarizer", 7, 4),
+             "book/runs/none.html": ("NONE", 8, 4),
              "book/scorecard.html": ("Scorecard", 1, 0)}
     shots = ROOT / "_build" / "browser-check"
     shots.mkdir(parents=True, exist_ok=True)
