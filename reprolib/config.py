@@ -50,7 +50,7 @@ def check_range(name: str, value, *, low=None, high=None, low_open=False, high_o
     return int(value) if integer else float(value)
 
 
-SCHEDULES = ("cosine", "onecycle", "constant")
+SCHEDULES = ("cosine", "onecycle", "constant", "warmup")
 
 
 @dataclass(frozen=True)

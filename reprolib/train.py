@@ -29,10 +29,13 @@ def lr_factor(schedule: str, step: int, total: int) -> float:
     """The learning rate at `step` of `total`, as a fraction of the recipe's peak lr.
 
     cosine: from 1 down to 0 along a half cosine. onecycle: a triangle, rising linearly over the
-    first quarter of the steps, then falling linearly to 0. constant: 1 throughout."""
+    first quarter of the steps, then falling linearly to 0. constant: 1 throughout. warmup:
+    rising linearly over the first tenth of the steps, then 1."""
     check_choice("schedule", schedule, SCHEDULES)
     if schedule == "constant":
         return 1.0
+    if schedule == "warmup":
+        return min(1.0, (step + 1) / (0.1 * total))
     if schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * step / total))
     return min((step + 1) / (0.25 * total), (total - step) / (0.75 * total))

@@ -25,6 +25,13 @@ def test_onecycle_schedule_peaks_at_a_quarter_and_never_stops():
         lr_factor("linear", 0, 10)
 
 
+def test_warmup_schedule_rises_over_a_tenth_then_holds():
+    total = 100
+    factors = [lr_factor("warmup", s, total) for s in range(total)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == 1.0
+    assert all(a < b for a, b in zip(factors[:9], factors[1:10])) and set(factors[9:]) == {1.0}
+
+
 def test_smoke_profile_learns_fashion_mnist_and_a_badnets_backdoor(fashion):
     p = config.profile("smoke")
     train_set, test_set = fashion[0].sample(p.n_train, seed=0), fashion[1].sample(1000, seed=0)

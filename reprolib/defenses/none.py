@@ -210,6 +210,7 @@ class Settings:
     high: float = 0.9            # λ_h
     sigmas: float = 3.0
     lr: float = 1e-4             # none_lr, constant
+    warmup: bool = False         # ours: reach lr linearly over the first tenth of the steps
     epochs: int = 20             # epoch_num_2, per round
     rounds: int = 1
     batch_size: int = 128
@@ -228,7 +229,7 @@ class Settings:
     def recipe(self, augment: bool) -> Recipe:
         return Recipe(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
                       momentum=self.momentum, weight_decay=self.weight_decay,
-                      schedule="constant", augment=augment)
+                      schedule="warmup" if self.warmup else "constant", augment=augment)
 
 
 @dataclass
