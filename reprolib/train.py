@@ -108,6 +108,11 @@ def train(model: nn.Module, data: ImageSet, recipe: Recipe, *, seed: int = 0,
             correct += (logits.argmax(1) == y).sum()
             bar.update()
         history.loss.append(loss_sum.item() / len(data))
+        if not math.isfinite(history.loss[-1]):
+            bar.close()
+            raise FloatingPointError(f"{desc}: the training loss became {history.loss[-1]} in "
+                                     f"epoch {epoch + 1} of {recipe.epochs}; the model diverged "
+                                     f"at lr {recipe.lr:g}")
         history.accuracy.append(correct.item() / len(data))
         history.epoch_seconds.append(time.perf_counter() - start)
         bar.set_postfix(epoch=epoch + 1, loss=f"{history.loss[-1]:.3f}",

@@ -105,6 +105,15 @@ def test_none_repairs_a_copy_and_lowers_the_asr(tiny_badnets):
     assert frozen and all(torch.equal(repaired[k], state[k]) for k in frozen)  # BN stayed frozen
 
 
+def test_a_diverging_repair_says_so_and_keeps_the_model_it_had(tiny_badnets):
+    t = tiny_badnets
+    result = none.none(t.model, t.train, none.Settings(epochs=1, lr=1e6), augment=False,
+                       progress=False)
+    assert result.diverged and len(result.rounds) == 1
+    assert all(torch.equal(v, t.model.state_dict()[k])
+               for k, v in result.model.state_dict().items())
+
+
 def test_settings_and_thresholds_are_checked():
     with pytest.raises(ParameterError, match="fraction=0"):
         none.Settings(fraction=0)

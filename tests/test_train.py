@@ -70,6 +70,15 @@ def test_every_recipe_knob_reaches_training(fashion, change):
     assert not torch.equal(base["head.weight"], changed["head.weight"])
 
 
+def test_a_diverging_run_stops_with_a_clear_error(fashion):
+    data = fashion[0].sample(256, seed=0)
+    model = models.build("small_cnn", 10, 1, seed=0)
+    recipe = Recipe(epochs=2, batch_size=64, lr=1e8, augment=False)
+    with pytest.raises(FloatingPointError, match=r"blow-up: the training loss became nan in "
+                                                 r"epoch 1 of 2; the model diverged at lr 1e\+08"):
+        train(model, data, recipe, progress=False, desc="blow-up")
+
+
 def test_predict_keeps_order_and_mode(fashion):
     data = fashion[1].sample(300, seed=0)
     model = models.build("small_cnn", 10, 1, seed=0)

@@ -245,6 +245,8 @@ class Result:
     model: nn.Module
     rounds: list[Round] = field(default_factory=list)
     seconds: float = 0.0
+    diverged: bool = False            # the last round's fine-tuning diverged; `model` is the
+                                      # model before that round (the input, after one round)
 
 
 def none(model: nn.Module, data: ImageSet, settings: Settings = Settings(), *,
@@ -252,12 +254,14 @@ def none(model: nn.Module, data: ImageSet, settings: Settings = Settings(), *,
     """Repair a copy of the trained `model` on its own training set `data`: per round detect,
     drop the flagged images, reset the selected channels, fine-tune with BatchNorm frozen.
     The optimizer starts afresh (the code keeps phase 1's momentum buffers; we have only the
-    weights)."""
+    weights). A round whose fine-tuning diverges ends the repair: the defender keeps the model
+    it had before that round, and the result says `diverged`."""
     s = settings
     net = copy.deepcopy(model)
     start = time.perf_counter()
     rounds = []
     for r in range(s.rounds):
+        kept = copy.deepcopy(net)
         acts = activations(net, data)
         neurons = neuron_scores(acts, s.low, s.high, s.sigmas)
         chosen = select(neurons, s.fraction)
@@ -269,9 +273,12 @@ def none(model: nn.Module, data: ImageSet, settings: Settings = Settings(), *,
             reset(net, code_union(net, chosen) if s.code_union else chosen)
         keep = torch.ones(len(data), dtype=torch.bool)
         keep[dropped] = False
-        train(net, data.subset(keep.nonzero().flatten()), s.recipe(augment), seed=seed + r,
-              device=next(net.parameters()).device, progress=progress,
-              desc=f"none round {r + 1}", frozen_bn=True)
         rounds.append(Round({k: v.cpu() for k, v in chosen.items()}, per_image, threshold,
                             dropped))
+        try:
+            train(net, data.subset(keep.nonzero().flatten()), s.recipe(augment), seed=seed + r,
+                  device=next(net.parameters()).device, progress=progress,
+                  desc=f"none round {r + 1}", frozen_bn=True)
+        except FloatingPointError:
+            return Result(kept.eval(), rounds, time.perf_counter() - start, diverged=True)
     return Result(net.eval(), rounds, time.perf_counter() - start)
