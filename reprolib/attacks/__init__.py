@@ -13,7 +13,8 @@ from .blended import Blended
 from .sig import SIG
 from .wanet import WaNet
 
-ATTACKS: dict[str, type[Attack]] = {a.name: a for a in (BadNets, BadNetsAllToAll, Blended, SIG, WaNet)}
+ATTACKS: dict[str, type[Attack]] = {
+    a.name: a for a in (BadNets, BadNetsAllToAll, Blended, SIG, WaNet)}
 
 
 def attack(name: str, **params) -> Attack:

@@ -245,8 +245,8 @@ class Result:
     model: nn.Module
     rounds: list[Round] = field(default_factory=list)
     seconds: float = 0.0
-    diverged: bool = False            # the last round's fine-tuning diverged; `model` is the
-                                      # model before that round (the input, after one round)
+    diverged: bool = False            # the last round's fine-tuning diverged; `model` is then
+                                      # the model before that round (the input, in round 1)
 
 
 def none(model: nn.Module, data: ImageSet, settings: Settings = Settings(), *,
