@@ -39,3 +39,34 @@ def test_mine_is_near_zero_for_independent_inputs_and_positive_for_dependent_one
     independent, dependent = mine_estimate(False), mine_estimate(True)
     assert abs(independent) < 0.05, independent
     assert dependent > 1.0, dependent
+
+
+def test_a_stamped_trigger_changes_exactly_its_window():
+    x = torch.randn(4, 3, 32, 32)
+    triggers = torch.rand(4, 27)
+    mean, std = torch.tensor([0.5, 0.4, 0.3]), torch.tensor([0.2, 0.25, 0.3])
+    out = mesa.stamp(x, triggers, 5, 29, mean, std)
+    changed = (out != x).any(1)
+    assert changed[:, 5:8, 29:32].all() and changed.sum() == 4 * 9
+    expected = (triggers.view(4, 3, 3, 3) - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+    assert torch.allclose(out[:, :, 5:8, 29:32], expected)
+    with pytest.raises(ParameterError, match=r"\(row, col\)=\(5, 30\) is not allowed"):
+        mesa.stamp(x, triggers, 5, 30, mean, std)
+
+
+def test_a_lower_beta_spreads_the_generated_triggers_more(tiny_badnets):
+    # α = 1 and lr 1e-3 (the code: 0.1, 2e-4) so that 150 steps let the entropy term act; the
+    # trigger sits where this model's BadNets patch does
+    t = tiny_badnets
+    settings = mesa.Settings(betas=(0.9, 0.5), epochs=30, batch_size=100, hidden=64, alpha=1.0,
+                             lr=1e-3)
+    found = mesa.search(t.model, t.defender, 0, settings, location=(29, 29), seed=0)
+    spread = {b: mesa.sample(g, 500).std(0).mean().item() for b, g in found.generators.items()}
+    assert spread[0.5] > 1.2 * spread[0.9], spread
+    assert found.hinge[0.9][-1] > found.hinge[0.9][0] and len(found.mi[0.5]) == 30
+    # the β = 0.9 triggers work on the backdoored model: most triggered images go to the target
+    triggers = mesa.sample(found.generators[0.9], len(t.test))
+    x = t.test.normalize(t.test.images)
+    xs = mesa.stamp(x, triggers, 29, 29, torch.tensor(t.test.mean), torch.tensor(t.test.std))
+    with torch.no_grad():
+        assert (t.model(xs).argmax(1) == 0).float().mean() > 0.8

@@ -11,15 +11,20 @@ MINE estimates with a statistics network T through the Donsker–Varadhan bound
 (z' an independent noise batch paired with the same triggers). T ascends the bound with MINE's
 bias-corrected gradient: the denominator of ∇ log E[e^T] is a moving average of E[e^T].
 
-Pieces so far: the generator and the MINE estimator.
+Pieces so far: the generator, the MINE estimator, stamping, and the search that trains one
+generator per β on the same batches.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import ParameterError, check_range
+from ..data import ImageSet
+from ..train import evaluating
 
 NOISE = 64          # z's dimension
 TRIGGER = 27        # a 3×3×3 patch in [0, 1]
@@ -101,3 +106,120 @@ class Mine:
         loss.backward()
         self.optimizer.step()
         return (joint - torch.log(marginal + 1e-8)).item()
+
+
+SIZE = 3            # the trigger is SIZE × SIZE pixels
+
+
+def stamp(x: torch.Tensor, triggers: torch.Tensor, row: int, col: int, mean: torch.Tensor,
+          std: torch.Tensor) -> torch.Tensor:
+    """Normalised images `x` (B×C×H×W) with image i's 3×3 window at (row, col) overwritten by
+    trigger i (B × 9C values in [0, 1], channel-major), normalised like the images."""
+    b, c, h, w = x.shape
+    if not (0 <= row <= h - SIZE and 0 <= col <= w - SIZE):
+        raise ParameterError(f"(row, col)=({row}, {col}) is not allowed; the 3×3 window must fit "
+                             f"in {h}×{w}: 0 ≤ row ≤ {h - SIZE}, 0 ≤ col ≤ {w - SIZE}")
+    patch = (triggers.view(b, c, SIZE, SIZE) - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+    out = x.clone()
+    out[:, :, row:row + SIZE, col:col + SIZE] = patch.to(x.dtype)
+    return out
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The code's search: α = 0.1, β ∈ {0.9, 0.8, 0.5}, 10 epochs of batch 128 (drop_last),
+    Adam lr 2e-4 for G and T, N(0, 0.1²) noise on the triggers of the classification term."""
+    betas: tuple[float, ...] = (0.9, 0.8, 0.5)
+    alpha: float = 0.1
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 2e-4
+    noise: float = 0.1
+    hidden: int = 512
+
+    def __post_init__(self):
+        for beta in self.betas:
+            check_range("betas", beta, low=0, high=1, low_open=True)
+        check_range("alpha", self.alpha, low=0)
+        check_range("epochs", self.epochs, low=1, integer=True)
+        check_range("batch_size", self.batch_size, low=2, integer=True)
+
+
+@dataclass
+class Search:
+    generators: dict[float, Generator]                 # per β, in eval mode
+    hinge: dict[float, list[float]] = field(default_factory=dict)   # per β, per epoch
+    mi: dict[float, list[float]] = field(default_factory=dict)
+
+
+def search(model: nn.Module, data: ImageSet, target: int, settings: Settings = Settings(), *,
+           location: tuple[int, int] | None = None, seed: int = 0) -> Search:
+    """Train one generator per β against the frozen `model` on the defender's images `data`.
+    Each step stamps every generator's triggers on the same batch at one location (drawn per
+    step, or `location`), so the three sub-models share one forward pass of the model."""
+    s = settings
+    device = next(model.parameters()).device
+    c, h, w = data.images.shape[1:]
+    if len(data) < s.batch_size:
+        raise ParameterError(f"data has {len(data)} images; the search needs at least "
+                             f"batch_size={s.batch_size}")
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    mean = torch.tensor(data.mean, device=device)
+    std = torch.tensor(data.std, device=device)
+    images = data.to(device)
+    gs = {b: Generator(s.hidden, out=SIZE * SIZE * c).to(device) for b in s.betas}
+    mines = {b: Mine(Statistics(NOISE, SIZE * SIZE * c, s.hidden).to(device), lr=s.lr)
+             for b in s.betas}
+    opts = {b: torch.optim.Adam(g.parameters(), lr=s.lr, betas=(0.5, 0.999)) for b, g in gs.items()}
+    result = Search(gs, {b: [] for b in s.betas}, {b: [] for b in s.betas})
+    steps = len(data) // s.batch_size
+
+    def noise_batch():
+        return torch.rand(s.batch_size, NOISE, generator=gen).to(device)
+
+    with evaluating(model):
+        for _ in range(s.epochs):
+            order = torch.randperm(len(data), generator=gen)
+            sums = {b: [0.0, 0.0] for b in s.betas}
+            for k in range(steps):
+                pick = order[k * s.batch_size:(k + 1) * s.batch_size].to(device)
+                x = images.normalize(images.images[pick])
+                row, col = location or (int(torch.randint(h - SIZE + 1, (1,), generator=gen)),
+                                        int(torch.randint(w - SIZE + 1, (1,), generator=gen)))
+                z = {b: (noise_batch(), noise_batch()) for b in s.betas}
+                triggers = {b: gs[b](z[b][0]) for b in s.betas}
+                noisy = torch.cat([t + s.noise * torch.randn(t.shape, generator=gen).to(device)
+                                   for t in triggers.values()])
+                xs = stamp(x.repeat(len(s.betas), 1, 1, 1), noisy, row, col, mean, std)
+                p = model(xs).float().softmax(1)[:, target].view(len(s.betas), s.batch_size)
+                loss = 0
+                for i, b in enumerate(s.betas):
+                    hinge = p[i].clamp(max=b).mean()
+                    mi = dv_bound(mines[b].t, z[b][0], z[b][1], triggers[b])
+                    loss = loss - hinge - s.alpha * mi
+                    sums[b][0] += hinge.item()
+                    sums[b][1] += mi.item()
+                for o in opts.values():
+                    o.zero_grad(set_to_none=True)
+                loss.backward()
+                for o in opts.values():
+                    o.step()
+                for b in s.betas:
+                    zt, zm = noise_batch(), noise_batch()
+                    mines[b].step(zt, zm, gs[b](zt).detach())
+            for b in s.betas:
+                result.hinge[b].append(sums[b][0] / steps)
+                result.mi[b].append(sums[b][1] / steps)
+    for g in gs.values():
+        g.eval()
+    return result
+
+
+@torch.no_grad()
+def sample(generator: Generator, n: int, seed: int = 0) -> torch.Tensor:
+    """`n` triggers (n × 9C in [0, 1]) from a trained generator, without the training noise."""
+    check_range("n", n, low=1, integer=True)
+    device = next(generator.parameters()).device
+    z = torch.rand(n, NOISE, generator=torch.Generator().manual_seed(seed)).to(device)
+    return generator.eval()(z)
