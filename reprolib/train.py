@@ -157,8 +157,6 @@ def evaluate(model: nn.Module, test: ImageSet, backdoor: ImageSet | None = None,
             raise ParameterError("target=None: the attack's target class is required "
                                  "with a backdoor set")
         pred, labels = predict(model, backdoor), backdoor.labels.to(_model_device(model))
-        if isinstance(target, torch.Tensor):
-            target = target.to(labels.device)
         result["asr"] = metrics.asr(pred, labels, target)
         result["ra"] = metrics.ra(pred, labels, target)
     return result

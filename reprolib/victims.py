@@ -116,9 +116,10 @@ def victim(dataset: str = "fashion-mnist", *, attack: str | Attack | None = "bad
         backdoor = atk.triggered(test_set, target)
         about["attack"] = {**atk.settings(), "ratio": ratio, "target": target}
 
+    targets = (atk.backdoor_labels(backdoor.labels, target, len(test_set.classes))
+               if backdoor is not None else None)
+
     def score(m):
-        targets = (atk.backdoor_labels(backdoor.labels, target, len(test_set.classes))
-                   if backdoor is not None else None)
         return evaluate(m, test_set, backdoor, targets)
 
     used = poisoned.data if poisoned else train_set

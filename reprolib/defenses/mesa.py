@@ -164,7 +164,8 @@ def search(model: nn.Module, data: ImageSet, target: int, settings: Settings = S
         raise ParameterError(f"data has {len(data)} images; the search needs at least "
                              f"batch_size={s.batch_size}")
     torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)                   # batch order and location
+    draw = torch.Generator(device).manual_seed(seed)            # noise, drawn where it is used
     mean = torch.tensor(data.mean, device=device)
     std = torch.tensor(data.std, device=device)
     images = data.to(device)
@@ -176,20 +177,21 @@ def search(model: nn.Module, data: ImageSet, target: int, settings: Settings = S
     steps = len(data) // s.batch_size
 
     def noise_batch():
-        return torch.rand(s.batch_size, NOISE, generator=gen).to(device)
+        return torch.rand(s.batch_size, NOISE, generator=draw, device=device)
 
     with evaluating(model):
         for _ in range(s.epochs):
-            order = torch.randperm(len(data), generator=gen)
+            order = torch.randperm(len(data), generator=gen).to(device)
             sums = {b: [0.0, 0.0] for b in s.betas}
             for k in range(steps):
-                pick = order[k * s.batch_size:(k + 1) * s.batch_size].to(device)
+                pick = order[k * s.batch_size:(k + 1) * s.batch_size]
                 x = images.normalize(images.images[pick])
                 row, col = location or (int(torch.randint(h - SIZE + 1, (1,), generator=gen)),
                                         int(torch.randint(w - SIZE + 1, (1,), generator=gen)))
                 z = {b: (noise_batch(), noise_batch()) for b in s.betas}
                 triggers = {b: gs[b](z[b][0]) for b in s.betas}
-                noisy = torch.cat([t + s.noise * torch.randn(t.shape, generator=gen).to(device)
+                noisy = torch.cat([t + s.noise * torch.randn(t.shape, generator=draw,
+                                                             device=device)
                                    for t in triggers.values()])
                 xs = stamp(x.repeat(len(s.betas), 1, 1, 1), noisy, row, col, mean, std)
                 p = model(xs).float().softmax(1)[:, target].view(len(s.betas), s.batch_size)
