@@ -6,18 +6,26 @@
 The model comes from the zoo when one was trained from the same data, recipe and seed, so five
 chapters that need the same BadNets model train it once. `attack=None` gives the clean twin:
 the same training images, recipe and seed, without poison.
+
+    injected(clean_victim, Patch.black_and_white(170, channels=1), rate=0.01, target=0, recipe=r)
+
+gives MESA's kind of victim instead: a trained clean model fine-tuned with the trigger stamped on
+each image of each batch with probability `rate` (cached in the zoo the same way).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import lru_cache
+
+import copy
 
 import torch
 import torch.nn as nn
 
 from . import config, data, models
 from .attacks import Attack, Poisoned, attack as make_attack
-from .train import evaluate, trained
+from .attacks.patch import Patch
+from .train import evaluate, train, trained
 from .zoo import Zoo
 
 
@@ -128,3 +136,30 @@ def victim(dataset: str = "fashion-mnist", *, attack: str | Attack | None = "bad
                         score=score, zoo=zoo, progress=progress, desc=f"{label} {model_name}",
                         per_batch=poisoned.per_batch if poisoned else None)
     return Victim(net.eval(), card, used, test_set, target, poisoned, backdoor, train_set)
+
+
+def injected(base: Victim, patch: Patch, *, rate: float = 0.01, target: int = 0,
+             recipe: config.Recipe, seed: int = 0, zoo: Zoo | None = None,
+             progress: bool = True) -> Victim:
+    """`base`'s model (a clean one) fine-tuned on its training set by `recipe`, each image of
+    each batch getting `patch` and label `target` with probability `rate`, as MESA injects its
+    backdoors. No image is poisoned for good, so `poison_indices` is empty."""
+    if base.poisoned is not None:
+        raise config.ParameterError(f"base is a {base.attack.name} victim; injected() starts "
+                                    f"from a clean model (victim(..., attack=None))")
+    config.check_range("rate", rate, low=0, high=1, low_open=True)
+    config.check_range("target", target, low=0, high=len(base.test.classes) - 1, integer=True)
+    device = next(base.model.parameters()).device
+    per_batch = patch.per_batch(rate, target, base.train.mean, base.train.std)
+    spec = {"from": base.card["key"], "attack": patch.settings(), "rate": rate, "target": target,
+            "recipe": asdict(recipe), "seed": seed}
+
+    def fit(model):
+        history = train(model, base.train, recipe, seed=seed, device=device, progress=progress,
+                        desc=f"inject {patch.name}", per_batch=per_batch)
+        return {"history": asdict(history)}
+
+    model, card = (zoo or Zoo()).fetch(spec, lambda: copy.deepcopy(base.model), fit)
+    poisoned = Poisoned(base.train, torch.empty(0, dtype=torch.long), target, patch, per_batch)
+    return Victim(model.to(device).eval(), card, base.train, base.test, target, poisoned,
+                  patch.triggered(base.test, target), base.original)

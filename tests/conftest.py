@@ -55,3 +55,24 @@ def tiny_badnets(fashion, tmp_path_factory):
     return SimpleNamespace(model=model.eval(), train=poisoned.data, poison_indices=poisoned.indices,
                            test=test, backdoor=badnets.triggered(test, 0),
                            defender=poisoned.data.subset(keep.nonzero().flatten()[:500]))
+
+
+@pytest.fixture(scope="session")
+def tiny_patch(fashion, tmp_path_factory):
+    """A small CNN trained (as `tiny_badnets`) with MESA's pattern 170 stamped at a random place
+    on 10 % of 4,000 images (target 0), and the test set cut into the defender's images and the
+    held-out evaluation images as MESA cuts it."""
+    from reprolib.attacks.patch import Patch
+    from reprolib.defenses.mesa import split
+
+    train, test = fashion
+    train, test = train.sample(4000, 0), test.sample(500, 0)
+    patch = Patch.black_and_white(170, channels=1)
+    poisoned = patch.poison(train, 0.1, 0, 0)
+    recipe = Recipe(epochs=4, batch_size=64, lr=0.2, schedule="onecycle", nesterov=True,
+                    augment=False)
+    model, _ = trained("small_cnn", poisoned.data, recipe, seed=0, progress=False,
+                       zoo=Zoo(tmp_path_factory.mktemp("zoo")))
+    defender, held_out = split(test)
+    return SimpleNamespace(model=model.eval(), patch=patch, defender=defender, held_out=held_out,
+                           backdoor=patch.triggered(held_out, 0))

@@ -3,6 +3,7 @@ import torch
 
 from reprolib.config import ParameterError
 from reprolib.defenses import mesa
+from reprolib.train import evaluate
 
 
 def test_the_generator_maps_noise_to_triggers_in_the_unit_cube():
@@ -70,3 +71,65 @@ def test_a_lower_beta_spreads_the_generated_triggers_more(tiny_badnets):
     xs = mesa.stamp(x, triggers, 29, 29, torch.tensor(t.test.mean), torch.tensor(t.test.std))
     with torch.no_grad():
         assert (t.model(xs).argmax(1) == 0).float().mean() > 0.8
+
+
+def test_the_split_cuts_the_test_set_into_two_disjoint_parts(fashion):
+    test = fashion[1].sample(1000, 0)
+    defender, held_out = mesa.split(test)
+    assert len(defender) == 800 and len(held_out) == 200
+    joined = torch.cat([defender.images, held_out.images]).flatten(1)
+    assert len(joined.unique(dim=0)) == len(test.images.flatten(1).unique(dim=0))
+    assert torch.equal(mesa.split(test)[1].images, held_out.images)
+    with pytest.raises(ParameterError, match="fraction=1 is out of range"):
+        mesa.split(test, fraction=1)
+
+
+class Constant(torch.nn.Module):
+    def __init__(self, value):
+        super().__init__()
+        self.value = value
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, z):
+        return torch.full((len(z), 9), self.value)
+
+
+def test_the_ensemble_draws_each_trigger_from_one_sub_model_at_random():
+    draw = mesa.mixture([Constant(0.0), Constant(0.5), Constant(1.0)])
+    out = draw(3000, torch.Generator().manual_seed(0))
+    assert out.shape == (3000, 9) and (out == out[:, :1]).all()        # whole triggers
+    share = torch.stack([(out[:, 0] == v).float().mean() for v in (0.0, 0.5, 1.0)])
+    assert torch.allclose(share, torch.full((3,), 1 / 3), atol=0.04)
+
+
+def test_the_baseline_reverses_working_triggers_from_independent_starts(tiny_patch):
+    t = tiny_patch
+    triggers = mesa.reverse(t.model, t.defender, 0, mesa.Reversal(rounds=4))
+    assert triggers.shape == (4, 9) and (triggers >= 0).all() and (triggers <= 1).all()
+    assert len(triggers.unique(dim=0)) == 4
+    works = [mesa.trigger_asr(t.model, t.held_out, mesa.fixed(x), 0) for x in triggers]
+    assert max(works) > 0.9, works
+    # a random 3×3 patch does not fire the backdoor
+    noise = torch.rand(1, 9, generator=torch.Generator().manual_seed(0))
+    assert mesa.trigger_asr(t.model, t.held_out, mesa.fixed(noise), 0) < 0.3
+
+
+def test_retraining_on_the_true_trigger_removes_what_plain_fine_tuning_keeps(tiny_patch):
+    t = tiny_patch
+    recipe = mesa.RETRAIN.replace(epochs=5, batch_size=64)
+    before = {k: v.clone() for k, v in t.model.state_dict().items()}
+    asr = {}
+    for name, triggers in (("clean", None), ("ideal", mesa.fixed(t.patch.tensor()))):
+        tuned = mesa.retrain(t.model, t.defender, triggers, recipe, rate=0.2)
+        asr[name] = evaluate(tuned, t.held_out, t.backdoor, 0)["asr"]
+    assert asr["clean"] > 0.8 and asr["ideal"] < 0.3, asr
+    assert all(torch.equal(before[k], v) for k, v in t.model.state_dict().items())
+
+
+def test_detection_singles_out_the_target_class(tiny_patch):
+    t = tiny_patch
+    found = mesa.detect(t.model, t.defender, t.held_out,
+                        mesa.Settings(betas=(0.9,), epochs=3, batch_size=64), classes=[0, 3, 7])
+    assert found[0] > 0.3 and found[3] < 0.1 and found[7] < 0.1, found
+    with pytest.raises(ParameterError, match="give one β"):
+        mesa.detect(t.model, t.defender, t.held_out, mesa.Settings(), classes=[0])

@@ -11,20 +11,25 @@ MINE estimates with a statistics network T through the Donsker–Varadhan bound
 (z' an independent noise batch paired with the same triggers). T ascends the bound with MINE's
 bias-corrected gradient: the denominator of ∇ log E[e^T] is a moving average of E[e^T].
 
-Pieces so far: the generator, the MINE estimator, stamping, and the search that trains one
-generator per β on the same batches.
+The defense then fine-tunes the backdoored model on the defender's images with sampled triggers
+stamped on a few of them, labels kept (`retrain`): from one β's generator, or from the staircase
+ensemble (`mixture`). The baseline it is compared with reverses one trigger by pixel-space SGD
+(`reverse`, several restarts at once) and retrains on it the same way.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
+from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import ParameterError, check_range
+from ..attacks.patch import SIZE, Places, stamp
+from ..config import ParameterError, Recipe, check_range
 from ..data import ImageSet
-from ..train import evaluating
+from ..train import evaluating, train
 
 NOISE = 64          # z's dimension
 TRIGGER = 27        # a 3×3×3 patch in [0, 1]
@@ -108,23 +113,6 @@ class Mine:
         return (joint - torch.log(marginal + 1e-8)).item()
 
 
-SIZE = 3            # the trigger is SIZE × SIZE pixels
-
-
-def stamp(x: torch.Tensor, triggers: torch.Tensor, row: int, col: int, mean: torch.Tensor,
-          std: torch.Tensor) -> torch.Tensor:
-    """Normalised images `x` (B×C×H×W) with image i's 3×3 window at (row, col) overwritten by
-    trigger i (B × 9C values in [0, 1], channel-major), normalised like the images."""
-    b, c, h, w = x.shape
-    if not (0 <= row <= h - SIZE and 0 <= col <= w - SIZE):
-        raise ParameterError(f"(row, col)=({row}, {col}) is not allowed; the 3×3 window must fit "
-                             f"in {h}×{w}: 0 ≤ row ≤ {h - SIZE}, 0 ≤ col ≤ {w - SIZE}")
-    patch = (triggers.view(b, c, SIZE, SIZE) - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
-    out = x.clone()
-    out[:, :, row:row + SIZE, col:col + SIZE] = patch.to(x.dtype)
-    return out
-
-
 @dataclass(frozen=True)
 class Settings:
     """The code's search: α = 0.1, β ∈ {0.9, 0.8, 0.5}, 10 epochs of batch 128 (drop_last),
@@ -173,6 +161,8 @@ def search(model: nn.Module, data: ImageSet, target: int, settings: Settings = S
     mines = {b: Mine(Statistics(NOISE, SIZE * SIZE * c, s.hidden).to(device), lr=s.lr)
              for b in s.betas}
     opts = {b: torch.optim.Adam(g.parameters(), lr=s.lr, betas=(0.5, 0.999)) for b, g in gs.items()}
+    params = [p for g in gs.values() for p in g.parameters()]
+    cuda = device.type == "cuda"
     result = Search(gs, {b: [] for b in s.betas}, {b: [] for b in s.betas})
     steps = len(data) // s.batch_size
 
@@ -194,7 +184,9 @@ def search(model: nn.Module, data: ImageSet, target: int, settings: Settings = S
                                                              device=device)
                                    for t in triggers.values()])
                 xs = stamp(x.repeat(len(s.betas), 1, 1, 1), noisy, row, col, mean, std)
-                p = model(xs).float().softmax(1)[:, target].view(len(s.betas), s.batch_size)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                    logits = model(xs)
+                p = logits.float().softmax(1)[:, target].view(len(s.betas), s.batch_size)
                 loss = 0
                 for i, b in enumerate(s.betas):
                     hinge = p[i].clamp(max=b).mean()
@@ -202,9 +194,9 @@ def search(model: nn.Module, data: ImageSet, target: int, settings: Settings = S
                     loss = loss - hinge - s.alpha * mi
                     sums[b][0] += hinge.item()
                     sums[b][1] += mi.item()
-                for o in opts.values():
-                    o.zero_grad(set_to_none=True)
-                loss.backward()
+                # only the generators' gradients: the frozen model and T get none
+                for param, grad in zip(params, torch.autograd.grad(loss, params)):
+                    param.grad = grad
                 for o in opts.values():
                     o.step()
                 for b in s.betas:
@@ -225,3 +217,179 @@ def sample(generator: Generator, n: int, seed: int = 0) -> torch.Tensor:
     device = next(generator.parameters()).device
     z = torch.rand(n, NOISE, generator=torch.Generator().manual_seed(seed)).to(device)
     return generator.eval()(z)
+
+
+# --------------------------------------------------------------------------------------------
+# The defender's data, and what triggers do to a model
+
+def split(test: ImageSet, fraction: float = 0.8, seed: int = 0) -> tuple[ImageSet, ImageSet]:
+    """The test set cut by a fixed permutation into the defender's images (the code's first
+    8,000 of CIFAR's 10,000: trigger modelling and retraining) and the held-out evaluation set."""
+    check_range("fraction", fraction, low=0, high=1, low_open=True, high_open=True)
+    order = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))
+    cut = round(fraction * len(test))
+    return test.subset(order[:cut].sort().values), test.subset(order[cut:].sort().values)
+
+
+# n triggers (n × 9C in [0, 1]) on the generator's device, drawn from it
+Sampler = Callable[[int, torch.Generator], torch.Tensor]
+
+
+def from_generator(generator: Generator) -> Sampler:
+    generator.eval()
+
+    @torch.no_grad()
+    def draw(n, g):
+        return generator(torch.rand(n, NOISE, generator=g, device=g.device))
+    return draw
+
+
+def mixture(generators: Sequence[Generator]) -> Sampler:
+    """The staircase ensemble with equal weights: each trigger from a sub-model drawn at random."""
+    draws = [from_generator(g) for g in generators]
+
+    def draw(n, g):
+        pick = torch.randint(len(draws), (n, 1), generator=g, device=g.device)
+        every = torch.stack([d(n, g) for d in draws])                  # K × n × 9C
+        return every.gather(0, pick[None].expand(1, n, every.shape[2]))[0]
+    return draw
+
+
+def fixed(trigger: torch.Tensor) -> Sampler:
+    """Always the same trigger (the baseline's reversed one, or the true one)."""
+    return lambda n, g: trigger.to(g.device).expand(n, -1)
+
+
+@torch.no_grad()
+def trigger_asr(model: nn.Module, data: ImageSet, triggers: Sampler, target: int, *,
+                batch_size: int = 500, seed: int = 0) -> float:
+    """The share of `data`'s images not of class `target` that the model sends to `target`
+    when each gets its own sampled trigger, at one random place per batch."""
+    device = next(model.parameters()).device
+    keep = data.subset((data.labels != target).nonzero().flatten()).to(device)
+    if not len(keep):
+        raise ParameterError(f"data has no image outside target={target}")
+    gen = torch.Generator(device).manual_seed(seed)
+    host = torch.Generator().manual_seed(seed)
+    mean, std = torch.tensor(keep.mean, device=device), torch.tensor(keep.std, device=device)
+    h, w = keep.images.shape[2:]
+    hits = torch.zeros((), device=device)
+    with evaluating(model):
+        for start in range(0, len(keep), batch_size):
+            x = keep.normalize(keep.images[start:start + batch_size])
+            row = int(torch.randint(h - SIZE + 1, (1,), generator=host))
+            col = int(torch.randint(w - SIZE + 1, (1,), generator=host))
+            xs = stamp(x, triggers(len(x), gen), row, col, mean, std)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                hits += (model(xs).argmax(1) == target).sum()
+    return hits.item() / len(keep)
+
+
+# --------------------------------------------------------------------------------------------
+# The defense: retraining with triggers, labels kept
+
+RETRAIN = Recipe(epochs=10, batch_size=128, lr=1e-3, momentum=0.9, weight_decay=0,
+                 schedule="constant", augment=False)
+
+
+def retrain(model: nn.Module, data: ImageSet, triggers: Sampler | None, recipe: Recipe = RETRAIN,
+            *, rate: float = 0.01, seed: int = 0, progress: bool = False) -> nn.Module:
+    """A copy of `model` fine-tuned on the defender's images `data` (the code's recipe, BN
+    updating), each image of each batch getting, with probability `rate`, a trigger from
+    `triggers` at one place drawn for the batch, its label kept. `triggers=None` is the
+    "clean fine-tune only" control."""
+    check_range("rate", rate, low=0, high=1)
+    device = next(model.parameters()).device
+    per_batch = None
+    if triggers is not None:
+        places = Places()
+        mean, std = torch.tensor(data.mean, device=device), torch.tensor(data.std, device=device)
+
+        def per_batch(x, y, idx, generator):
+            row, col = places(x.shape[2], x.shape[3], generator)
+            chosen = torch.rand(len(x), generator=generator, device=x.device) < rate
+            stamped = stamp(x, triggers(len(x), generator), row, col, mean, std)
+            return torch.where(chosen[:, None, None, None], stamped, x), y
+    tuned = copy.deepcopy(model)
+    train(tuned, data, recipe, seed=seed, device=device, progress=progress, desc="retrain",
+          per_batch=per_batch)
+    return tuned.eval()
+
+
+# --------------------------------------------------------------------------------------------
+# The baseline: one trigger reversed by pixel-space SGD, several restarts at once
+
+@dataclass(frozen=True)
+class Reversal:
+    """The authors' notebook: SGD lr 0.1, momentum 0.9 on the trigger in normalised space,
+    batches of 100 stamped images labelled as the target, 5 epochs of 10 batches each, the
+    trigger clipped to [0, 1] pixels after every epoch; 10 random restarts ("rounds")."""
+    rounds: int = 10
+    epochs: int = 5
+    batches: int = 10
+    batch_size: int = 100
+    lr: float = 0.1
+    momentum: float = 0.9
+
+    def __post_init__(self):
+        for name in ("rounds", "epochs", "batches", "batch_size"):
+            check_range(name, getattr(self, name), low=1, integer=True)
+        check_range("lr", self.lr, low=0, low_open=True)
+        check_range("momentum", self.momentum, low=0, high=1, high_open=True)
+
+
+def reverse(model: nn.Module, data: ImageSet, target: int, settings: Reversal = Reversal(), *,
+            seed: int = 0) -> torch.Tensor:
+    """One reversed 3×3 trigger per round (rounds × 9C, in [0, 1]); every round starts from its
+    own uniform random trigger and sees its own batches, all rounds in one model forward."""
+    s = settings
+    if len(data) < s.batch_size:
+        raise ParameterError(f"data has {len(data)} images; the reversal needs at least "
+                             f"batch_size={s.batch_size}")
+    device = next(model.parameters()).device
+    cuda = device.type == "cuda"
+    images = data.to(device)
+    c, h, w = images.images.shape[1:]
+    mean, std = torch.tensor(data.mean, device=device), torch.tensor(data.std, device=device)
+    m9, s9 = mean.repeat_interleave(SIZE * SIZE), std.repeat_interleave(SIZE * SIZE)
+    gen = torch.Generator().manual_seed(seed)
+    start = torch.rand(s.rounds, SIZE * SIZE * c, generator=gen).to(device)
+    u = ((start - m9) / s9).requires_grad_()             # the trigger, normalised
+    optimizer = torch.optim.SGD([u], lr=s.lr, momentum=s.momentum)
+    labels = torch.full((s.rounds * s.batch_size,), target, device=device)
+    with evaluating(model):
+        for _ in range(s.epochs):
+            for _ in range(s.batches):
+                pick = torch.stack([torch.randperm(len(data), generator=gen)[:s.batch_size]
+                                    for _ in range(s.rounds)]).flatten().to(device)
+                row = int(torch.randint(h - SIZE + 1, (1,), generator=gen))
+                col = int(torch.randint(w - SIZE + 1, (1,), generator=gen))
+                x = images.normalize(images.images[pick])
+                xs = stamp(x, (u * s9 + m9).repeat_interleave(s.batch_size, 0), row, col,
+                           mean, std)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                    logits = model(xs)
+                loss = F.cross_entropy(logits.float(), labels, reduction="none")
+                loss = loss.view(s.rounds, s.batch_size).mean(1).sum()   # each round its own mean
+                u.grad, = torch.autograd.grad(loss, [u])
+                optimizer.step()
+            with torch.no_grad():
+                u.copy_(((u * s9 + m9).clamp(0, 1) - m9) / s9)
+    return (u * s9 + m9).detach().clamp(0, 1)
+
+
+# --------------------------------------------------------------------------------------------
+# Target-class detection
+
+def detect(model: nn.Module, data: ImageSet, check: ImageSet, settings: Settings, *,
+           classes: Sequence[int] | None = None, seed: int = 0) -> dict[int, float]:
+    """Per candidate class, the ASR on `check` of triggers from a generator searched for that
+    class on `data` (one β, the code uses 0.9): only a backdoor's target should score high."""
+    if len(settings.betas) != 1:
+        raise ParameterError(f"betas={settings.betas} is not allowed for detection; give one β")
+    classes = range(len(data.classes)) if classes is None else classes
+    found = {}
+    for k in classes:
+        g = search(model, data, k, settings, seed=seed).generators[settings.betas[0]]
+        found[k] = trigger_asr(model, check, from_generator(g), k, seed=seed)
+    return found

@@ -1,0 +1,119 @@
+"""MESA's attack (Qiao, Yang, Li, NeurIPS 2019): a 3×3 patch stamped at a random place.
+
+The patch is a black-and-white pattern (`patterns.pattern`, the same on every channel) or random
+pixel values. It is injected by fine-tuning a clean model (`victims.injected`) with every image of
+every batch poisoned with a small probability: the patch at one place drawn for the batch, the
+label set to the target (`per_batch`). For the test set, each image gets it at its own random
+place (`apply`), drawn from `seed` so the triggered test set is the same on every run.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..config import ParameterError, check_range
+from .base import Attack, PerBatch
+from .patterns import pattern
+
+SIZE = 3            # the patch is SIZE × SIZE pixels
+
+
+def stamp(x: torch.Tensor, triggers: torch.Tensor, row: int, col: int, mean: torch.Tensor,
+          std: torch.Tensor) -> torch.Tensor:
+    """Normalised images `x` (B×C×H×W) with image i's 3×3 window at (row, col) overwritten by
+    trigger i (B × 9C values in [0, 1], channel-major), normalised like the images."""
+    b, c, h, w = x.shape
+    if not (0 <= row <= h - SIZE and 0 <= col <= w - SIZE):
+        raise ParameterError(f"(row, col)=({row}, {col}) is not allowed; the 3×3 window must fit "
+                             f"in {h}×{w}: 0 ≤ row ≤ {h - SIZE}, 0 ≤ col ≤ {w - SIZE}")
+    patch = (triggers.view(b, c, SIZE, SIZE) - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+    out = x.clone()
+    out[:, :, row:row + SIZE, col:col + SIZE] = patch.to(x.dtype)
+    return out
+
+
+class Places:
+    """Where each batch's window goes during training: one place per batch, drawn on the host
+    from a generator seeded like the trainer's own, so that no step waits on the device."""
+
+    def __init__(self):
+        self._device = self._host = None
+
+    def __call__(self, h: int, w: int, generator: torch.Generator) -> tuple[int, int]:
+        if generator is not self._device:
+            self._device = generator
+            self._host = torch.Generator().manual_seed(generator.initial_seed())
+        return (int(torch.randint(h - SIZE + 1, (1,), generator=self._host)),
+                int(torch.randint(w - SIZE + 1, (1,), generator=self._host)))
+
+
+@dataclass(frozen=True)
+class Patch(Attack):
+    values: tuple[float, ...]   # C×3×3 pixel values in [0, 1], channel-major
+    seed: int = 0               # the test images' patch places
+
+    name = "patch"
+
+    def __post_init__(self):
+        if not self.values or len(self.values) % (SIZE * SIZE):
+            raise ParameterError(f"values has {len(self.values)} entries; expected 9 per channel "
+                                 f"(a 3×3 patch, channel-major)")
+        for v in self.values:
+            check_range("values", v, low=0, high=1)
+        check_range("seed", self.seed, low=0, integer=True)
+
+    @classmethod
+    def black_and_white(cls, pattern_id: int, channels: int, seed: int = 0) -> "Patch":
+        """Pattern `pattern_id` (1: white), the same on every channel."""
+        mask = pattern(pattern_id).flatten().repeat(channels)
+        return cls(tuple(mask.tolist()), seed)
+
+    @classmethod
+    def random(cls, channels: int, draw: int, seed: int = 0) -> "Patch":
+        """Uniform random pixel values (whole uint8 levels, so stamping in uint8 is exact);
+        `draw` picks the pattern."""
+        levels = torch.randint(256, (channels * SIZE * SIZE,),
+                               generator=torch.Generator().manual_seed(draw))
+        return cls(tuple((levels / 255).tolist()), seed)
+
+    @property
+    def channels(self) -> int:
+        return len(self.values) // (SIZE * SIZE)
+
+    def tensor(self, device=None) -> torch.Tensor:
+        """The patch as a flat tensor of C·9 values in [0, 1] (MESA's trigger layout)."""
+        return torch.tensor(self.values, dtype=torch.float32, device=device)
+
+    def apply(self, images: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = images.shape
+        if c != self.channels:
+            raise ParameterError(f"the patch has {self.channels} channel(s) but the images "
+                                 f"have {c}")
+        g = torch.Generator().manual_seed(self.seed)
+        rows = torch.randint(h - SIZE + 1, (n,), generator=g).to(images.device)
+        cols = torch.randint(w - SIZE + 1, (n,), generator=g).to(images.device)
+        patch = (self.tensor(images.device).view(c, SIZE, SIZE) * 255).round().to(torch.uint8)
+        out = images.clone()
+        every = torch.arange(n, device=images.device)
+        for i in range(SIZE):
+            for j in range(SIZE):
+                out[every, :, rows + i, cols + j] = patch[:, i, j]
+        return out
+
+    def per_batch(self, rate: float, target: int, mean, std) -> PerBatch:
+        """The injection step: each image of a normalised batch, with probability `rate`, gets
+        the patch at one place drawn for the batch and the label `target`."""
+        check_range("rate", rate, low=0, high=1)
+        places = Places()
+
+        def poison(x, y, idx, generator):
+            b, _, h, w = x.shape
+            row, col = places(h, w, generator)
+            chosen = torch.rand(b, generator=generator, device=x.device) < rate
+            m = torch.as_tensor(mean, device=x.device)
+            s = torch.as_tensor(std, device=x.device)
+            stamped = stamp(x, self.tensor(x.device).expand(b, -1), row, col, m, s)
+            return (torch.where(chosen[:, None, None, None], stamped, x),
+                    torch.where(chosen, torch.full_like(y, target), y))
+        return poison
