@@ -33,6 +33,19 @@ def stamp(x: torch.Tensor, triggers: torch.Tensor, row: int, col: int, mean: tor
     return out
 
 
+class Constants:
+    """Tensors made once per device, not on every step (a host-to-device copy each)."""
+
+    def __init__(self, *values):
+        self.values, self.made = values, {}
+
+    def __call__(self, device: torch.device) -> list[torch.Tensor]:
+        if device not in self.made:
+            self.made[device] = [torch.tensor(v, dtype=torch.float32, device=device)
+                                 for v in self.values]
+        return self.made[device]
+
+
 class Places:
     """Where each batch's window goes during training: one place per batch, drawn on the host
     from a generator seeded like the trainer's own, so that no step waits on the device."""
@@ -106,14 +119,14 @@ class Patch(Attack):
         the patch at one place drawn for the batch and the label `target`."""
         check_range("rate", rate, low=0, high=1)
         places = Places()
+        on_device = Constants(mean, std, self.values)
 
         def poison(x, y, idx, generator):
             b, _, h, w = x.shape
             row, col = places(h, w, generator)
             chosen = torch.rand(b, generator=generator, device=x.device) < rate
-            m = torch.as_tensor(mean, device=x.device)
-            s = torch.as_tensor(std, device=x.device)
-            stamped = stamp(x, self.tensor(x.device).expand(b, -1), row, col, m, s)
+            m, s, patch = on_device(x.device)
+            stamped = stamp(x, patch.expand(b, -1), row, col, m, s)
             return (torch.where(chosen[:, None, None, None], stamped, x),
                     torch.where(chosen, torch.full_like(y, target), y))
         return poison

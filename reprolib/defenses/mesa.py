@@ -26,7 +26,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..attacks.patch import SIZE, Places, stamp
+from ..attacks.base import PerBatch
+from ..attacks.patch import SIZE, Constants, Places, stamp
 from ..config import ParameterError, Recipe, check_range
 from ..data import ImageSet
 from ..train import evaluating, train
@@ -300,20 +301,25 @@ def retrain(model: nn.Module, data: ImageSet, triggers: Sampler | None, recipe: 
     "clean fine-tune only" control."""
     check_range("rate", rate, low=0, high=1)
     device = next(model.parameters()).device
-    per_batch = None
-    if triggers is not None:
-        places = Places()
-        mean, std = torch.tensor(data.mean, device=device), torch.tensor(data.std, device=device)
-
-        def per_batch(x, y, idx, generator):
-            row, col = places(x.shape[2], x.shape[3], generator)
-            chosen = torch.rand(len(x), generator=generator, device=x.device) < rate
-            stamped = stamp(x, triggers(len(x), generator), row, col, mean, std)
-            return torch.where(chosen[:, None, None, None], stamped, x), y
     tuned = copy.deepcopy(model)
     train(tuned, data, recipe, seed=seed, device=device, progress=progress, desc="retrain",
-          per_batch=per_batch)
+          per_batch=None if triggers is None else stamping(triggers, rate, data.mean, data.std))
     return tuned.eval()
+
+
+def stamping(triggers: Sampler, rate: float, mean, std) -> PerBatch:
+    """The retraining step: each image, with probability `rate`, gets its own sampled trigger
+    at the batch's place; labels are left as they are."""
+    places = Places()
+    on_device = Constants(mean, std)
+
+    def per_batch(x, y, idx, generator):
+        row, col = places(x.shape[2], x.shape[3], generator)
+        chosen = torch.rand(len(x), generator=generator, device=x.device) < rate
+        m, s = on_device(x.device)
+        stamped = stamp(x, triggers(len(x), generator), row, col, m, s)
+        return torch.where(chosen[:, None, None, None], stamped, x), y
+    return per_batch
 
 
 # --------------------------------------------------------------------------------------------
