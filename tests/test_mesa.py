@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -133,3 +135,17 @@ def test_detection_singles_out_the_target_class(tiny_patch):
     assert found[0] > 0.3 and found[3] < 0.1 and found[7] < 0.1, found
     with pytest.raises(ParameterError, match="give one β"):
         mesa.detect(t.model, t.defender, t.held_out, mesa.Settings(), classes=[0])
+
+
+def test_the_entropy_estimate_matches_known_distributions_and_punishes_collapse():
+    g = torch.Generator().manual_seed(0)
+    uniform = torch.rand(2000, 9, generator=g)                        # h = 0
+    gaussian = 0.1 * torch.randn(2000, 9, generator=g)                # h = 9/2 log(2πe·0.01)
+    assert abs(mesa.entropy(uniform)) < 1.5        # biased up near the cube's faces, in 9-D
+    assert abs(mesa.entropy(gaussian) - 4.5 * math.log(2 * math.pi * math.e * 0.01)) < 0.5
+    # two far-apart points, slightly blurred: a large per-value spread, a tiny entropy
+    two = (torch.rand(2000, 1, generator=g) < 0.5).float().expand(-1, 9) \
+        + 1e-3 * torch.randn(2000, 9, generator=g)
+    assert two.std(0).mean() > uniform.std(0).mean() and mesa.entropy(two) < mesa.entropy(uniform) - 20
+    with pytest.raises(ParameterError, match="samples has 1 row"):
+        mesa.entropy(uniform[:1])

@@ -19,6 +19,7 @@ ensemble (`mixture`). The baseline it is compared with reverses one trigger by p
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -399,3 +400,20 @@ def detect(model: nn.Module, data: ImageSet, check: ImageSet, settings: Settings
         g = search(model, data, k, settings, seed=seed).generators[settings.betas[0]]
         found[k] = trigger_asr(model, check, from_generator(g), k, seed=seed)
     return found
+
+
+def entropy(samples: torch.Tensor) -> float:
+    """The Kozachenko–Leonenko nearest-neighbour estimate of the differential entropy (nats) of
+    the distribution `samples` (N × D) come from: what MESA's generators maximise. A distribution
+    collapsed onto a few points scores far lower than one spread over a region, however far
+    apart those points are (which a per-value standard deviation would reward)."""
+    x = samples.detach().double().cpu()
+    n, d = x.shape
+    if n < 2:
+        raise ParameterError(f"samples has {n} row(s); the estimate needs at least 2")
+    distances = torch.cdist(x, x)
+    distances.fill_diagonal_(float("inf"))
+    nearest = distances.min(1).values.clamp(min=1e-12)       # identical samples: a tiny ball
+    log_ball = d / 2 * math.log(math.pi) - math.lgamma(d / 2 + 1)
+    euler = 0.5772156649015329
+    return (d * nearest.log().mean() + math.log(n - 1) + log_ball + euler).item()
