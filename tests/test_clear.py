@@ -1,0 +1,79 @@
+import numpy as np
+import pytest
+import torch
+from scipy.spatial import Delaunay
+
+from reprolib.config import ParameterError
+from reprolib.defenses import clear
+
+
+def test_the_lp_hull_test_agrees_with_a_triangulation_in_2d():
+    rng = np.random.default_rng(0)
+    for trial in range(3):
+        vertices = rng.normal(size=(7, 2))
+        points = rng.uniform(-2.5, 2.5, size=(300, 2))
+        truth = Delaunay(vertices).find_simplex(points) >= 0
+        assert 0 < truth.sum() < len(points)
+        assert np.array_equal(clear.inside_hull(vertices, points), truth)
+    # the vertices themselves and their mean are inside
+    assert clear.inside_hull(vertices, np.vstack([vertices, vertices.mean(0)])).all()
+    with pytest.raises(ParameterError, match="vertices have 2 dimensions and points 3"):
+        clear.inside_hull(vertices, np.zeros((1, 3)))
+
+
+def clusters(planted=10, seed=0):
+    """Three classes of 200 points in 16-D; `planted` points of class 0's cluster labelled 2."""
+    g = torch.Generator().manual_seed(seed)
+    centres = 6 * torch.eye(16)[:3]
+    z = torch.cat([c + 0.5 * torch.randn(200, 16, generator=g) for c in centres])
+    labels = torch.arange(3).repeat_interleave(200)
+    poisons = torch.randperm(200, generator=g)[:planted]
+    labels[poisons] = 2
+    return z, labels, poisons.sort().values
+
+
+def test_the_neighbourhood_step_flags_exactly_the_planted_mislabelled_points():
+    z, labels, poisons = clusters()
+    hood = clear.neighbourhood(z, labels, k=20)
+    assert torch.equal(hood.flagged.nonzero().flatten(), poisons)
+    assert (hood.majority[poisons] == 0).all() and (hood.share[poisons] >= 0.5).all()
+    with pytest.raises(ParameterError, match="k=600 is out of range"):
+        clear.neighbourhood(z, labels, k=600)
+
+
+def test_the_planted_points_form_one_pocket_of_label_2_among_class_0():
+    z, labels, poisons = clusters()
+    # pull the planted points together, as poisons that collide in feature space
+    z[poisons] = z[poisons[0]] + 0.05 * torch.randn(len(poisons), 16,
+                                                    generator=torch.Generator().manual_seed(1))
+    found = clear.pockets(z, labels, clear.neighbourhood(z, labels, k=20))
+    assert len(found) == 1 and torch.equal(found[0], poisons)
+
+
+def test_the_tight_hull_encloses_the_pocket_with_fewer_vertices_than_it_started_with():
+    g = torch.Generator().manual_seed(0)
+    pool = torch.randn(400, 2, generator=g)                       # class s, in 2-D
+    pocket = 0.1 * torch.randn(5, 2, generator=g) + torch.tensor([0.3, -0.2])
+    z = torch.cat([pool, pocket])
+    hull = clear.wrap(z, torch.arange(400, 405), torch.arange(400), start=40, most=160)
+    assert hull is not None and hull.enclosure >= 0.8 and 3 <= len(hull.vertices) < 40
+    inside = clear.inside_hull(z[hull.vertices].numpy(), pocket.numpy())
+    assert inside.mean() == hull.enclosure
+    # dropping the farthest vertex would leave too little of the pocket inside
+    assert clear.inside_hull(z[hull.vertices[:-1]].numpy(), pocket.numpy()).mean() < 0.8
+    # a pocket far outside the class cannot be wrapped by its images
+    far = torch.cat([pool, pocket + 10])
+    assert clear.wrap(far, torch.arange(400, 405), torch.arange(400), start=4, most=20) is None
+
+
+def test_features_are_unit_penultimate_vectors_and_pca_keeps_the_most_variance(tiny_badnets):
+    t = tiny_badnets
+    z = clear.features(t.model, t.test)
+    assert z.shape == (len(t.test), 64) and torch.allclose(z.norm(dim=1), torch.ones(len(z)))
+    low = clear.features(t.model, t.test, dim=8)
+    assert low.shape == (len(t.test), 8)
+    variance = low.var(0)
+    assert (variance[:-1] >= variance[1:] - 1e-6).all()              # leading directions first
+    assert variance.sum() > 0.5 * (z - z.mean(0)).var(0).sum()
+    with pytest.raises(ParameterError, match="dim=65 is out of range"):
+        clear.features(t.model, t.test, dim=65)
