@@ -1,0 +1,60 @@
+"""Sample-targeted ("trigger-free") poisoning, the threat CLEAR defends against: one chosen test
+image should go to the attacker's class while every other input behaves normally, and nothing is
+stamped on anything at test time.
+
+So far the simplest such attack: mislabelled augmented copies of the target image added to the
+training set. (The feature-collision and gradient-matching attacks of CLEAR's issue are still to
+come.)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..config import ParameterError, check_range
+from ..data import ImageSet
+
+
+@dataclass(frozen=True)
+class Targeted:
+    data: ImageSet               # the poisoned training set
+    indices: torch.Tensor        # sorted indices of the images the attack added or changed
+    target: torch.Tensor         # the target test image(s), uint8 (K, C, H, W)
+    true_label: torch.Tensor     # their own classes (K,)
+    attacker_class: int
+
+
+def mislabelled_copies(train: ImageSet, target: torch.Tensor, true_label: int,
+                       attacker_class: int, *, copies: int = 50, shift: int = 2,
+                       seed: int = 0) -> Targeted:
+    """`train` with `copies` augmented versions of the uint8 image `target` (C, H, W) appended,
+    labelled `attacker_class`: each shifted by up to `shift` pixels (zero fill) and flipped
+    horizontally with probability ½, so the model learns a small region around the target."""
+    classes = len(train.classes)
+    check_range("attacker_class", attacker_class, low=0, high=classes - 1, integer=True)
+    check_range("true_label", true_label, low=0, high=classes - 1, integer=True)
+    if attacker_class == true_label:
+        raise ParameterError(f"attacker_class={attacker_class} is the target's own class; "
+                             f"a sample-targeted attack moves it to another one")
+    check_range("copies", copies, low=1, integer=True)
+    check_range("shift", shift, low=0, high=8, integer=True)
+    if target.shape != train.images.shape[1:] or target.dtype != torch.uint8:
+        raise ParameterError(f"target must be one uint8 image of shape "
+                             f"{tuple(train.images.shape[1:])}, got {target.dtype} "
+                             f"{tuple(target.shape)}")
+    g = torch.Generator().manual_seed(seed)
+    h, w = target.shape[1:]
+    padded = F.pad(target.cpu(), (shift, shift, shift, shift))
+    offsets = torch.randint(2 * shift + 1, (copies, 2), generator=g)
+    flips = torch.rand(copies, generator=g) < 0.5
+    made = torch.stack([padded[:, r:r + h, c:c + w] for r, c in offsets.tolist()])
+    made[flips] = made[flips].flip(-1)
+    n = len(train)
+    images = torch.cat([train.images, made.to(train.images.device)])
+    labels = torch.cat([train.labels, torch.full((copies,), attacker_class,
+                                                 dtype=train.labels.dtype,
+                                                 device=train.labels.device)])
+    return Targeted(train.with_images(images, labels), torch.arange(n, n + copies),
+                    target[None].cpu(), torch.tensor([true_label]), attacker_class)
