@@ -4,6 +4,7 @@ import torch
 from scipy.spatial import Delaunay
 
 from reprolib.config import ParameterError
+from reprolib.data import ImageSet
 from reprolib.defenses import clear
 
 
@@ -77,3 +78,32 @@ def test_features_are_unit_penultimate_vectors_and_pca_keeps_the_most_variance(t
     assert variance.sum() > 0.5 * (z - z.mean(0)).var(0).sum()
     with pytest.raises(ParameterError, match="dim=65 is out of range"):
         clear.features(t.model, t.test, dim=65)
+
+
+def labelled_set(labels):
+    """A stand-in training set carrying `labels` (the images do not matter here)."""
+    images = torch.zeros(len(labels), 1, 32, 32, dtype=torch.uint8)
+    return ImageSet(images, labels.clone(), tuple(map(str, range(3))), (0.5,), (0.5,))
+
+
+def test_detection_wraps_the_planted_pocket_and_the_mitigation_sets_fix_or_drop_it():
+    z, labels, poisons = clusters()
+    g = torch.Generator().manual_seed(1)
+    z[poisons] = z[labels == 0].mean(0) + 0.05 * torch.randn(len(poisons), 16, generator=g)
+    found = clear.detect(z, labels, k=20)
+    assert len(found) == 1
+    f = found[0]
+    assert torch.equal(f.pocket, poisons) and (f.label, f.hull_class) == (2, 0)
+    assert f.hull is not None and f.hull.enclosure >= 0.8 and f.score > 0
+    assert (labels[f.hull.vertices] == 0).all() and not torch.isin(f.hull.vertices, poisons).any()
+    data = labelled_set(labels)
+    fixed = clear.relabelled(data, found)
+    assert (fixed.labels[poisons] == 0).all()
+    others = torch.ones(600, dtype=torch.bool)
+    others[poisons] = False
+    assert torch.equal(fixed.labels[others], labels[others])
+    dropped = clear.deleted(data, found)
+    assert len(dropped) == 590 and torch.equal(dropped.labels, labels[others])
+    # with every label right there is nothing to find
+    z, labels, _ = clusters(planted=0)
+    assert clear.detect(z, labels, k=20) == []

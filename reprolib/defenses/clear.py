@@ -15,7 +15,8 @@ and every step and number below is a choice of that reconstruction, not the pape
 With a linear head, class regions are convex in penultimate-feature space, so the pocket is read
 from the labels (poisons labelled t among class-s features), not from the model's predictions.
 
-So far: steps 1–4; the model-level score and the mitigation are still to come.
+So far: steps 1–4, the pocket score (enclosure × |P|^β / tightness; its calibration on clean
+models is still to come) and the relabelled or pruned training set for the mitigation.
 """
 from __future__ import annotations
 
@@ -161,3 +162,49 @@ def wrap(z: torch.Tensor, pocket: torch.Tensor, pool: torch.Tensor, *, start: in
     vertices = order[:size]
     return Hull(vertices, float(enclosed(vertices)),
                 (z[vertices] - centre).norm(dim=1).max().item() / max(radius, 1e-12))
+
+
+@dataclass
+class Found:
+    pocket: torch.Tensor       # indices of the pocket's images (label t)
+    label: int                 # t, the label they carry
+    hull_class: int            # s, the class whose images wrap them: the label they should have
+    hull: Hull | None          # None: no hull of class-s images encloses them
+    score: float               # e × |P|^β / τ, 0 without a hull
+
+
+def detect(z: torch.Tensor, labels: torch.Tensor, *, k: int = 50, rho: float = 0.5,
+           alpha: float = 2.0, enclosure: float = 0.8, beta: float = 0.5) -> list[Found]:
+    """Every pocket of the labelled features `z`, wrapped and scored, highest score first. The
+    hull starts from 2·d of the surrounding class's unflagged images and may grow to 8·d."""
+    check_range("beta", beta, low=0)
+    hood = neighbourhood(z, labels, k=k, rho=rho)
+    d = z.shape[1]
+    found = []
+    for pocket in pockets(z, labels, hood, alpha=alpha):
+        t, s = int(labels[pocket[0]]), int(hood.majority[pocket[0]])
+        pool = ((labels == s) & ~hood.flagged).nonzero().flatten()
+        hull = wrap(z, pocket, pool, start=min(2 * d, len(pool)), most=8 * d,
+                    enclosure=enclosure) if len(pool) else None
+        score = 0.0 if hull is None else (hull.enclosure * len(pocket) ** beta
+                                          / max(hull.tightness, 1e-12))
+        found.append(Found(pocket, t, s, hull, score))
+    return sorted(found, key=lambda f: -f.score)
+
+
+def relabelled(data: ImageSet, found: list[Found]) -> ImageSet:
+    """CLEAR's mitigation set: every wrapped pocket's images given the hull's class."""
+    labels = data.labels.clone()
+    for f in found:
+        if f.hull is not None:
+            labels[f.pocket.to(labels.device)] = f.hull_class
+    return data.with_images(data.images, labels)
+
+
+def deleted(data: ImageSet, found: list[Found]) -> ImageSet:
+    """The "delete and fine-tune" baseline's set: the wrapped pockets' images removed."""
+    keep = torch.ones(len(data), dtype=torch.bool, device=data.labels.device)
+    for f in found:
+        if f.hull is not None:
+            keep[f.pocket.to(keep.device)] = False
+    return data.subset(keep.nonzero().flatten())
