@@ -14,10 +14,9 @@ each image of each batch with probability `rate` (cached in the zoo the same way
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass
 from functools import lru_cache
-
-import copy
 
 import torch
 import torch.nn as nn

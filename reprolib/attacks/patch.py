@@ -117,16 +117,25 @@ class Patch(Attack):
     def per_batch(self, rate: float, target: int, mean, std) -> PerBatch:
         """The injection step: each image of a normalised batch, with probability `rate`, gets
         the patch at one place drawn for the batch and the label `target`."""
-        check_range("rate", rate, low=0, high=1)
-        places = Places()
-        on_device = Constants(mean, std, self.values)
+        values = Constants(self.values)
+        return stamping(lambda n, g: values(g.device)[0].expand(n, -1), rate, mean, std,
+                        target=target)
 
-        def poison(x, y, idx, generator):
-            b, _, h, w = x.shape
-            row, col = places(h, w, generator)
-            chosen = torch.rand(b, generator=generator, device=x.device) < rate
-            m, s, patch = on_device(x.device)
-            stamped = stamp(x, patch.expand(b, -1), row, col, m, s)
-            return (torch.where(chosen[:, None, None, None], stamped, x),
-                    torch.where(chosen, torch.full_like(y, target), y))
-        return poison
+
+def stamping(triggers, rate: float, mean, std, target: int | None = None) -> PerBatch:
+    """A training step that gives each image of a normalised batch, with probability `rate`, a
+    trigger from `triggers(n, generator)` (n × 9C in [0, 1]) at one place drawn for the batch;
+    with `target`, the stamped images are also relabelled to it (an attack), without, their
+    labels are kept (MESA's retraining)."""
+    check_range("rate", rate, low=0, high=1)
+    places = Places()
+    on_device = Constants(mean, std)
+
+    def per_batch(x, y, idx, generator):
+        row, col = places(x.shape[2], x.shape[3], generator)
+        chosen = torch.rand(len(x), generator=generator, device=x.device) < rate
+        m, s = on_device(x.device)
+        stamped = stamp(x, triggers(len(x), generator), row, col, m, s)
+        x = torch.where(chosen[:, None, None, None], stamped, x)
+        return x, y if target is None else torch.where(chosen, torch.full_like(y, target), y)
+    return per_batch

@@ -27,8 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..attacks.base import PerBatch
-from ..attacks.patch import SIZE, Constants, Places, stamp
+from ..attacks.patch import SIZE, stamp, stamping
 from ..config import ParameterError, Recipe, check_range
 from ..data import ImageSet
 from ..train import evaluating, train
@@ -306,21 +305,6 @@ def retrain(model: nn.Module, data: ImageSet, triggers: Sampler | None, recipe: 
     train(tuned, data, recipe, seed=seed, device=device, progress=progress, desc="retrain",
           per_batch=None if triggers is None else stamping(triggers, rate, data.mean, data.std))
     return tuned.eval()
-
-
-def stamping(triggers: Sampler, rate: float, mean, std) -> PerBatch:
-    """The retraining step: each image, with probability `rate`, gets its own sampled trigger
-    at the batch's place; labels are left as they are."""
-    places = Places()
-    on_device = Constants(mean, std)
-
-    def per_batch(x, y, idx, generator):
-        row, col = places(x.shape[2], x.shape[3], generator)
-        chosen = torch.rand(len(x), generator=generator, device=x.device) < rate
-        m, s = on_device(x.device)
-        stamped = stamp(x, triggers(len(x), generator), row, col, m, s)
-        return torch.where(chosen[:, None, None, None], stamped, x), y
-    return per_batch
 
 
 # --------------------------------------------------------------------------------------------
