@@ -57,3 +57,24 @@ def der(ca_before: float, asr_before: float, ca_after: float, asr_after: float) 
                         ("ca_after", ca_after), ("asr_after", asr_after)):
         check_range(name, value, low=0, high=1)
     return (max(0.0, asr_before - asr_after) - max(0.0, ca_before - ca_after) + 1) / 2
+
+
+def precision_recall(flagged: torch.Tensor, truth: torch.Tensor, n: int) -> tuple[float, float]:
+    """Sample-level detection among `n` samples: `flagged` and `truth` are index tensors.
+    Precision is 1 when nothing is flagged (no false alarm); recall needs some truth."""
+    if len(truth) == 0:
+        raise ParameterError("truth is empty: recall of no poisons is undefined")
+    marked = torch.zeros(n, dtype=torch.bool)
+    marked[flagged.cpu()] = True
+    hits = marked[truth.cpu()].sum().item()
+    return (hits / marked.sum().item() if marked.any() else 1.0), hits / len(truth)
+
+
+def auroc(clean: list[float], attacked: list[float]) -> float:
+    """The area under the ROC curve of a score that should be higher on attacked models: the
+    chance that a random attacked score exceeds a random clean one, ties counting ½."""
+    if not clean or not attacked:
+        raise ParameterError(f"auroc needs scores of both kinds; got {len(clean)} clean and "
+                             f"{len(attacked)} attacked")
+    c, a = torch.tensor(clean, dtype=torch.float64), torch.tensor(attacked, dtype=torch.float64)
+    return ((a[:, None] > c).double() + 0.5 * (a[:, None] == c).double()).mean().item()

@@ -7,6 +7,7 @@ per epoch, so the loop never waits on the GPU mid-epoch.
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
 from contextlib import contextmanager
@@ -19,7 +20,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import metrics, models
-from .config import SCHEDULES, ParameterError, Recipe, check_choice, resolve_device
+from .config import (SCHEDULES, ParameterError, Recipe, check_choice, check_range,
+                     resolve_device)
 from .attacks.base import PerBatch
 from .data import Batches, ImageSet
 from .zoo import Zoo
@@ -185,3 +187,39 @@ def trained(model_name: str, data: ImageSet, recipe: Recipe, *, seed: int = 0,
     model, card = (zoo or Zoo()).fetch(
         spec, lambda: models.build(model_name, len(data.classes), data.images.shape[1], seed=seed), fit)
     return model.to(device), card
+
+
+def linear_transfer(model: nn.Module, data: ImageSet, *, epochs: int = 40, lr: float = 0.01,
+                    batch_size: int = 128, weight_decay: float = 5e-4, seed: int = 0,
+                    reset: bool = True) -> nn.Module:
+    """A copy of `model` with only its `head` trained on `data` (SGD, momentum 0.9, cosine): the
+    features are frozen and computed once, in eval mode and without augmentation, as in the
+    transfer-learning setting of the poisoning benchmark. `reset`: the head starts from a fresh
+    initialisation drawn from `seed`; otherwise it is fine-tuned from `model`'s."""
+    check_range("epochs", epochs, low=1, integer=True)
+    check_range("lr", lr, low=0, low_open=True)
+    check_range("batch_size", batch_size, low=1, integer=True)
+    net = copy.deepcopy(model).eval()
+    device = _model_device(net)
+    with torch.no_grad(), evaluating(net):
+        feats = torch.cat([net.features(x).float() for x, _, _ in Batches(data.to(device), 1000)])
+    labels = data.labels.to(device)
+    if reset:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net.head.reset_parameters()
+    head = net.head.float()
+    optimizer = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
+    steps = epochs * math.ceil(len(labels) / batch_size)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor("cosine", min(step, steps - 1), steps))
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        order = torch.randperm(len(labels), generator=g).to(device)
+        for idx in order.split(batch_size):
+            loss = F.cross_entropy(head(feats[idx]), labels[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+    return net

@@ -56,7 +56,7 @@ def test_the_tight_hull_encloses_the_pocket_with_fewer_vertices_than_it_started_
     pool = torch.randn(400, 2, generator=g)                       # class s, in 2-D
     pocket = 0.1 * torch.randn(5, 2, generator=g) + torch.tensor([0.3, -0.2])
     z = torch.cat([pool, pocket])
-    hull = clear.wrap(z, torch.arange(400, 405), torch.arange(400), start=40, most=160)
+    hull = clear.wrap(z, torch.arange(400, 405), torch.arange(400), most=160)
     assert hull is not None and hull.enclosure >= 0.8 and 3 <= len(hull.vertices) < 40
     inside = clear.inside_hull(z[hull.vertices].numpy(), pocket.numpy())
     assert inside.mean() == hull.enclosure
@@ -64,7 +64,7 @@ def test_the_tight_hull_encloses_the_pocket_with_fewer_vertices_than_it_started_
     assert clear.inside_hull(z[hull.vertices[:-1]].numpy(), pocket.numpy()).mean() < 0.8
     # a pocket far outside the class cannot be wrapped by its images
     far = torch.cat([pool, pocket + 10])
-    assert clear.wrap(far, torch.arange(400, 405), torch.arange(400), start=4, most=20) is None
+    assert clear.wrap(far, torch.arange(400, 405), torch.arange(400), most=20) is None
 
 
 def test_features_are_unit_penultimate_vectors_and_pca_keeps_the_most_variance(tiny_badnets):

@@ -26,24 +26,31 @@ class Targeted:
     attacker_class: int
 
 
-def mislabelled_copies(train: ImageSet, target: torch.Tensor, true_label: int,
-                       attacker_class: int, *, copies: int = 50, shift: int = 2,
-                       seed: int = 0) -> Targeted:
-    """`train` with `copies` augmented versions of the uint8 image `target` (C, H, W) appended,
-    labelled `attacker_class`: each shifted by up to `shift` pixels (zero fill) and flipped
-    horizontally with probability ½, so the model learns a small region around the target."""
+def check_target(train: ImageSet, target: torch.Tensor, true_label: int,
+                 attacker_class: int) -> None:
+    """A sample-targeted attack's target: one uint8 image shaped like `train`'s, its true class
+    and another class for the attacker."""
     classes = len(train.classes)
     check_range("attacker_class", attacker_class, low=0, high=classes - 1, integer=True)
     check_range("true_label", true_label, low=0, high=classes - 1, integer=True)
     if attacker_class == true_label:
         raise ParameterError(f"attacker_class={attacker_class} is the target's own class; "
                              f"a sample-targeted attack moves it to another one")
-    check_range("copies", copies, low=1, integer=True)
-    check_range("shift", shift, low=0, high=8, integer=True)
     if target.shape != train.images.shape[1:] or target.dtype != torch.uint8:
         raise ParameterError(f"target must be one uint8 image of shape "
                              f"{tuple(train.images.shape[1:])}, got {target.dtype} "
                              f"{tuple(target.shape)}")
+
+
+def mislabelled_copies(train: ImageSet, target: torch.Tensor, true_label: int,
+                       attacker_class: int, *, copies: int = 50, shift: int = 2,
+                       seed: int = 0) -> Targeted:
+    """`train` with `copies` augmented versions of the uint8 image `target` (C, H, W) appended,
+    labelled `attacker_class`: each shifted by up to `shift` pixels (zero fill) and flipped
+    horizontally with probability ½, so the model learns a small region around the target."""
+    check_target(train, target, true_label, attacker_class)
+    check_range("copies", copies, low=1, integer=True)
+    check_range("shift", shift, low=0, high=8, integer=True)
     g = torch.Generator().manual_seed(seed)
     h, w = target.shape[1:]
     padded = F.pad(target.cpu(), (shift, shift, shift, shift))

@@ -15,8 +15,10 @@ and every step and number below is a choice of that reconstruction, not the pape
 With a linear head, class regions are convex in penultimate-feature space, so the pocket is read
 from the labels (poisons labelled t among class-s features), not from the model's predictions.
 
-So far: steps 1–4, the pocket score (enclosure × |P|^β / tightness; its calibration on clean
-models is still to come) and the relabelled or pruned training set for the mitigation.
+5. the model-level score: the highest pocket score, enclosure × |P|^β / tightness, against a
+   threshold calibrated on clean models;
+6. the mitigation: the wrapped pockets' images relabelled to the hull's class, then fine-tuning
+   (or, as a baseline, deleted).
 """
 from __future__ import annotations
 
@@ -28,9 +30,10 @@ import torch.nn.functional as F
 from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.optimize import linprog
 
-from ..config import ParameterError, check_range
+from ..config import ParameterError, Recipe, check_range
 from ..data import Batches, ImageSet
-from ..train import evaluating
+from ..train import evaluating, linear_transfer
+from .fine_tuning import fine_tune
 
 
 @torch.no_grad()
@@ -135,32 +138,32 @@ class Hull:
     tightness: float           # the farthest vertex from the pocket's centre, in class radii
 
 
-def wrap(z: torch.Tensor, pocket: torch.Tensor, pool: torch.Tensor, *, start: int,
-         most: int, enclosure: float = 0.8) -> Hull | None:
-    """The tightest hull of `pool` images (class s) around `pocket`: from the `start` pool
-    images nearest the pocket's centre, drop the farthest vertex while at least `enclosure` of
-    the pocket stays inside; if the first hull does not enclose that much, add the next-nearest
-    images up to `most`. None when even `most` images do not enclose it."""
-    check_range("start", start, low=1, integer=True)
-    check_range("most", most, low=start, integer=True)
+def wrap(z: torch.Tensor, pocket: torch.Tensor, pool: torch.Tensor, *, most: int,
+         enclosure: float = 0.8) -> Hull | None:
+    """The tightest hull of `pool` images (class s) around `pocket`: the fewest of the pool
+    images nearest the pocket's centre (at most `most`) whose hull holds at least `enclosure` of
+    the pocket. The spec's search drops the farthest vertex while the pocket stays enclosed and
+    adds the next-nearest while it does not; as the candidate hulls are nested, the enclosure
+    only grows with their size, so a bisection finds the same hull. None when even `most`
+    images do not enclose the pocket."""
+    check_range("most", most, low=1, integer=True)
     check_range("enclosure", enclosure, low=0, high=1, low_open=True)
     centre = z[pocket].mean(0)
     order = pool[torch.cdist(centre[None], z[pool])[0].argsort()]
     radius = (z[pool] - z[pool].mean(0)).norm(dim=1).median().item()
     points = z[pocket].double().cpu().numpy()
 
-    def enclosed(vertices):
-        return inside_hull(z[vertices].double().cpu().numpy(), points).mean()
+    def enclosed(size):
+        return inside_hull(z[order[:size]].double().cpu().numpy(), points).mean()
 
-    size = min(start, len(order))
-    while enclosed(order[:size]) < enclosure:
-        if size >= min(most, len(order)):
-            return None
-        size += 1
-    while size > 1 and enclosed(order[:size - 1]) >= enclosure:
-        size -= 1
-    vertices = order[:size]
-    return Hull(vertices, float(enclosed(vertices)),
+    low, high = 0, min(most, len(order))            # enclosed(low) fails, enclosed(high) holds
+    if enclosed(high) < enclosure:
+        return None
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (low, mid) if enclosed(mid) >= enclosure else (mid, high)
+    vertices = order[:high]
+    return Hull(vertices, float(enclosed(high)),
                 (z[vertices] - centre).norm(dim=1).max().item() / max(radius, 1e-12))
 
 
@@ -174,22 +177,67 @@ class Found:
 
 
 def detect(z: torch.Tensor, labels: torch.Tensor, *, k: int = 50, rho: float = 0.5,
-           alpha: float = 2.0, enclosure: float = 0.8, beta: float = 0.5) -> list[Found]:
+           alpha: float = 2.0, enclosure: float = 0.8, beta: float = 0.5,
+           hood: Neighbourhood | None = None) -> list[Found]:
     """Every pocket of the labelled features `z`, wrapped and scored, highest score first. The
-    hull starts from 2·d of the surrounding class's unflagged images and may grow to 8·d."""
+    hull has at most 8·d of the surrounding class's unflagged images (the spec starts its
+    search from 2·d). `hood`: the neighbourhood step's result when already computed (Deep
+    k-NN's flags), instead of `k` and `rho`."""
     check_range("beta", beta, low=0)
-    hood = neighbourhood(z, labels, k=k, rho=rho)
+    hood = hood or neighbourhood(z, labels, k=k, rho=rho)
     d = z.shape[1]
     found = []
     for pocket in pockets(z, labels, hood, alpha=alpha):
         t, s = int(labels[pocket[0]]), int(hood.majority[pocket[0]])
         pool = ((labels == s) & ~hood.flagged).nonzero().flatten()
-        hull = wrap(z, pocket, pool, start=min(2 * d, len(pool)), most=8 * d,
-                    enclosure=enclosure) if len(pool) else None
+        hull = wrap(z, pocket, pool, most=8 * d, enclosure=enclosure) if len(pool) else None
         score = 0.0 if hull is None else (hull.enclosure * len(pocket) ** beta
                                           / max(hull.tightness, 1e-12))
         found.append(Found(pocket, t, s, hull, score))
     return sorted(found, key=lambda f: -f.score)
+
+
+def model_score(found: list[Found]) -> float:
+    """The model-level score: the highest pocket score (0 without a wrapped pocket)."""
+    return max((f.score for f in found), default=0.0)
+
+
+def flagged(found: list[Found]) -> torch.Tensor:
+    """CLEAR's sample-level flags: the images of every wrapped pocket, sorted."""
+    parts = [f.pocket.cpu() for f in found if f.hull is not None]
+    return torch.cat(parts).sort().values if parts else torch.empty(0, dtype=torch.long)
+
+
+def fine_tuned(model: torch.nn.Module, data: ImageSet, recipe: Recipe, *, head_only: bool,
+               seed: int = 0) -> torch.nn.Module:
+    """A copy of `model` fine-tuned on `data`: the head alone on frozen features (the transfer
+    setting), or the whole network by `recipe` (from scratch)."""
+    if head_only:
+        return linear_transfer(model, data, epochs=recipe.epochs, lr=recipe.lr,
+                               batch_size=recipe.batch_size, weight_decay=recipe.weight_decay,
+                               seed=seed, reset=False)
+    return fine_tune(model, data, recipe, seed=seed, progress=False)
+
+
+@torch.no_grad()
+def decision_slice(model: torch.nn.Module, data: ImageSet, origin: torch.Tensor,
+                   toward: torch.Tensor, across: torch.Tensor, *, extent: float = 1.5,
+                   steps: int = 41) -> torch.Tensor:
+    """The predicted class on a `steps` × `steps` grid of the plane through the uint8 image
+    `origin` spanned by the directions to `toward` and to `across` (both scaled to
+    `origin`'s distance to `toward`), from −extent to +extent along each: rows follow `across`,
+    columns `toward`. The pixels are not clipped, so the plane is exact."""
+    check_range("extent", extent, low=0, low_open=True)
+    check_range("steps", steps, low=2, integer=True)
+    o, u, v = (t.float() for t in (origin, toward, across))
+    u, v = u - o, v - o
+    v = v * (u.norm() / v.norm().clamp_min(1e-12))
+    a = torch.linspace(-extent, extent, steps)
+    grid = o + a[None, :, None, None, None] * u + a[:, None, None, None, None] * v
+    device = next(model.parameters()).device
+    with evaluating(model):
+        preds = [model(data.normalize(x.to(device))).argmax(1) for x in grid.flatten(0, 1).split(1000)]
+    return torch.cat(preds).view(steps, steps).cpu()
 
 
 def relabelled(data: ImageSet, found: list[Found]) -> ImageSet:
