@@ -143,6 +143,7 @@ def test_every_page_opens_in_a_browser_with_its_title_tables_and_images(smoke_bo
              "book/runs/neural_polarizer.html": ("Neural Polarizer", 7, 4),
              "book/runs/none.html": ("NONE", 8, 4),
              "book/runs/mesa.html": ("MESA", 8, 6),
+             "book/runs/clear.html": ("CLEAR", 6, 4),
              "book/scorecard.html": ("Scorecard", 1, 0)}
     shots = ROOT / "_build" / "browser-check"
     shots.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,7 @@ import pytest
 import torch
 from scipy.spatial import Delaunay
 
-from reprolib.config import ParameterError
+from reprolib.config import ParameterError, Recipe
 from reprolib.data import ImageSet
 from reprolib.defenses import clear
 
@@ -107,3 +107,41 @@ def test_detection_wraps_the_planted_pocket_and_the_mitigation_sets_fix_or_drop_
     # with every label right there is nothing to find
     z, labels, _ = clusters(planted=0)
     assert clear.detect(z, labels, k=20) == []
+
+
+def test_the_model_score_and_the_flags_come_from_wrapped_pockets_only():
+    z, labels, poisons = clusters()
+    z[poisons] = z[labels == 0].mean(0) + 0.05 * torch.randn(
+        len(poisons), 16, generator=torch.Generator().manual_seed(1))
+    found = clear.detect(z, labels, k=20, enclosure=0.8)
+    assert clear.model_score(found) == found[0].score > 0
+    assert torch.equal(clear.flagged(found), poisons)
+    unwrapped = [clear.Found(poisons, 2, 0, None, 0.0)]
+    assert clear.model_score(unwrapped) == 0 and len(clear.flagged(unwrapped)) == 0
+    assert clear.model_score([]) == 0
+
+
+def test_the_decision_slice_is_the_models_prediction_on_the_plane(tiny_badnets):
+    t = tiny_badnets
+    origin, toward, across = t.test.images[0], t.test.images[1], t.test.images[2]
+    grid = clear.decision_slice(t.model, t.test, origin, toward, across, extent=1.0, steps=3)
+    assert grid.shape == (3, 3)
+    points = torch.stack([origin, toward]).float()
+    expected = t.model(t.test.normalize(points)).argmax(1)
+    assert grid[1, 1] == expected[0] and grid[1, 2] == expected[1]   # a = 0 and a = 1 on the row b = 0
+    with pytest.raises(ParameterError, match="steps=1 is out of range"):
+        clear.decision_slice(t.model, t.test, origin, toward, across, steps=1)
+
+
+def test_head_only_fine_tuning_keeps_the_features_and_the_original(tiny_badnets):
+    t = tiny_badnets
+    head = t.model.head.weight.detach().clone()
+    relabelled = t.defender.with_images(t.defender.images, (t.defender.labels + 1) % 10)
+    tuned = clear.fine_tuned(t.model, relabelled, Recipe(epochs=30, lr=0.05, augment=False),
+                             head_only=True)
+    assert torch.equal(t.model.head.weight, head)                      # a copy was tuned
+    x = t.test.normalize(t.test.images[:50])
+    with torch.no_grad():
+        assert torch.equal(tuned.features(x), t.model.features(x))
+        moved = (tuned(x).argmax(1) == (t.model(x).argmax(1) + 1) % 10).float().mean()
+    assert moved > 0.5, moved                                         # the head learnt the shift

@@ -43,3 +43,20 @@ def test_der_ignores_gains_in_accuracy_and_rises_in_asr():
     assert metrics.der(0.9, 1.0, 0.9, 0.0) == pytest.approx(1.0)
     with pytest.raises(ParameterError, match="asr_after=95.0"):
         metrics.der(0.9, 0.9, 0.9, 95.0)
+
+
+def test_auroc_is_the_chance_an_attacked_score_beats_a_clean_one():
+    assert metrics.auroc([0.1, 0.2], [0.3, 0.9]) == 1.0
+    assert metrics.auroc([0.3, 0.9], [0.1, 0.2]) == 0.0
+    assert metrics.auroc([0.0, 0.0], [0.0]) == 0.5
+    assert metrics.auroc([0.1, 0.5], [0.3]) == 0.5
+    with pytest.raises(ParameterError, match="got 0 clean and 1 attacked"):
+        metrics.auroc([], [1.0])
+
+
+def test_precision_and_recall_of_flagged_samples():
+    p, r = metrics.precision_recall(torch.tensor([1, 2, 3, 4]), torch.tensor([3, 4, 5]), 10)
+    assert (p, r) == (0.5, 2 / 3)
+    assert metrics.precision_recall(torch.tensor([], dtype=torch.long), torch.tensor([1]), 5) == (1.0, 0.0)
+    with pytest.raises(ParameterError, match="truth is empty"):
+        metrics.precision_recall(torch.tensor([1]), torch.tensor([], dtype=torch.long), 5)

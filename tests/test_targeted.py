@@ -1,6 +1,9 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
+from reprolib.attacks.feature_collision import feature_collision
+from reprolib.attacks.gradient_matching import gradient_matching
 from reprolib.attacks.targeted import mislabelled_copies
 from reprolib.config import ParameterError, Recipe
 from reprolib.train import predict, trained
@@ -42,3 +45,51 @@ def test_the_copies_move_the_target_and_leave_the_rest_of_the_test_set(fashion, 
     assert predict(clean, test.subset(torch.tensor([0])))[0] != attacker
     agree = (predict(attacked, rest) == predict(clean, rest)).float().mean()
     assert agree > 0.85, agree
+
+
+def _changed_within(before, after, eps):
+    diff = (after.images.int() - before.images.int()).abs().flatten(1)
+    return diff.amax(1).max().item() <= eps, diff.amax(1).nonzero().flatten()
+
+
+def test_feature_collision_moves_only_its_poisons_and_their_features_to_the_target(tiny_badnets):
+    t = tiny_badnets
+    pool, target, label = t.defender, t.test.images[0], int(t.test.labels[0])
+    attacker = (label + 1) % 10
+    atk = feature_collision(t.model, pool, target, label, attacker, n=10, steps=100, seed=3)
+    assert len(atk.indices) == 10 and (pool.labels[atk.indices] == attacker).all()
+    assert torch.equal(atk.data.labels, pool.labels)                 # clean-label
+    within, changed = _changed_within(pool, atk.data, 8)
+    assert within and set(changed.tolist()) <= set(atk.indices.tolist()) and len(changed) > 0
+    with torch.no_grad():
+        goal = t.model.features(pool.normalize(target[None]))
+        far = (t.model.features(pool.normalize(pool.images[atk.indices])) - goal).norm(dim=1)
+        near = (t.model.features(pool.normalize(atk.data.images[atk.indices])) - goal).norm(dim=1)
+    assert near.mean() < 0.7 * far.mean(), (near.mean(), far.mean())
+    with pytest.raises(ParameterError, match="n=10000 is out of range"):
+        feature_collision(t.model, pool, target, label, attacker, n=10000)
+
+
+def test_gradient_matching_aligns_the_poisons_gradient_with_the_targets(tiny_badnets):
+    t = tiny_badnets
+    train, target, label = t.defender, t.test.images[1], int(t.test.labels[1])
+    attacker = (label + 1) % 10
+    atk = gradient_matching(t.model, train, target, label, attacker, budget=0.04, steps=60,
+                            augment=False, seed=0)
+    assert len(atk.indices) == 20 and (train.labels[atk.indices] == attacker).all()
+    assert torch.equal(atk.data.labels, train.labels)
+    within, changed = _changed_within(train, atk.data, 8)
+    assert within and set(changed.tolist()) <= set(atk.indices.tolist()) and len(changed) > 0
+    params = list(t.model.parameters())
+
+    def gradient(images, labels):
+        loss = F.cross_entropy(t.model(train.normalize(images)), labels)
+        return torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)])
+
+    goal = gradient(target[None], torch.tensor([attacker]))
+    labels = train.labels[atk.indices]
+    before = F.cosine_similarity(gradient(train.images[atk.indices], labels), goal, dim=0)
+    after = F.cosine_similarity(gradient(atk.data.images[atk.indices], labels), goal, dim=0)
+    assert after > before + 0.2, (before, after)
+    with pytest.raises(ParameterError, match="budget=0.5 gives 250 poisons"):
+        gradient_matching(t.model, train, target, label, attacker, budget=0.5)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..config import ParameterError, check_range
+from ..config import check_range
 from ..data import ImageSet
 from ..train import evaluating
 from .targeted import Targeted, check_target

@@ -7,8 +7,8 @@ the gradient that would send the target test image to the attacker's class:
 
 on a clean surrogate model, with signed Adam (step 0.1·ε, divided by 10 at 3/8, 5/8 and 7/8 of the
 steps), random flips and shifts of the poisons at every step (the paper's differentiable
-augmentation), and the best of several restarts. Ours: the surrogate is in eval mode, and all
-poisons are one batch.
+augmentation; optional) and the best of several restarts. Ours: the surrogate is in eval mode,
+and all poisons are one batch.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import check_range
+from ..config import ParameterError, check_range
 from ..data import ImageSet
 from ..train import evaluating
 from .feature_collision import quantised
@@ -25,10 +25,11 @@ from .targeted import Targeted, check_target
 
 def gradient_matching(model: nn.Module, train: ImageSet, target: torch.Tensor, true_label: int,
                       attacker_class: int, *, budget: float = 0.01, eps: float = 8 / 255,
-                      steps: int = 240, restarts: int = 1, seed: int = 0) -> Targeted:
+                      steps: int = 240, restarts: int = 1, augment: bool = True,
+                      seed: int = 0) -> Targeted:
     """`train` with round(`budget` × N) of its `attacker_class` images (drawn from `seed`)
     replaced by poisons crafted on `model` (a clean surrogate) against the uint8 image `target`
-    (C, H, W). Labels are unchanged."""
+    (C, H, W). Labels are unchanged. `augment`: flip and shift the poisons at every step."""
     check_target(train, target, true_label, attacker_class)
     check_range("budget", budget, low=0, high=1, low_open=True)
     check_range("eps", eps, low=0, high=1, low_open=True)
@@ -37,7 +38,7 @@ def gradient_matching(model: nn.Module, train: ImageSet, target: torch.Tensor, t
     bases = (train.labels == attacker_class).nonzero().flatten()
     n = round(budget * len(train))
     if not 1 <= n <= len(bases):
-        raise ValueError(f"budget={budget} gives {n} poisons; class {attacker_class} has "
+        raise ParameterError(f"budget={budget} gives {n} poisons; class {attacker_class} has "
                          f"{len(bases)} images, so 1/{len(train)} ≤ budget ≤ "
                          f"{len(bases)}/{len(train)}")
     g = torch.Generator().manual_seed(seed)
@@ -52,7 +53,7 @@ def gradient_matching(model: nn.Module, train: ImageSet, target: torch.Tensor, t
                             torch.tensor([attacker_class], device=device)), params)
         best, best_loss = None, float("inf")
         for _ in range(restarts):
-            delta, loss = _brew(model, params, goal, train, base, labels, eps, steps, g)
+            delta, loss = _brew(model, params, goal, train, base, labels, eps, steps, augment, g)
             if loss < best_loss:
                 best, best_loss = delta, loss
     images = train.images.clone()
@@ -61,7 +62,7 @@ def gradient_matching(model: nn.Module, train: ImageSet, target: torch.Tensor, t
                     torch.tensor([true_label]), attacker_class)
 
 
-def _brew(model, params, goal, train, base, labels, eps, steps, g):
+def _brew(model, params, goal, train, base, labels, eps, steps, augment, g):
     """One restart: a random start in the ε-box, `steps` signed-Adam steps; the perturbation and
     its final alignment loss."""
     goal_norm = torch.sqrt(sum(t.pow(2).sum() for t in goal))
@@ -71,8 +72,8 @@ def _brew(model, params, goal, train, base, labels, eps, steps, g):
     schedule = torch.optim.lr_scheduler.MultiStepLR(
         optimizer, [steps * 3 // 8, steps * 5 // 8, steps * 7 // 8], gamma=0.1)
     for _ in range(steps):
-        loss = _alignment(model, params, goal, goal_norm, train, _augmented(base + delta, g),
-                          labels)
+        x = _augmented(base + delta, g) if augment else base + delta
+        loss = _alignment(model, params, goal, goal_norm, train, x, labels)
         optimizer.zero_grad(set_to_none=True)
         delta.grad, = torch.autograd.grad(loss, delta)
         delta.grad.sign_()

@@ -138,6 +138,18 @@ class Hull:
     tightness: float           # the farthest vertex from the pocket's centre, in class radii
 
 
+def nearest(z: torch.Tensor, pocket: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
+    """The `pool` indices in order of distance from the pocket's centre."""
+    centre = z[pocket].mean(0)
+    return pool[torch.cdist(centre[None], z[pool])[0].argsort()]
+
+
+def enclosed_share(z: torch.Tensor, pocket: torch.Tensor, vertices: torch.Tensor) -> float:
+    """The share of the pocket's points inside the hull of the `vertices`' points."""
+    return float(inside_hull(z[vertices].double().cpu().numpy(),
+                             z[pocket].double().cpu().numpy()).mean())
+
+
 def wrap(z: torch.Tensor, pocket: torch.Tensor, pool: torch.Tensor, *, most: int,
          enclosure: float = 0.8) -> Hull | None:
     """The tightest hull of `pool` images (class s) around `pocket`: the fewest of the pool
@@ -148,23 +160,23 @@ def wrap(z: torch.Tensor, pocket: torch.Tensor, pool: torch.Tensor, *, most: int
     images do not enclose the pocket."""
     check_range("most", most, low=1, integer=True)
     check_range("enclosure", enclosure, low=0, high=1, low_open=True)
-    centre = z[pocket].mean(0)
-    order = pool[torch.cdist(centre[None], z[pool])[0].argsort()]
+    order = nearest(z, pocket, pool)
     radius = (z[pool] - z[pool].mean(0)).norm(dim=1).median().item()
-    points = z[pocket].double().cpu().numpy()
+    share = {}
 
-    def enclosed(size):
-        return inside_hull(z[order[:size]].double().cpu().numpy(), points).mean()
+    def enough(size):
+        share[size] = enclosed_share(z, pocket, order[:size])
+        return share[size] >= enclosure
 
-    low, high = 0, min(most, len(order))            # enclosed(low) fails, enclosed(high) holds
-    if enclosed(high) < enclosure:
+    low, high = 0, min(most, len(order))            # enough(low) fails, enough(high) holds
+    if not enough(high):
         return None
     while high - low > 1:
         mid = (low + high) // 2
-        low, high = (low, mid) if enclosed(mid) >= enclosure else (mid, high)
+        low, high = (low, mid) if enough(mid) else (mid, high)
     vertices = order[:high]
-    return Hull(vertices, float(enclosed(high)),
-                (z[vertices] - centre).norm(dim=1).max().item() / max(radius, 1e-12))
+    return Hull(vertices, share[high],
+                (z[vertices] - z[pocket].mean(0)).norm(dim=1).max().item() / max(radius, 1e-12))
 
 
 @dataclass
