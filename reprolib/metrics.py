@@ -7,6 +7,8 @@ all-to-all attacks (class y goes to y + 1 mod K).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .config import ParameterError, check_range
@@ -61,13 +63,13 @@ def der(ca_before: float, asr_before: float, ca_after: float, asr_after: float) 
 
 def precision_recall(flagged: torch.Tensor, truth: torch.Tensor, n: int) -> tuple[float, float]:
     """Sample-level detection among `n` samples: `flagged` and `truth` are index tensors.
-    Precision is 1 when nothing is flagged (no false alarm); recall needs some truth."""
+    Precision is NaN when nothing is flagged; recall needs some truth."""
     if len(truth) == 0:
         raise ParameterError("truth is empty: recall of no poisons is undefined")
     marked = torch.zeros(n, dtype=torch.bool)
     marked[flagged.cpu()] = True
     hits = marked[truth.cpu()].sum().item()
-    return (hits / marked.sum().item() if marked.any() else 1.0), hits / len(truth)
+    return (hits / marked.sum().item() if marked.any() else math.nan), hits / len(truth)
 
 
 def auroc(clean: list[float], attacked: list[float]) -> float:

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -57,6 +59,7 @@ def test_auroc_is_the_chance_an_attacked_score_beats_a_clean_one():
 def test_precision_and_recall_of_flagged_samples():
     p, r = metrics.precision_recall(torch.tensor([1, 2, 3, 4]), torch.tensor([3, 4, 5]), 10)
     assert (p, r) == (0.5, 2 / 3)
-    assert metrics.precision_recall(torch.tensor([], dtype=torch.long), torch.tensor([1]), 5) == (1.0, 0.0)
+    p, r = metrics.precision_recall(torch.tensor([], dtype=torch.long), torch.tensor([1]), 5)
+    assert math.isnan(p) and r == 0.0
     with pytest.raises(ParameterError, match="truth is empty"):
         metrics.precision_recall(torch.tensor([1]), torch.tensor([], dtype=torch.long), 5)
