@@ -2,9 +2,10 @@
 image should go to the attacker's class while every other input behaves normally, and nothing is
 stamped on anything at test time.
 
-So far the simplest such attack: mislabelled augmented copies of the target image added to the
-training set. (The feature-collision and gradient-matching attacks of CLEAR's issue are still to
-come.)
+Here the simplest such attack, mislabelled augmented copies of the target image added to the
+training set, and what all of them return. The clean-label ones, which keep every label and move
+images by at most ε, are `feature_collision` (transfer learning) and `gradient_matching` (training
+from scratch).
 """
 from __future__ import annotations
 

@@ -4,21 +4,21 @@ its "pocket" in a tight convex hull in feature space, relabelling and fine-tunin
 Only the abstract is public, so this is the reconstruction of `../shared/papers/clear.md` (§7),
 and every step and number below is a choice of that reconstruction, not the paper's:
 
-1. features: the penultimate features of every training image, L2-normalised;
+1. features: the penultimate features of every training image, L2-normalised, projected on
+   their leading principal directions;
 2. candidates (Deep k-NN, Peri et al. 2020, also the baseline): an image whose label differs
    from the majority of its k nearest neighbours (cosine), when that majority holds ≥ ρ;
 3. pockets: candidates of one (label t, majority s) pair, grouped by single linkage at
    α × the median nearest-neighbour distance inside class s;
 4. the hull: the class-s images nearest the pocket, shrunk (farthest first) while at least
-   e_min of the pocket stays inside, or grown when it is not enclosed; membership is an LP.
-
-With a linear head, class regions are convex in penultimate-feature space, so the pocket is read
-from the labels (poisons labelled t among class-s features), not from the model's predictions.
-
+   e_min of the pocket stays inside, or grown when it is not enclosed; membership is an LP;
 5. the model-level score: the highest pocket score, enclosure × |P|^β / tightness, against a
    threshold calibrated on clean models;
 6. the mitigation: the wrapped pockets' images relabelled to the hull's class, then fine-tuning
    (or, as a baseline, deleted).
+
+With a linear head, class regions are convex in penultimate-feature space, so the pocket is read
+from the labels (poisons labelled t among class-s features), not from the model's predictions.
 """
 from __future__ import annotations
 
