@@ -201,14 +201,14 @@ def linear_transfer(model: nn.Module, data: ImageSet, *, epochs: int = 40, lr: f
     check_range("batch_size", batch_size, low=1, integer=True)
     net = copy.deepcopy(model).eval()
     device = _model_device(net)
-    with torch.no_grad(), evaluating(net):
+    with torch.no_grad():
         feats = torch.cat([net.features(x).float() for x, _, _ in Batches(data.to(device), 1000)])
     labels = data.labels.to(device)
     if reset:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             net.head.reset_parameters()
-    head = net.head.float()
+    head = net.head
     optimizer = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
     steps = epochs * math.ceil(len(labels) / batch_size)
     schedule = torch.optim.lr_scheduler.LambdaLR(

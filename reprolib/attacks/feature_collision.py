@@ -16,7 +16,7 @@ import torch.nn as nn
 from ..config import check_range
 from ..data import ImageSet
 from ..train import evaluating
-from .targeted import Targeted, check_target
+from .targeted import Targeted, check_target, quantised
 
 
 def feature_collision(model: nn.Module, pool: ImageSet, target: torch.Tensor, true_label: int,
@@ -58,11 +58,3 @@ def feature_collision(model: nn.Module, pool: ImageSet, target: torch.Tensor, tr
     images[chosen.to(images.device)] = poisons.to(images.device)
     return Targeted(pool.with_images(images), chosen.cpu(), target[None].cpu(),
                     torch.tensor([true_label]), attacker_class)
-
-
-def quantised(base: torch.Tensor, delta: torch.Tensor, eps: float) -> torch.Tensor:
-    """base + delta as uint8 pixels, rounded towards the base so that no pixel moves by more
-    than ε (the base images are exact multiples of 1/255)."""
-    b = (base * 255).round()
-    step = torch.trunc((delta * 255).clamp(-eps * 255, eps * 255))
-    return (b + step).clamp(0, 255).to(torch.uint8)

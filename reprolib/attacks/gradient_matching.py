@@ -19,8 +19,7 @@ import torch.nn.functional as F
 from ..config import ParameterError, check_range
 from ..data import ImageSet
 from ..train import evaluating
-from .feature_collision import quantised
-from .targeted import Targeted, check_target
+from .targeted import Targeted, check_target, quantised
 
 
 def gradient_matching(model: nn.Module, train: ImageSet, target: torch.Tensor, true_label: int,
@@ -39,8 +38,8 @@ def gradient_matching(model: nn.Module, train: ImageSet, target: torch.Tensor, t
     n = round(budget * len(train))
     if not 1 <= n <= len(bases):
         raise ParameterError(f"budget={budget} gives {n} poisons; class {attacker_class} has "
-                         f"{len(bases)} images, so 1/{len(train)} ≤ budget ≤ "
-                         f"{len(bases)}/{len(train)}")
+                             f"{len(bases)} images, so 1/{len(train)} ≤ budget ≤ "
+                             f"{len(bases)}/{len(train)}")
     g = torch.Generator().manual_seed(seed)
     chosen = bases[torch.randperm(len(bases), generator=g)[:n].to(bases.device)].sort().values
     device = next(model.parameters()).device
@@ -82,8 +81,7 @@ def _brew(model, params, goal, train, base, labels, eps, steps, augment, g):
         with torch.no_grad():
             delta.clamp_(-eps, eps)
             delta.copy_((base + delta).clamp(0, 1) - base)
-    with torch.no_grad():
-        delta = delta.detach()
+    delta = delta.detach()
     final = _alignment(model, params, goal, goal_norm, train, base + delta, labels,
                        graph=False).item()
     return delta, final

@@ -43,6 +43,14 @@ def check_target(train: ImageSet, target: torch.Tensor, true_label: int,
                              f"{tuple(target.shape)}")
 
 
+def quantised(base: torch.Tensor, delta: torch.Tensor, eps: float) -> torch.Tensor:
+    """A clean-label attack's poisons, base + delta, as uint8 pixels: rounded towards the base
+    so that no pixel moves by more than ε (the base images are exact multiples of 1/255)."""
+    b = (base * 255).round()
+    step = torch.trunc((delta * 255).clamp(-eps * 255, eps * 255))
+    return (b + step).clamp(0, 255).to(torch.uint8)
+
+
 def mislabelled_copies(train: ImageSet, target: torch.Tensor, true_label: int,
                        attacker_class: int, *, copies: int = 50, shift: int = 2,
                        seed: int = 0) -> Targeted:
