@@ -264,7 +264,5 @@ def relabelled(data: ImageSet, found: list[Found]) -> ImageSet:
 def deleted(data: ImageSet, found: list[Found]) -> ImageSet:
     """The "delete and fine-tune" baseline's set: the wrapped pockets' images removed."""
     keep = torch.ones(len(data), dtype=torch.bool, device=data.labels.device)
-    for f in found:
-        if f.hull is not None:
-            keep[f.pocket.to(keep.device)] = False
+    keep[flagged(found).to(keep.device)] = False
     return data.subset(keep.nonzero().flatten())
