@@ -31,7 +31,7 @@ def sync(device):
 
 
 def one_label_at_a_time(model, data: ImageSet, steps: int, batch_size: int) -> None:
-    device = next(model.parameters()).device
+    device = models.model_device(model)
     images = data.images.to(device)
     mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1)
     std = torch.tensor(data.std, device=device).view(1, -1, 1, 1)

@@ -1,4 +1,6 @@
-"""Grad-CAM (Selvaraju et al., ICCV 2017) at the last conv layer (the input of `avgpool`).
+"""Grad-CAM (Selvaraju et al., ICCV 2017) at the last conv layer (the input of `avgpool`), and
+the ℓ∞ chapter's summaries of it: the maps of a model's own predictions, and where a trigger falls
+on the conv map.
 
 Channel weights are the spatial means of the gradient of a class logit with respect to the
 map; the heat map is ReLU(Σ_k w_k A_k), bilinearly upsampled to the image size. Samples are
@@ -11,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import ParameterError
+from .models import model_device
 from .train import evaluating
 
 
@@ -52,3 +55,21 @@ def mass_in(cam: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
     total = cam.flatten(1).sum(1)
     inside = (cam * region.to(cam.device)).flatten(1).sum(1)
     return torch.where(total > 0, inside / total, torch.full_like(total, float("nan")))
+
+
+def cams(model: nn.Module, images: torch.Tensor, normalize, upsample: bool = True) -> torch.Tensor:
+    """Grad-CAM maps of uint8 `images` for the class `model` predicts for each (on the CPU);
+    `normalize` maps them to the model's inputs (an ImageSet's `normalize`)."""
+    x = normalize(images.to(model_device(model)))
+    with torch.no_grad():
+        pred = model(x).argmax(1)
+    return gradcam(model, x, pred, upsample=upsample).cpu()
+
+
+def trigger_cells(attack, channels: int, image_size: tuple[int, int],
+                  size: tuple[int, int]) -> torch.Tensor:
+    """The cells of a `size` conv map that hold any pixel `attack` writes on a blank image of
+    `channels` × `image_size` (every cell for a trigger that covers the whole image)."""
+    blank = torch.zeros((1, channels, *image_size), dtype=torch.uint8)
+    footprint = (attack.apply(blank) != blank).any(1).float()
+    return F.adaptive_max_pool2d(footprint[None], size)[0, 0].bool()

@@ -15,6 +15,11 @@ import torch.nn.functional as F
 from .config import check_choice, check_range
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """The device `model`'s weights are on (its first parameter's)."""
+    return next(model.parameters()).device
+
+
 class PreActBlock(nn.Module):
     def __init__(self, in_planes: int, planes: int, stride: int = 1):
         super().__init__()

@@ -22,8 +22,8 @@ from tqdm import tqdm
 from . import metrics, models
 from .config import (SCHEDULES, ParameterError, Recipe, check_choice, check_range,
                      resolve_device)
-from .attacks.base import PerBatch
 from .data import Batches, ImageSet
+from .models import model_device
 from .zoo import Zoo
 
 
@@ -43,16 +43,18 @@ def lr_factor(schedule: str, step: int, total: int) -> float:
     return min((step + 1) / (0.25 * total), (total - step) / (0.75 * total))
 
 
+# A step that rewrites every normalised batch before the update (an attack that works during
+# training, MESA's retraining): (inputs, labels, sample indices, generator) -> (inputs, labels).
+PerBatch = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Generator],
+                    tuple[torch.Tensor, torch.Tensor]]
+
+
 @dataclass
 class History:
     """Per epoch: mean training loss, accuracy (on the augmented batches) and wall time."""
     loss: list[float] = field(default_factory=list)
     accuracy: list[float] = field(default_factory=list)
     epoch_seconds: list[float] = field(default_factory=list)
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
 
 
 def train(model: nn.Module, data: ImageSet, recipe: Recipe, *, seed: int = 0,
@@ -138,7 +140,7 @@ def evaluating(model: nn.Module):
 @torch.no_grad()
 def predict(model: nn.Module, data: ImageSet, batch_size: int = 1000) -> torch.Tensor:
     """Predicted classes of every image in `data`, in order (the model in eval mode)."""
-    device = _model_device(model)
+    device = model_device(model)
     cuda = device.type == "cuda"
     preds = []
     with evaluating(model):
@@ -153,12 +155,12 @@ def evaluate(model: nn.Module, test: ImageSet, backdoor: ImageSet | None = None,
              target: int | torch.Tensor | None = None) -> dict[str, float]:
     """CA on the clean `test` set; with a triggered `backdoor` set (true labels) and the attack's
     `target` (a class, or one per backdoor image), also ASR and RA."""
-    result = {"ca": metrics.ca(predict(model, test), test.labels.to(_model_device(model)))}
+    result = {"ca": metrics.ca(predict(model, test), test.labels.to(model_device(model)))}
     if backdoor is not None:
         if target is None:
             raise ParameterError("target=None: the attack's target class is required "
                                  "with a backdoor set")
-        pred, labels = predict(model, backdoor), backdoor.labels.to(_model_device(model))
+        pred, labels = predict(model, backdoor), backdoor.labels.to(model_device(model))
         result["asr"] = metrics.asr(pred, labels, target)
         result["ra"] = metrics.ra(pred, labels, target)
     return result
@@ -200,7 +202,7 @@ def linear_transfer(model: nn.Module, data: ImageSet, *, epochs: int = 40, lr: f
     check_range("lr", lr, low=0, low_open=True)
     check_range("batch_size", batch_size, low=1, integer=True)
     net = copy.deepcopy(model).eval()
-    device = _model_device(net)
+    device = model_device(net)
     with torch.no_grad():
         feats = torch.cat([net.features(x).float() for x, _, _ in Batches(data.to(device), 1000)])
     labels = data.labels.to(device)

@@ -148,7 +148,7 @@ def injected(base: Victim, patch: Patch, *, rate: float = 0.01, target: int = 0,
                                     f"from a clean model (victim(..., attack=None))")
     config.check_range("rate", rate, low=0, high=1, low_open=True)
     config.check_range("target", target, low=0, high=len(base.test.classes) - 1, integer=True)
-    device = next(base.model.parameters()).device
+    device = models.model_device(base.model)
     per_batch = patch.per_batch(rate, target, base.train.mean, base.train.std)
     spec = {"from": base.card["key"], "attack": patch.settings(), "rate": rate, "target": target,
             "recipe": asdict(recipe), "seed": seed}

@@ -27,6 +27,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from .config import cache_home, code_version, device_name
+from .models import model_device
 
 # Bump when a change to training code changes what weights a spec produces.
 TRAINING_VERSION = "1"
@@ -110,7 +111,7 @@ class Zoo:
         start = time.perf_counter()
         record = fit(model)
         seconds = time.perf_counter() - start
-        device = device_name(next(model.parameters()).device)
+        device = device_name(model_device(model))
         card = self.save(spec, model, {**record, "wall_time_s": round(seconds, 2), "device": device})
         return model, {**card, "cached": False}
 

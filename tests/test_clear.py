@@ -145,3 +145,28 @@ def test_head_only_fine_tuning_keeps_the_features_and_the_original(tiny_badnets)
         assert torch.equal(tuned.features(x), t.model.features(x))
         moved = (tuned(x).argmax(1) == (t.model(x).argmax(1) + 1) % 10).float().mean()
     assert moved > 0.5, moved                                         # the head learnt the shift
+
+
+def test_examine_runs_the_whole_detection_on_a_models_features(tiny_badnets):
+    t = tiny_badnets
+    data = t.defender.subset(torch.arange(300))
+    e = clear.examine(t.model, data, k=10, dim=4)
+    z = clear.features(t.model, data, dim=4)
+    assert torch.allclose(e.z, z)
+    hood = clear.neighbourhood(z, data.labels, k=10)
+    assert torch.equal(e.hood.flagged, hood.flagged)
+    assert len(e.found) == len(clear.pockets(z, data.labels, hood))
+    assert e.score == clear.model_score(e.found) and e.seconds > 0
+
+
+def test_the_widest_hull_holds_poisons_among_their_class_and_not_those_far_away():
+    g = torch.Generator().manual_seed(0)
+    z = torch.cat([torch.randn(300, 2, generator=g),                  # class 1, around 0
+                   0.1 * torch.randn(4, 2, generator=g),             # poisons inside it
+                   torch.tensor([[9.0, 9.0], [9.2, 9.1]])])          # poisons far outside
+    labels = torch.cat([torch.ones(300, dtype=torch.long), torch.zeros(6, dtype=torch.long)])
+    assert clear.widest_hull_share(z, labels, torch.arange(300, 304), 1) == 1.0
+    assert clear.widest_hull_share(z, labels, torch.arange(304, 306), 1) == 0.0
+    # poisons that carry the hull's class are not its vertices: they are what it must hold
+    assert clear.widest_hull_share(z, torch.ones(306, dtype=torch.long),
+                                   torch.arange(304, 306), 1) == 0.0

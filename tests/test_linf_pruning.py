@@ -5,7 +5,8 @@ from reprolib import models
 from reprolib.config import ParameterError
 from reprolib.data import ImageSet
 from reprolib.defenses import linf_pruning as lp
-from reprolib.gradcam import gradcam, mass_in
+from reprolib.attacks import attack
+from reprolib.gradcam import cams, gradcam, mass_in, trigger_cells
 
 
 def test_the_three_norms_of_a_hand_made_map():
@@ -134,3 +135,22 @@ def test_looking_at_a_model_leaves_its_mode_and_batchnorm_statistics_alone():
     gradcam(model, data.normalize(images), torch.zeros(8, dtype=torch.long))
     assert model.training
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_cams_are_gradcam_of_the_models_own_predictions(tiny_badnets):
+    t = tiny_badnets
+    images = t.test.images[:6]
+    x = t.test.normalize(images)
+    with torch.no_grad():
+        pred = t.model(x).argmax(1)
+    assert torch.allclose(cams(t.model, images, t.test.normalize), gradcam(t.model, x, pred))
+    coarse = cams(t.model, images, t.test.normalize, upsample=False)
+    assert coarse.shape == (6, 4, 4)
+
+
+def test_the_trigger_cells_are_where_the_trigger_writes():
+    badnets = attack("badnets")                       # a 3×3 patch in the bottom-right corner
+    cells = trigger_cells(badnets, 1, (32, 32), (4, 4))
+    assert cells.sum() == 1 and cells[3, 3]
+    assert trigger_cells(badnets, 1, (32, 32), (32, 32)).sum() == 9
+    assert trigger_cells(attack("blended"), 1, (32, 32), (4, 4)).all()

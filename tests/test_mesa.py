@@ -6,6 +6,7 @@ import torch
 from reprolib.config import ParameterError
 from reprolib.defenses import mesa
 from reprolib.train import evaluate
+from reprolib.triggers import paste
 
 
 def test_the_generator_maps_noise_to_triggers_in_the_unit_cube():
@@ -44,19 +45,6 @@ def test_mine_is_near_zero_for_independent_inputs_and_positive_for_dependent_one
     assert dependent > 1.0, dependent
 
 
-def test_a_stamped_trigger_changes_exactly_its_window():
-    x = torch.randn(4, 3, 32, 32)
-    triggers = torch.rand(4, 27)
-    mean, std = torch.tensor([0.5, 0.4, 0.3]), torch.tensor([0.2, 0.25, 0.3])
-    out = mesa.stamp(x, triggers, 5, 29, mean, std)
-    changed = (out != x).any(1)
-    assert changed[:, 5:8, 29:32].all() and changed.sum() == 4 * 9
-    expected = (triggers.view(4, 3, 3, 3) - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
-    assert torch.allclose(out[:, :, 5:8, 29:32], expected)
-    with pytest.raises(ParameterError, match=r"\(row, col\)=\(5, 30\) is not allowed"):
-        mesa.stamp(x, triggers, 5, 30, mean, std)
-
-
 def test_a_lower_beta_spreads_the_generated_triggers_more(tiny_badnets):
     # α = 1 and lr 1e-3 (the code: 0.1, 2e-4) so that 150 steps let the entropy term act; the
     # trigger sits where this model's BadNets patch does
@@ -70,7 +58,7 @@ def test_a_lower_beta_spreads_the_generated_triggers_more(tiny_badnets):
     # the β = 0.9 triggers work on the backdoored model: most triggered images go to the target
     triggers = mesa.sample(found.generators[0.9], len(t.test))
     x = t.test.normalize(t.test.images)
-    xs = mesa.stamp(x, triggers, 29, 29, torch.tensor(t.test.mean), torch.tensor(t.test.std))
+    xs = paste(x, triggers, 29, 29, torch.tensor(t.test.mean), torch.tensor(t.test.std))
     with torch.no_grad():
         assert (t.model(xs).argmax(1) == 0).float().mean() > 0.8
 
@@ -106,7 +94,7 @@ def test_the_ensemble_draws_each_trigger_from_one_sub_model_at_random():
 
 def test_the_baseline_reverses_working_triggers_from_independent_starts(tiny_patch):
     t = tiny_patch
-    triggers = mesa.reverse(t.model, t.defender, 0, mesa.Reversal(rounds=4))
+    triggers = mesa.reverse(t.model, t.defender, 0, mesa.ReverseSettings(rounds=4))
     assert triggers.shape == (4, 9) and (triggers >= 0).all() and (triggers <= 1).all()
     assert len(triggers.unique(dim=0)) == 4
     works = [mesa.trigger_asr(t.model, t.held_out, mesa.fixed(x), 0) for x in triggers]
@@ -149,3 +137,15 @@ def test_the_entropy_estimate_matches_known_distributions_and_punishes_collapse(
     assert two.std(0).mean() > uniform.std(0).mean() and mesa.entropy(two) < mesa.entropy(uniform) - 20
     with pytest.raises(ParameterError, match="samples has 1 row"):
         mesa.entropy(uniform[:1])
+
+
+def test_the_search_is_repeatable_and_leaves_the_callers_rng_alone(tiny_patch):
+    t = tiny_patch
+    settings = mesa.Settings(betas=(0.9,), epochs=1, batch_size=100, hidden=16)
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    first = mesa.search(t.model, t.defender, 0, settings, seed=5)
+    assert torch.equal(torch.get_rng_state(), state)
+    second = mesa.search(t.model, t.defender, 0, settings, seed=5)
+    assert torch.equal(mesa.sample(first.generators[0.9], 10),
+                       mesa.sample(second.generators[0.9], 10))

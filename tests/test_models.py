@@ -70,3 +70,9 @@ def test_preact_block_computes_the_reference_forward(stride, in_planes):
     # BackdoorBench: a projection shortcut reads the pre-activated input, the identity reads x.
     shortcut = block.shortcut(pre) if stride != 1 else x
     assert torch.allclose(block(x), residual + shortcut, atol=1e-6)
+
+
+def test_model_device_is_where_the_weights_are():
+    net = models.build("small_cnn", 10, 1, seed=0)
+    assert models.model_device(net) == torch.device("cpu")
+    assert models.model_device(net.to("meta")) == torch.device("meta")

@@ -16,16 +16,6 @@ def test_the_anomaly_index_flags_only_an_abnormally_small_trigger():
     assert rev.flagged == [8] and rev.suspect == 8
 
 
-def test_stamp_blends_mask_and_pattern_in_pixel_space():
-    images = torch.full((2, 1, 4, 4), 100, dtype=torch.uint8)
-    mask = torch.zeros(1, 4, 4)
-    mask[0, 3, 3], mask[0, 0, 0] = 1.0, 0.5
-    pattern = torch.ones(1, 4, 4)
-    out = nc.stamp(images, mask, pattern)
-    assert out[0, 0, 3, 3] == 255 and out[0, 0, 0, 0] == 178   # 0.5·100 + 0.5·255, rounded
-    assert (out[:, :, 1:3, 1:3] == 100).all()
-
-
 def test_reverse_checks_its_labels(fashion):
     _, test = fashion
     with pytest.raises(ParameterError, match="labels=\\[10\\]"):

@@ -74,7 +74,7 @@ def test_npd_trains_only_the_polarizer_and_lowers_a_backdoor(tiny_badnets):
 
 
 def test_fine_tuning_and_fine_pruning_leave_the_original_alone():
-    from reprolib.defenses.fine_tuning import fine_prune, fine_tune
+    from reprolib.defenses.fine_tuning import fine_prune, fine_tune, ft
     from reprolib.defenses import linf_pruning as lp
     model = models.build("small_cnn", 10, 1, seed=0).eval()
     data = _images(64)
@@ -89,3 +89,8 @@ def test_fine_tuning_and_fine_pruning_leave_the_original_alone():
     maps = lp.feature_maps(fp.model, data)
     assert torch.all(maps[:, fp.pruned] == 0)       # still zero after fine-tuning
     assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
+    timed = ft(model, data, recipe, progress=False)
+    parameters = sum(p.numel() for p in model.parameters())
+    assert timed.seconds > 0 and timed.trainable == fp.trainable == parameters
+    assert len(timed.pruned) == 0 and fp.seconds > 0
+    assert torch.equal(timed.model.state_dict()["head.weight"], tuned.state_dict()["head.weight"])

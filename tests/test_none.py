@@ -1,4 +1,5 @@
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -142,3 +143,24 @@ def test_the_code_union_reproduces_the_released_layer_4_reset():
     assert sorted(union["layer4.1.conv2"].tolist()) == list(range(start, len(order)))
     with pytest.raises(ParameterError, match="model=SmallCNN"):
         none.code_union(models.build("small_cnn"), {})
+
+
+def test_the_filtering_quality_of_removed_images():
+    q = none.filtering(torch.tensor([1, 2, 3]), torch.tensor([2, 3, 4, 5]), 10)
+    assert q == pytest.approx({"flagged": 3, "poisoned": 4, "precision %": 200 / 3,
+                               "recall %": 50.0})
+    empty = none.filtering(torch.empty(0, dtype=torch.long), torch.tensor([2]), 10)
+    assert math.isnan(empty["precision %"]) and empty["recall %"] == 0 and empty["flagged"] == 0
+
+
+def test_the_ablation_changes_one_choice_at_a_time():
+    s = none.Settings(lr=0.01, warmup=True)
+    small = none.variants(s, [0.01, 0.2], models.build("small_cnn", 10, 1))
+    assert list(small) == ["f = 0.01", "f = 0.2", "none_lr 1e-4 (README)", "no warm-up (code)",
+                           "no filtering", "no reset"]
+    assert small["f = 0.2"] == none.Settings(lr=0.01, warmup=True, fraction=0.2)
+    assert small["no filtering"].drop is False and small["no reset"].zero is False
+    assert small["no warm-up (code)"].warmup is False and small["none_lr 1e-4 (README)"].lr == 1e-4
+    resnet = none.variants(none.Settings(), [0.03], models.build("resnet18", 10, 3))
+    assert "none_lr 1e-4 (README)" not in resnet                    # already the README's lr
+    assert resnet["code's layer-4 union"].code_union is True

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from reprolib import reasr
+from reprolib.defenses import reasr
 from reprolib.config import ParameterError
 
 

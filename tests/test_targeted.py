@@ -4,7 +4,7 @@ import torch.nn.functional as F
 
 from reprolib.attacks.feature_collision import feature_collision
 from reprolib.attacks.gradient_matching import gradient_matching
-from reprolib.attacks.targeted import mislabelled_copies
+from reprolib.attacks.targeted import draw_target, hits, mislabelled_copies, top_two
 from reprolib.config import ParameterError, Recipe
 from reprolib.train import predict, trained
 from reprolib.zoo import Zoo
@@ -93,3 +93,39 @@ def test_gradient_matching_aligns_the_poisons_gradient_with_the_targets(tiny_bad
     assert after > before + 0.2, (before, after)
     with pytest.raises(ParameterError, match="budget=0.5 gives 250 poisons"):
         gradient_matching(t.model, train, target, label, attacker, budget=0.5)
+
+
+def test_the_top_two_classes_are_the_models_two_highest_logits(tiny_badnets):
+    t = tiny_badnets
+    ranked = top_two(t.model, t.test)
+    with torch.no_grad():
+        logits = t.model(t.test.normalize(t.test.images))
+    assert ranked.shape == (len(t.test), 2)
+    assert torch.equal(ranked[:, 0], logits.argmax(1))
+    assert (logits.gather(1, ranked[:, 1:]) <= logits.gather(1, ranked[:, :1])).all()
+    assert (ranked[:, 0] != ranked[:, 1]).all()
+
+
+def test_a_draw_is_a_correctly_classified_image_and_an_attacker_class_by_pairing():
+    ranked = torch.tensor([[3, 1], [2, 0], [1, 4], [0, 2]])
+    labels = torch.tensor([3, 1, 1, 0])                 # image 1 is misclassified
+    for seed in range(20):
+        idx, true, attacker = draw_target(ranked, labels, 5, pairing="nearest", seed=seed)
+        assert idx != 1 and true == labels[idx] and attacker == ranked[idx, 1]
+        idx, true, attacker = draw_target(ranked, labels, 5, pairing="random", seed=seed)
+        assert idx != 1 and true == labels[idx] and attacker != true and 0 <= attacker < 5
+    assert draw_target(ranked, labels, 5, pairing="random", seed=4) == \
+        draw_target(ranked, labels, 5, pairing="random", seed=4)
+    attackers = {draw_target(ranked, labels, 5, pairing="random", seed=s)[2] for s in range(60)}
+    assert len(attackers) == 5                          # every class can be drawn (3 targets)
+    with pytest.raises(ParameterError, match="pairing='closest' is not allowed"):
+        draw_target(ranked, labels, 5, pairing="closest", seed=0)
+    with pytest.raises(ParameterError, match="classifies no test image correctly"):
+        draw_target(ranked, torch.tensor([4, 4, 4, 4]), 5, pairing="nearest", seed=0)
+
+
+def test_a_hit_is_the_model_sending_the_target_to_the_attackers_class(tiny_badnets):
+    t = tiny_badnets
+    pred = predict(t.model, t.test)
+    assert hits(t.model, t.test, 7, int(pred[7]))
+    assert not hits(t.model, t.test, 7, (int(pred[7]) + 1) % 10)

@@ -14,17 +14,13 @@ attacks send every triggered image to one `target`; all-to-all attacks send clas
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import torch
 
 from ..config import ParameterError, check_range
 from ..data import ImageSet
-
-# (normalised inputs, labels, sample indices, generator) -> (inputs, labels); run on every batch.
-PerBatch = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Generator],
-                    tuple[torch.Tensor, torch.Tensor]]
-
+from ..train import PerBatch
 
 @dataclass(frozen=True)
 class Poisoned:

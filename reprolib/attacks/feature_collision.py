@@ -15,6 +15,7 @@ import torch.nn as nn
 
 from ..config import check_range
 from ..data import ImageSet
+from ..models import model_device
 from ..train import evaluating
 from .targeted import Targeted, check_target, quantised
 
@@ -33,7 +34,7 @@ def feature_collision(model: nn.Module, pool: ImageSet, target: torch.Tensor, tr
     check_range("n", n, low=1, high=len(bases), integer=True)
     g = torch.Generator().manual_seed(seed)
     chosen = bases[torch.randperm(len(bases), generator=g)[:n].to(bases.device)].sort().values
-    device = next(model.parameters()).device
+    device = model_device(model)
     base = pool.images[chosen].to(device).float() / 255
     with evaluating(model), torch.no_grad():
         goal = model.features(pool.normalize(target[None].to(device)))

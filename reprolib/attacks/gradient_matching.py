@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from ..config import ParameterError, check_range
 from ..data import ImageSet
+from ..models import model_device
 from ..train import evaluating
 from .targeted import Targeted, check_target, quantised
 
@@ -42,7 +43,7 @@ def gradient_matching(model: nn.Module, train: ImageSet, target: torch.Tensor, t
                              f"{len(bases)}/{len(train)}")
     g = torch.Generator().manual_seed(seed)
     chosen = bases[torch.randperm(len(bases), generator=g)[:n].to(bases.device)].sort().values
-    device = next(model.parameters()).device
+    device = model_device(model)
     base = train.images[chosen].to(device).float() / 255
     labels = train.labels[chosen].to(device)
     params = [p for p in model.parameters() if p.requires_grad]

@@ -13,25 +13,10 @@ from dataclasses import dataclass
 import torch
 
 from ..config import ParameterError, check_range
-from .base import Attack, PerBatch
+from ..train import PerBatch
+from ..triggers import SIZE, paste
+from .base import Attack
 from .patterns import pattern
-
-SIZE = 3            # the patch is SIZE × SIZE pixels
-
-
-def stamp(x: torch.Tensor, triggers: torch.Tensor, row: int, col: int, mean: torch.Tensor,
-          std: torch.Tensor) -> torch.Tensor:
-    """Normalised images `x` (B×C×H×W) with image i's 3×3 window at (row, col) overwritten by
-    trigger i (B × 9C values in [0, 1], channel-major), normalised like the images."""
-    b, c, h, w = x.shape
-    if not (0 <= row <= h - SIZE and 0 <= col <= w - SIZE):
-        raise ParameterError(f"(row, col)=({row}, {col}) is not allowed; the 3×3 window must fit "
-                             f"in {h}×{w}: 0 ≤ row ≤ {h - SIZE}, 0 ≤ col ≤ {w - SIZE}")
-    patch = (triggers.view(b, c, SIZE, SIZE) - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
-    out = x.clone()
-    out[:, :, row:row + SIZE, col:col + SIZE] = patch.to(x.dtype)
-    return out
-
 
 class Constants:
     """Tensors made once per device, not on every step (a host-to-device copy each)."""
@@ -135,7 +120,7 @@ def stamping(triggers, rate: float, mean, std, target: int | None = None) -> Per
         row, col = places(x.shape[2], x.shape[3], generator)
         chosen = torch.rand(len(x), generator=generator, device=x.device) < rate
         m, s = on_device(x.device)
-        stamped = stamp(x, triggers(len(x), generator), row, col, m, s)
+        stamped = paste(x, triggers(len(x), generator), row, col, m, s)
         x = torch.where(chosen[:, None, None, None], stamped, x)
         return x, y if target is None else torch.where(chosen, torch.full_like(y, target), y)
     return per_batch

@@ -3,7 +3,8 @@ image should go to the attacker's class while every other input behaves normally
 stamped on anything at test time.
 
 Here the simplest such attack, mislabelled augmented copies of the target image added to the
-training set, and what all of them return. The clean-label ones, which keep every label and move
+training set, what all of them return, how a chapter draws (target, attacker class) pairs and
+whether an attack hit. The clean-label ones, which keep every label and move
 images by at most ε, are `feature_collision` (transfer learning) and `gradient_matching` (training
 from scratch).
 """
@@ -14,8 +15,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..config import ParameterError, check_range
+from ..config import ParameterError, check_choice, check_range
 from ..data import ImageSet
+from ..models import model_device
+from ..train import evaluating, predict
+
+PAIRINGS = ("nearest", "random")     # how the attacker's class is drawn for a target
 
 
 @dataclass(frozen=True)
@@ -74,3 +79,36 @@ def mislabelled_copies(train: ImageSet, target: torch.Tensor, true_label: int,
                                                  device=train.labels.device)])
     return Targeted(train.with_images(images, labels), torch.arange(n, n + copies),
                     target[None].cpu(), torch.tensor([true_label]), attacker_class)
+
+
+@torch.no_grad()
+def top_two(model: torch.nn.Module, test: ImageSet, batch_size: int = 1000) -> torch.Tensor:
+    """Per test image, the two classes `model` scores highest (N × 2, on the CPU)."""
+    on = test.to(model_device(model))
+    with evaluating(model):
+        return torch.cat([model(x).topk(2, 1).indices.cpu()
+                          for x in on.normalize(on.images).split(batch_size)])
+
+
+def draw_target(ranked: torch.Tensor, labels: torch.Tensor, classes: int, *, pairing: str,
+                seed: int) -> tuple[int, int, int]:
+    """A sample-targeted attack's draw from `seed`: a test image the clean model classifies
+    correctly (its top class, `ranked[:, 0]`, is its label), its class, and the attacker's class:
+    the clean model's runner-up for it with `pairing="nearest"`, any other class at random with
+    `pairing="random"`."""
+    check_choice("pairing", pairing, PAIRINGS)
+    correct = (ranked[:, 0] == labels.cpu()).nonzero().flatten()
+    if len(correct) == 0:
+        raise ParameterError("the clean model classifies no test image correctly; there is no "
+                             "target to draw")
+    g = torch.Generator().manual_seed(seed)
+    idx = int(correct[torch.randint(len(correct), (1,), generator=g)])
+    true = int(labels[idx])
+    if pairing == "nearest":
+        return idx, true, int(ranked[idx, 1])
+    return idx, true, (true + 1 + int(torch.randint(classes - 1, (1,), generator=g))) % classes
+
+
+def hits(model: torch.nn.Module, test: ImageSet, idx: int, attacker_class: int) -> bool:
+    """Whether `model` sends test image `idx` to `attacker_class`: the attack succeeded."""
+    return int(predict(model, test.subset(torch.tensor([idx])))[0]) == attacker_class

@@ -5,7 +5,8 @@ defense NONE argues against, with the official code's (`bboylyg/ABL`) default se
    loss sign(ℓ − γ)·ℓ of the batch cross-entropy ℓ: it cannot fall below γ on clean data, while
    backdoor images, learned much faster, still reach a far lower loss.
 2. The `isolation_ratio` of training images with the lowest loss under that model are isolated
-   (the paper's rule; the released script sorts the losses in descending order).
+   (the paper's rule, and the released `backdoor_isolation.py`'s, which sorts the losses in
+   ascending order and takes the first).
 3. The model is trained on the other images (the script's "finetuning" step, 40 epochs at lr 0.1
    and 20 at 0.01; without its Cutout), then
 4. unlearns the isolated images by gradient ascent on their cross-entropy (lr 5e-4, 4 epochs:
@@ -71,7 +72,7 @@ def unlearning(logits, labels):
 @torch.no_grad()
 def per_image_loss(model: nn.Module, data: ImageSet, batch_size: int = 1000) -> torch.Tensor:
     """The cross-entropy of every image in `data` (eval mode, no augmentation), in order."""
-    device = next(model.parameters()).device
+    device = models.model_device(model)
     losses = []
     with evaluating(model):
         for x, y, _ in Batches(data.to(device), batch_size):

@@ -22,6 +22,7 @@ from the labels (poisons labelled t among class-s features), not from the model'
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +33,7 @@ from scipy.optimize import linprog
 
 from ..config import ParameterError, Recipe, check_range
 from ..data import Batches, ImageSet
+from ..models import model_device
 from ..train import evaluating, linear_transfer
 from .fine_tuning import fine_tune
 
@@ -43,7 +45,7 @@ def features(model: torch.nn.Module, data: ImageSet, dim: int | None = None,
     without augmentation; with `dim`, projected on their top `dim` principal directions (in
     d dimensions n ≤ d + 1 points are always a simplex's vertices, which makes hull membership
     degenerate)."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     with evaluating(model):
         z = torch.cat([model.features(x) for x, _, _ in Batches(data.to(device), batch_size)])
     z = F.normalize(z.float(), dim=1)
@@ -214,6 +216,38 @@ def model_score(found: list[Found]) -> float:
     return max((f.score for f in found), default=0.0)
 
 
+@dataclass
+class Examined:
+    """CLEAR run over one training set."""
+    z: torch.Tensor            # the features it worked on
+    hood: Neighbourhood        # the neighbourhood step (Deep k-NN's flags)
+    found: list[Found]         # every pocket, highest score first
+    score: float               # the model-level score
+    seconds: float             # the wall time of all of it
+
+
+def examine(model: torch.nn.Module, data: ImageSet, *, k: int, dim: int) -> Examined:
+    """CLEAR's detection on the set `model` was trained on: features in `dim` dimensions, the
+    k-neighbourhood test, every pocket wrapped and scored, timed."""
+    start = time.perf_counter()
+    z = features(model, data, dim=dim)
+    labels = data.labels.to(z.device)
+    hood = neighbourhood(z, labels, k=k)
+    found = detect(z, labels, hood=hood)
+    return Examined(z, hood, found, model_score(found), time.perf_counter() - start)
+
+
+def widest_hull_share(z: torch.Tensor, labels: torch.Tensor, poisons: torch.Tensor,
+                      true_class: int) -> float:
+    """A diagnosis: the share of the `poisons` inside the widest hull CLEAR may use around
+    them, that of the 8·d images of `true_class` (the poisons excluded) nearest their centre.
+    It bounds what the hull test could accept even if the pocket were found perfectly."""
+    z, labels, poisons = z.cpu(), labels.cpu(), poisons.cpu()
+    pool = (labels == true_class).nonzero().flatten()
+    pool = pool[~torch.isin(pool, poisons)]
+    return enclosed_share(z, poisons, nearest(z, poisons, pool)[:8 * z.shape[1]])
+
+
 def flagged(found: list[Found]) -> torch.Tensor:
     """CLEAR's sample-level flags: the images of every wrapped pocket, sorted."""
     parts = [f.pocket.cpu() for f in found if f.hull is not None]
@@ -246,7 +280,7 @@ def decision_slice(model: torch.nn.Module, data: ImageSet, origin: torch.Tensor,
     v = v * (u.norm() / v.norm().clamp_min(1e-12))
     a = torch.linspace(-extent, extent, steps)
     grid = o + a[None, :, None, None, None] * u + a[:, None, None, None, None] * v
-    device = next(model.parameters()).device
+    device = model_device(model)
     with evaluating(model):
         preds = [model(data.normalize(x.to(device))).argmax(1) for x in grid.flatten(0, 1).split(1000)]
     return torch.cat(preds).view(steps, steps).cpu()

@@ -1,4 +1,4 @@
-"""The two classic baselines of NPD's tables.
+"""The two classic baselines of NPD's tables, each timed (`Tuned`).
 
 FT: fine-tune the whole backdoored model on the defender's clean data.
 FP (Fine-Pruning; Liu, Dolan-Gavitt, Garg, RAID 2018): prune the last conv layer's channels
@@ -8,13 +8,15 @@ the pruned channels kept at zero.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 
 from ..config import Recipe, check_range
 from ..data import ImageSet
+from ..models import model_device
 from ..train import train
 from . import linf_pruning as lp
 
@@ -23,23 +25,36 @@ def fine_tune(model: nn.Module, clean: ImageSet, recipe: Recipe, *, seed: int = 
               progress: bool = True) -> nn.Module:
     """A fine-tuned copy of `model` (the original is left as it was)."""
     tuned = copy.deepcopy(model)
-    train(tuned, clean, recipe, seed=seed, device=next(model.parameters()).device,
+    train(tuned, clean, recipe, seed=seed, device=model_device(model),
           progress=progress, desc="fine-tune")
     return tuned.eval()
 
 
 @dataclass
-class FinePruned:
+class Tuned:
+    """What FT and FP hand back: the defended model and what it cost."""
     model: nn.Module
-    pruned: torch.Tensor       # the channels zeroed, in pruning order
+    seconds: float             # the defense's wall time (FP's includes its pruning sweep)
+    trainable: int             # parameters it trained: the whole model's
+    pruned: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
+
+
+def ft(model: nn.Module, clean: ImageSet, recipe: Recipe, *, seed: int = 0,
+       progress: bool = True) -> Tuned:
+    """FT: `fine_tune`, timed."""
+    start = time.perf_counter()
+    tuned = fine_tune(model, clean, recipe, seed=seed, progress=progress)
+    return Tuned(tuned, time.perf_counter() - start, _parameters(tuned))
 
 
 def fine_prune(model: nn.Module, clean: ImageSet, recipe: Recipe, *, max_drop: float = 0.1,
-               max_fraction: float = 0.9, seed: int = 0, progress: bool = True) -> FinePruned:
-    """Prune dormant channels while the accuracy on `clean` stays within `max_drop` (relative:
-    0.1 keeps at least 90 % of it), at most `max_fraction` of the layer, then fine-tune."""
+               max_fraction: float = 0.9, seed: int = 0, progress: bool = True) -> Tuned:
+    """FP: prune dormant channels while the accuracy on `clean` stays within `max_drop`
+    (relative: 0.1 keeps at least 90 % of it), at most `max_fraction` of the layer, then
+    fine-tune. `pruned` lists the channels zeroed, in pruning order."""
     check_range("max_drop", max_drop, low=0, high=1)
     check_range("max_fraction", max_fraction, low=0, high=1)
+    start = time.perf_counter()
     maps = lp.feature_maps(model, clean)
     order = lp.rank_dormant(maps)
     pooled = lp.Pooled(maps.mean((2, 3)), clean.labels.to(maps.device))
@@ -51,5 +66,9 @@ def fine_prune(model: nn.Module, clean: ImageSet, recipe: Recipe, *, max_drop: f
         if ca < allowed:          # pruning stops at the first count that costs too much
             break
         n = count
-    pruned = lp.prune(model, order[:n])
-    return FinePruned(fine_tune(pruned, clean, recipe, seed=seed, progress=progress), order[:n])
+    tuned = fine_tune(lp.prune(model, order[:n]), clean, recipe, seed=seed, progress=progress)
+    return Tuned(tuned, time.perf_counter() - start, _parameters(tuned), order[:n])
+
+
+def _parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -22,6 +22,7 @@ import torch.nn as nn
 from .. import metrics
 from ..config import ParameterError, check_range
 from ..data import Batches, ImageSet
+from ..models import model_device
 from ..train import evaluating
 
 NORMS = ("l1", "l2", "linf")
@@ -38,7 +39,7 @@ def _pool(model: nn.Module) -> nn.Module:
 @torch.no_grad()
 def feature_maps(model: nn.Module, data: ImageSet, batch_size: int = 500) -> torch.Tensor:
     """The last conv maps (N×C×H×W, float32) of every image in `data`, in order."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     maps = []
     hook = _pool(model).register_forward_pre_hook(lambda _, args: maps.append(args[0].float()))
     try:
@@ -140,7 +141,7 @@ def prune(model: nn.Module, pruned: torch.Tensor | list[int]) -> nn.Module:
     if len(pruned) and (pruned.min() < 0 or pruned.max() >= channels):
         raise ParameterError(f"pruned={pruned.tolist()} is not allowed; channels are "
                              f"0..{channels - 1}")
-    device = next(net.parameters()).device
+    device = model_device(net)
     pool.register_buffer("keep", keep_mask(channels, pruned).view(1, -1, 1, 1).to(device))
     pool.register_forward_pre_hook(lambda mod, args: (args[0] * mod.keep.to(args[0].dtype),))
     return net

@@ -27,10 +27,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..attacks.patch import SIZE, stamp, stamping
+from ..attacks.patch import stamping
 from ..config import ParameterError, Recipe, check_range
 from ..data import ImageSet
+from ..models import model_device
 from ..train import evaluating, train
+from ..triggers import SIZE, paste
 
 NOISE = 64          # z's dimension
 TRIGGER = 27        # a 3×3×3 patch in [0, 1]
@@ -147,20 +149,21 @@ def search(model: nn.Module, data: ImageSet, target: int, settings: Settings = S
     Each step stamps every generator's triggers on the same batch at one location (drawn per
     step, or `location`), so the three sub-models share one forward pass of the model."""
     s = settings
-    device = next(model.parameters()).device
+    device = model_device(model)
     c, h, w = data.images.shape[1:]
     if len(data) < s.batch_size:
         raise ParameterError(f"data has {len(data)} images; the search needs at least "
                              f"batch_size={s.batch_size}")
-    torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)                   # batch order and location
     draw = torch.Generator(device).manual_seed(seed)            # noise, drawn where it is used
     mean = torch.tensor(data.mean, device=device)
     std = torch.tensor(data.std, device=device)
     images = data.to(device)
-    gs = {b: Generator(s.hidden, out=SIZE * SIZE * c).to(device) for b in s.betas}
-    mines = {b: Mine(Statistics(NOISE, SIZE * SIZE * c, s.hidden).to(device), lr=s.lr)
-             for b in s.betas}
+    with torch.random.fork_rng(devices=[]):                     # the caller's RNG is left as is
+        torch.manual_seed(seed)                                 # the networks' initial weights
+        gs = {b: Generator(s.hidden, out=SIZE * SIZE * c).to(device) for b in s.betas}
+        mines = {b: Mine(Statistics(NOISE, SIZE * SIZE * c, s.hidden).to(device), lr=s.lr)
+                 for b in s.betas}
     opts = {b: torch.optim.Adam(g.parameters(), lr=s.lr, betas=(0.5, 0.999)) for b, g in gs.items()}
     params = [p for g in gs.values() for p in g.parameters()]
     cuda = device.type == "cuda"
@@ -184,7 +187,7 @@ def search(model: nn.Module, data: ImageSet, target: int, settings: Settings = S
                 noisy = torch.cat([t + s.noise * torch.randn(t.shape, generator=draw,
                                                              device=device)
                                    for t in triggers.values()])
-                xs = stamp(x.repeat(len(s.betas), 1, 1, 1), noisy, row, col, mean, std)
+                xs = paste(x.repeat(len(s.betas), 1, 1, 1), noisy, row, col, mean, std)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
                     logits = model(xs)
                 p = logits.float().softmax(1)[:, target].view(len(s.betas), s.batch_size)
@@ -215,7 +218,7 @@ def search(model: nn.Module, data: ImageSet, target: int, settings: Settings = S
 def sample(generator: Generator, n: int, seed: int = 0) -> torch.Tensor:
     """`n` triggers (n × 9C in [0, 1]) from a trained generator, without the training noise."""
     check_range("n", n, low=1, integer=True)
-    device = next(generator.parameters()).device
+    device = model_device(generator)
     z = torch.rand(n, NOISE, generator=torch.Generator().manual_seed(seed)).to(device)
     return generator.eval()(z)
 
@@ -266,7 +269,7 @@ def trigger_asr(model: nn.Module, data: ImageSet, triggers: Sampler, target: int
                 batch_size: int = 500, seed: int = 0) -> float:
     """The share of `data`'s images not of class `target` that the model sends to `target`
     when each gets its own sampled trigger, at one random place per batch."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     keep = data.subset((data.labels != target).nonzero().flatten()).to(device)
     if not len(keep):
         raise ParameterError(f"data has no image outside target={target}")
@@ -280,7 +283,7 @@ def trigger_asr(model: nn.Module, data: ImageSet, triggers: Sampler, target: int
             x = keep.normalize(keep.images[start:start + batch_size])
             row = int(torch.randint(h - SIZE + 1, (1,), generator=host))
             col = int(torch.randint(w - SIZE + 1, (1,), generator=host))
-            xs = stamp(x, triggers(len(x), gen), row, col, mean, std)
+            xs = paste(x, triggers(len(x), gen), row, col, mean, std)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 hits += (model(xs).argmax(1) == target).sum()
     return hits.item() / len(keep)
@@ -300,7 +303,7 @@ def retrain(model: nn.Module, data: ImageSet, triggers: Sampler | None, recipe: 
     `triggers` at one place drawn for the batch, its label kept. `triggers=None` is the
     "clean fine-tune only" control."""
     check_range("rate", rate, low=0, high=1)
-    device = next(model.parameters()).device
+    device = model_device(model)
     tuned = copy.deepcopy(model)
     train(tuned, data, recipe, seed=seed, device=device, progress=progress, desc="retrain",
           per_batch=None if triggers is None else stamping(triggers, rate, data.mean, data.std))
@@ -311,7 +314,7 @@ def retrain(model: nn.Module, data: ImageSet, triggers: Sampler | None, recipe: 
 # The baseline: one trigger reversed by pixel-space SGD, several restarts at once
 
 @dataclass(frozen=True)
-class Reversal:
+class ReverseSettings:
     """The authors' notebook: SGD lr 0.1, momentum 0.9 on the trigger in normalised space,
     batches of 100 stamped images labelled as the target, 5 epochs of 10 batches each, the
     trigger clipped to [0, 1] pixels after every epoch; 10 random restarts ("rounds")."""
@@ -329,7 +332,7 @@ class Reversal:
         check_range("momentum", self.momentum, low=0, high=1, high_open=True)
 
 
-def reverse(model: nn.Module, data: ImageSet, target: int, settings: Reversal = Reversal(), *,
+def reverse(model: nn.Module, data: ImageSet, target: int, settings: ReverseSettings = ReverseSettings(), *,
             seed: int = 0) -> torch.Tensor:
     """One reversed 3×3 trigger per round (rounds × 9C, in [0, 1]); every round starts from its
     own uniform random trigger and sees its own batches, all rounds in one model forward."""
@@ -337,7 +340,7 @@ def reverse(model: nn.Module, data: ImageSet, target: int, settings: Reversal = 
     if len(data) < s.batch_size:
         raise ParameterError(f"data has {len(data)} images; the reversal needs at least "
                              f"batch_size={s.batch_size}")
-    device = next(model.parameters()).device
+    device = model_device(model)
     cuda = device.type == "cuda"
     images = data.to(device)
     c, h, w = images.images.shape[1:]
@@ -356,7 +359,7 @@ def reverse(model: nn.Module, data: ImageSet, target: int, settings: Reversal = 
                 row = int(torch.randint(h - SIZE + 1, (1,), generator=gen))
                 col = int(torch.randint(w - SIZE + 1, (1,), generator=gen))
                 x = images.normalize(images.images[pick])
-                xs = stamp(x, (u * s9 + m9).repeat_interleave(s.batch_size, 0), row, col,
+                xs = paste(x, (u * s9 + m9).repeat_interleave(s.batch_size, 0), row, col,
                            mean, std)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
                     logits = model(xs)

@@ -24,7 +24,9 @@ from tqdm import tqdm
 
 from ..config import ParameterError, check_range
 from ..data import ImageSet
+from ..models import model_device
 from ..train import evaluating
+from ..triggers import blend, mask_search
 
 MAD_CONSISTENCY = 1.4826   # makes the MAD a consistent estimator of a normal's σ
 FLAG_INDEX = 2.0
@@ -63,13 +65,7 @@ class Reversal:
     def stamp(self, images: torch.Tensor, label: int) -> torch.Tensor:
         """uint8 `images` carrying the reversed trigger of `label` (rounded to uint8)."""
         mask, pattern = self.trigger(label)
-        return stamp(images, mask.to(images.device), pattern.to(images.device))
-
-
-def stamp(images: torch.Tensor, mask: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
-    """(1 − m)·x + m·Δ on uint8 images, with m and Δ in [0, 1]; returns uint8."""
-    x = images.float() / 255
-    return (255 * ((1 - mask) * x + mask * pattern)).round().clamp(0, 255).to(torch.uint8)
+        return blend(images, mask.to(images.device), pattern.to(images.device))
 
 
 def anomaly_index(values: torch.Tensor) -> torch.Tensor:
@@ -98,7 +94,7 @@ def reverse(model: torch.nn.Module, data: ImageSet, labels: list[int] | None = N
     check_range("round_steps", round_steps, low=1, integer=True)
     check_range("patience", patience, low=1, integer=True)
 
-    device = next(model.parameters()).device
+    device = model_device(model)
     cuda = device.type == "cuda"
     images = data.images.to(device)
     mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1)
@@ -106,11 +102,8 @@ def reverse(model: torch.nn.Module, data: ImageSet, labels: list[int] | None = N
     k, (c, h, w) = len(labels), images.shape[1:]
     target = torch.tensor(labels, device=device)
 
-    # tanh parametrisation; masks start small (m ≈ 0.12), patterns at random
-    gen = torch.Generator(device).manual_seed(seed)
-    mask_param = torch.full((k, 1, h, w), -1.0, device=device, requires_grad=True)
-    pattern_param = (torch.rand((k, c, h, w), generator=gen, device=device) * 2 - 1).requires_grad_()
-    optimizer = torch.optim.Adam([mask_param, pattern_param], lr=lr, betas=(0.5, 0.9))
+    # masks start small (m ≈ 0.12), patterns at random
+    search = mask_search(k, (c, h, w), mask_start=-1.0, lr=lr, seed=seed, device=device)
 
     cost = torch.full((k,), init_cost, device=device)
     up = torch.zeros(k, dtype=torch.long, device=device)
@@ -124,11 +117,9 @@ def reverse(model: torch.nn.Module, data: ImageSet, labels: list[int] | None = N
 
     with evaluating(model):
         for step in tqdm(range(steps), desc="neural cleanse", disable=not progress, mininterval=2):
-            pick = torch.randint(len(images), (batch_size,), generator=gen, device=device)
-            x = images[pick].float() / 255                                   # B×C×H×W
-            mask = (torch.tanh(mask_param) + 1) / 2                           # K×1×H×W
-            pattern = (torch.tanh(pattern_param) + 1) / 2
-            xt = (1 - mask[:, None]) * x[None] + (mask * pattern)[:, None]    # K×B×C×H×W
+            pick = torch.randint(len(images), (batch_size,), generator=search.generator,
+                                 device=device)
+            xt, mask, pattern = search.blended(images[pick].float() / 255)   # K×B×C×H×W
             xt = ((xt - mean) / std).flatten(0, 1)
             if cuda:  # on the CPU the layout change costs more than it saves (bench/)
                 xt = xt.contiguous(memory_format=torch.channels_last)
@@ -138,10 +129,7 @@ def reverse(model: torch.nn.Module, data: ImageSet, labels: list[int] | None = N
                                  reduction="none").view(k, batch_size).mean(1)
             l1 = mask.flatten(1).sum(1)
             loss = (ce + cost * l1).sum()
-            # only the trigger's gradients: the model's weights get none, so none are computed
-            mask_param.grad, pattern_param.grad = torch.autograd.grad(
-                loss, [mask_param, pattern_param])
-            optimizer.step()
+            search.step(loss)
 
             with torch.no_grad():
                 hits += (logits.argmax(2) == target[:, None]).float().mean(1)
@@ -167,8 +155,7 @@ def reverse(model: torch.nn.Module, data: ImageSet, labels: list[int] | None = N
     if failed.any():
         # No trigger reached the threshold: keep the last one, honestly scored.
         with torch.no_grad():
-            mask = (torch.tanh(mask_param) + 1) / 2
-            pattern = (torch.tanh(pattern_param) + 1) / 2
+            mask, pattern = search.triggers()
             best_mask[failed], best_pattern[failed] = mask[failed], pattern[failed]
             best_l1[failed] = mask[failed].flatten(1).sum(1)
     return Reversal(target.cpu(), best_mask.detach().cpu(), best_pattern.detach().cpu(),

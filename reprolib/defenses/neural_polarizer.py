@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from ..config import ParameterError, check_range
 from ..data import ImageSet
+from ..models import model_device
 
 INSERT_AT = {"PreActResNet18": "layer4.1.conv1", "ResNet18": "layer4.1.conv1",
              "SmallCNN": "conv4"}
@@ -64,7 +65,7 @@ class Polarized(nn.Module):
         self.at = at
         self.backbone = copy.deepcopy(model).eval().requires_grad_(False)
         target = dict(self.backbone.named_modules())[at]
-        device = next(model.parameters()).device
+        device = model_device(model)
         self.polarizer = Polarizer(target.in_channels).to(device, memory_format=torch.channels_last)
         target.register_forward_pre_hook(lambda _, args: (self.polarizer(args[0]),))
 
@@ -160,7 +161,7 @@ def npd(model: nn.Module, clean: ImageSet, settings: Settings = Settings(), *, s
         at: str | None = None, progress: bool = True) -> Result:
     """Train a polarizer for the frozen `model` on the defender's `clean` images."""
     s = settings
-    device = next(model.parameters()).device
+    device = model_device(model)
     cuda = device.type == "cuda"
     net = Polarized(model, at)
     images, labels = clean.images.to(device), clean.labels.to(device)

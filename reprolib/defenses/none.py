@@ -18,6 +18,7 @@ conv2–conv4 (its stem conv1 is left out like ResNet's stem and layer1).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -25,8 +26,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
+from .. import metrics
 from ..config import ParameterError, Recipe, check_range
 from ..data import Batches, ImageSet
+from ..models import model_device
 from ..train import evaluating, train
 
 
@@ -82,7 +85,7 @@ class Activations:
 def activations(model: nn.Module, data: ImageSet, batch_size: int = 500) -> Activations:
     """One eval-mode pass over `data` (no augmentation, in order): the softmax outputs and every
     monitored channel's spatial max."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     layers = dict(model.named_modules())
     peaks = {u.conv: [] for u in units(model)}
     hooks = [layers[u.watch].register_forward_hook(
@@ -277,8 +280,32 @@ def none(model: nn.Module, data: ImageSet, settings: Settings = Settings(), *,
                             dropped))
         try:
             train(net, data.subset(keep.nonzero().flatten()), s.recipe(augment), seed=seed + r,
-                  device=next(net.parameters()).device, progress=progress,
+                  device=model_device(net), progress=progress,
                   desc=f"none round {r + 1}", frozen_bn=True)
         except FloatingPointError:
             return Result(kept.eval(), rounds, time.perf_counter() - start, diverged=True)
     return Result(net.eval(), rounds, time.perf_counter() - start)
+
+
+def filtering(flagged: torch.Tensor, truth: torch.Tensor, n: int) -> dict[str, float]:
+    """How well a defense's removed training images (`flagged`, indices among `n`) match the
+    attack's poison indices `truth`: how many, and precision and recall in percent (precision
+    NaN when nothing was removed)."""
+    precision, recall = metrics.precision_recall(flagged, truth, n)
+    return {"flagged": len(flagged), "poisoned": len(truth), "precision %": 100 * precision,
+            "recall %": 100 * recall}
+
+
+def variants(settings: Settings, fractions, model: nn.Module) -> dict[str, Settings]:
+    """The ablation: `settings` with one choice changed at a time. Each reset fraction; the
+    README's lr 1e-4 (unless already so); the code's constant lr; no filtering; no reset; and on
+    the ResNets the released code's layer-4 union."""
+    found = {f"f = {f:g}": dataclasses.replace(settings, fraction=f) for f in fractions}
+    if settings.lr != 1e-4:
+        found["none_lr 1e-4 (README)"] = dataclasses.replace(settings, lr=1e-4)
+    found["no warm-up (code)"] = dataclasses.replace(settings, warmup=False)
+    found["no filtering"] = dataclasses.replace(settings, drop=False)
+    found["no reset"] = dataclasses.replace(settings, zero=False)
+    if type(model).__name__ in UNION_FROM:
+        found["code's layer-4 union"] = dataclasses.replace(settings, code_union=True)
+    return found

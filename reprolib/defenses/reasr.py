@@ -17,10 +17,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .config import ParameterError, check_range
-from .data import ImageSet
-from .defenses.neural_cleanse import stamp
-from .train import evaluating, predict
+from ..config import ParameterError, check_range
+from ..data import ImageSet
+from ..models import model_device
+from ..train import evaluating, predict
+from ..triggers import blend, mask_search
 
 AREAS = (0.02, 0.04, 0.06, 0.08, 0.10, 0.12)   # ABS's bounds in NONE's natural setting
 
@@ -56,25 +57,21 @@ def scan(model: torch.nn.Module, fit: ImageSet, check: ImageSet, area: float, *,
     check_range("steps", steps, low=1, integer=True)
     check_range("batch_size", batch_size, low=1, integer=True)
     classes = len(fit.classes)
-    device = next(model.parameters()).device
+    device = model_device(model)
     cuda = device.type == "cuda"
     images, labels = fit.images.to(device), fit.labels.to(device)
     k, (c, h, w) = classes, images.shape[1:]
     pixels = max(1, math.floor(area * h * w))
     target = torch.arange(k, device=device)
 
-    gen = torch.Generator(device).manual_seed(seed)
-    mask_param = torch.full((k, 1, h, w), -2.0, device=device, requires_grad=True)
-    pattern_param = (torch.rand((k, c, h, w), generator=gen, device=device) * 2 - 1).requires_grad_()
-    optimizer = torch.optim.Adam([mask_param, pattern_param], lr=lr, betas=(0.5, 0.9))
+    search = mask_search(k, (c, h, w), mask_start=-2.0, lr=lr, seed=seed, device=device)
     with evaluating(model):
         for _ in range(steps):
-            pick = torch.randint(len(images), (batch_size,), generator=gen, device=device)
-            x, y = images[pick].float() / 255, labels[pick]
-            mask = (torch.tanh(mask_param) + 1) / 2
-            pattern = (torch.tanh(pattern_param) + 1) / 2
-            xt = fit.normalize(255 * ((1 - mask[:, None]) * x[None]
-                                      + (mask * pattern)[:, None]).flatten(0, 1))
+            pick = torch.randint(len(images), (batch_size,), generator=search.generator,
+                                 device=device)
+            y = labels[pick]
+            xt, mask, pattern = search.blended(images[pick].float() / 255)
+            xt = fit.normalize(255 * xt.flatten(0, 1))
             if cuda:
                 xt = xt.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
@@ -86,13 +83,11 @@ def scan(model: torch.nn.Module, fit: ImageSet, check: ImageSet, area: float, *,
             size = mask.flatten(1).sum(1)
             weight = torch.where(size > 1.2 * pixels, 2 * penalty, penalty)
             loss = (ce + weight * F.relu(size - pixels) / pixels).sum()
-            mask_param.grad, pattern_param.grad = torch.autograd.grad(
-                loss, [mask_param, pattern_param])
-            optimizer.step()
+            search.step(loss)
 
     with torch.no_grad():
-        mask = bounded((torch.tanh(mask_param) + 1) / 2, pixels).cpu()
-        pattern = ((torch.tanh(pattern_param) + 1) / 2).cpu()
+        mask, pattern = search.triggers()
+        mask, pattern = bounded(mask, pixels).cpu(), pattern.cpu()
     return Scan(area, mask, pattern, reasr(model, check, mask, pattern))
 
 
@@ -107,7 +102,7 @@ def reasr(model: torch.nn.Module, check: ImageSet, masks: torch.Tensor,
     rates = []
     for label, (m, p) in enumerate(zip(masks, patterns)):
         others = check.subset((check.labels != label).nonzero().flatten())
-        pred = predict(model, others.with_images(stamp(others.images, m.to(others.device),
-                                                        p.to(others.device))))
+        pred = predict(model, others.with_images(blend(others.images, m.to(others.device),
+                                                       p.to(others.device))))
         rates.append((pred.cpu() == label).float().mean())
     return torch.stack(rates)
