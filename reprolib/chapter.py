@@ -16,11 +16,12 @@ import time
 from datetime import datetime, timezone
 from importlib.metadata import version
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 from IPython.display import Markdown, display
 
-from . import config, data, reference
+from . import config, data, metrics, reference
 from .zoo import atomic_write
 
 LIBRARIES = ("torch", "torchvision", "numpy", "pandas", "papermill", "jupyter-book")
@@ -75,6 +76,11 @@ class Chapter:
                 f"code {r['code_version']}")
         return line + (f" · wall time {r['wall_time_s']:.0f} s" if wall else "")
 
+    def scale(self, **given) -> SimpleNamespace:
+        """This chapter's scale knobs at its profile (`config.SCALES`), each replaced by its
+        value in `given` unless that is None."""
+        return config.scale(self.name, self.profile, **given)
+
     def header(self) -> None:
         display(Markdown(f"**Run record:** {self._record_line(wall=False)}"))
 
@@ -90,6 +96,12 @@ class Chapter:
         self.comparison = reference.compare(ref, measured,
                                             {"dataset": self.dataset, "model": self.model})
         return self.comparison
+
+    def verdict_line(self, noun: str = "rows") -> str:
+        """"Of N rows, a reproduced, b not comparable.": the comparison's verdicts counted."""
+        counts = self.comparison["verdict"].value_counts()
+        return (f"Of {len(self.comparison)} {noun}, "
+                + ", ".join(f"{n} {v}" for v, n in counts.items()) + ".")
 
     def show_comparison(self) -> None:
         """The comparison as two tables, the paper's numbers and its claims."""
@@ -116,6 +128,17 @@ class Chapter:
         if self.results:
             atomic_write(self.results, json.dumps(payload, indent=1).encode())
         return payload
+
+
+def score_row(v, model=None, *, der: bool = True, accuracy: str = "CA %") -> dict[str, float]:
+    """The scores of `model` (default: the victim `v`'s own) in percent: clean accuracy (under
+    the name `accuracy`), ASR and RA, and with `der` the DER against `v`'s undefended model."""
+    s = v.scores(model)
+    row = {accuracy: 100 * s["ca"], "ASR %": 100 * s["asr"], "RA %": 100 * s["ra"]}
+    if der:
+        before = v.scores()
+        row["DER %"] = 100 * metrics.der(before["ca"], before["asr"], s["ca"], s["asr"])
+    return row
 
 
 def _plain(frame: pd.DataFrame):

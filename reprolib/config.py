@@ -6,12 +6,14 @@ value and what is allowed.
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
 import random
 import subprocess
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -112,6 +114,62 @@ PROFILES = {
 
 def profile(name: str) -> Profile:
     return PROFILES[check_choice("profile", name, PROFILES)]
+
+
+# Each chapter's scale knobs, one row a knob: its (smoke, quick, paper) values. A notebook
+# parameter of the same name left at None takes its profile's value from here.
+SCALES = {
+    "linf_pruning": {
+        "nc_steps":         (100, 600, 600),      # Neural Cleanse Adam steps
+    },
+    "neural_polarizer": {
+        "warm_epochs":      (1, 5, 5),            # NPD's warm-up (the reference's 5)
+        "npd_epochs":       (3, 50, 50),          # NPD's epochs (the reference's 50)
+        "ft_epochs":        (3, 100, 100),        # FT and FP (BackdoorBench's 100)
+        "clean_ratios":     ([0.05, 0.01], [0.05, 0.01, 0.005, 0.001],
+                             [0.05, 0.01, 0.005, 0.001]),   # the clean-data figure
+    },
+    "none": {
+        "none_epochs":      (1, 5, 20),           # NONE's fine-tuning (the README's 20)
+        "abl_epochs":       ([1, 1, 0, 1], [2, 3, 1, 4], [10, 40, 20, 4]),  # ABL's four phases
+        "natural_schedule": ([1, 1], [3, 3], [10, 40]),   # natural setting: rounds, epochs each
+        "scan_steps":       (20, 150, 150),       # Adam steps of one REASR scan
+        "check_images":     (300, 2000, 10000),   # test images a scanned trigger is measured on
+    },
+    "mesa": {
+        "n_patterns":       (1, 3, 51),           # black-and-white pattern classes (all 51)
+        "n_random":         (1, 1, 10),           # random-colour patterns (the paper's 10)
+        "rounds":           (2, 5, 10),           # the baseline's restarts (the paper's 10)
+        "inject_rate":      (0.2, 0.1, 0.01),     # the attack's stamping rate (the code's 1 %)
+        "inject_epochs":    (1, 3, 10),           # the attack's epochs (the code's 10)
+        "search_epochs":    (1, 3, 10),           # the generators' epochs (the code's 10)
+        "retrain_epochs":   (1, 5, 10),           # the retraining's epochs (the code's 10)
+    },
+    "clear": {
+        "draws_copies":     (1, 2, 10),           # (target, class) draws per attack
+        "draws_collision":  (2, 8, 20),
+        "draws_brew":       (1, 2, 10),
+        "brew_steps":       (10, 120, 240),       # gradient-matching steps (the paper's 240)
+        "restarts":         (1, 1, 8),            # gradient-matching restarts (the paper's 8)
+        "pool_size":        (500, 2500, 2500),    # the benchmark's fine-tuning set
+        "clean_pools":      (3, 10, 20),          # clean fine-tuning sets, to calibrate the score
+        "clean_models":     (1, 1, 10),           # clean models from scratch, to calibrate it
+        "scratch_epochs":   (1, 1, 10),           # CLEAR's fine-tuning from scratch
+    },
+}
+
+
+def scale(chapter: str, profile_name: str, **given) -> SimpleNamespace:
+    """`chapter`'s scale knobs at `profile_name`, each replaced by its value in `given` unless
+    that is None (a notebook parameter left at its default)."""
+    knobs = SCALES.get(chapter, {})
+    column = list(PROFILES).index(check_choice("profile", profile_name, PROFILES))
+    unknown = set(given) - set(knobs)
+    if unknown:
+        raise ParameterError(f"{sorted(unknown)[0]!r} is not a scale knob of {chapter!r}; "
+                             f"its knobs: {', '.join(knobs) or 'none'}")
+    return SimpleNamespace(**{name: copy.deepcopy(values[column]) if given.get(name) is None
+                              else given[name] for name, values in knobs.items()})
 
 
 DEVICES = ("auto", "cpu", "cuda")

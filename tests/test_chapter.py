@@ -1,0 +1,59 @@
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+
+from reprolib import config
+from reprolib.chapter import Chapter, score_row
+from reprolib.config import ParameterError
+
+
+class FakeVictim:
+    """scores() of the undefended model (None) and of any other model, as Victim gives them."""
+
+    def __init__(self, before, after):
+        self.before, self.after = before, after
+
+    def scores(self, model=None):
+        return self.before if model is None else self.after[model]
+
+
+def test_the_score_row_is_in_percent_with_the_der_against_the_undefended_model():
+    v = FakeVictim({"ca": 0.9, "asr": 0.95, "ra": 0.04},
+                   {"tuned": {"ca": 0.86, "asr": 0.05, "ra": 0.8}})
+    row = score_row(v, "tuned")
+    assert row == pytest.approx({"CA %": 86.0, "ASR %": 5.0, "RA %": 80.0,
+                                 "DER %": 100 * (0.90 - 0.04 + 1) / 2})
+    assert list(row) == ["CA %", "ASR %", "RA %", "DER %"]
+    assert score_row(v)["DER %"] == pytest.approx(50.0)          # nothing changed
+    plain = score_row(v, "tuned", der=False, accuracy="BA %")
+    assert list(plain) == ["BA %", "ASR %", "RA %"] and plain["BA %"] == pytest.approx(86.0)
+
+
+def test_the_verdict_line_counts_every_verdict():
+    ch = Chapter("attacks", profile="smoke", dataset="fashion-mnist", device="cpu")
+    ch.comparison = pd.DataFrame({"verdict": ["reproduced", "not comparable", "reproduced",
+                                              "partly"]})
+    assert ch.verdict_line("claims") == "Of 4 claims, 2 reproduced, 1 not comparable, 1 partly."
+
+
+def test_each_chapter_reads_its_scale_knobs_at_its_profile():
+    quick = Chapter("mesa", profile="quick", dataset="fashion-mnist", device="cpu")
+    paper = Chapter("mesa", profile="paper", dataset="fashion-mnist", device="cpu")
+    assert quick.scale().n_patterns == 3 and paper.scale().n_patterns == 51
+    assert quick.scale(n_patterns=7, rounds=None).n_patterns == 7     # a given value wins
+    assert quick.scale(rounds=None).rounds == 5                       # None takes the table's
+    with pytest.raises(ParameterError, match="'steps' is not a scale knob of 'mesa'"):
+        quick.scale(steps=3)
+
+
+def test_the_scale_table_has_a_value_per_profile_and_hands_out_copies():
+    for chapter, knobs in config.SCALES.items():
+        for name, values in knobs.items():
+            assert len(values) == len(config.PROFILES), (chapter, name)
+    epochs = config.scale("none", "quick").abl_epochs
+    epochs.append(99)                               # the caller's copy, not the table
+    assert config.scale("none", "quick").abl_epochs == [2, 3, 1, 4]
+    assert config.scale("attacks", "quick") == SimpleNamespace()
+    with pytest.raises(ParameterError, match="profile='huge'"):
+        config.scale("mesa", "huge")
