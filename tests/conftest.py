@@ -76,3 +76,28 @@ def tiny_patch(fashion, tmp_path_factory):
     defender, held_out = split(test)
     return SimpleNamespace(model=model.eval(), patch=patch, defender=defender, held_out=held_out,
                            backdoor=patch.triggered(held_out, 0))
+
+
+@pytest.fixture(scope="session")
+def smoke_victims(fashion, tmp_path_factory):
+    """The smoke profile's clean, BadNets and Blended models on Fashion-MNIST (2,000 images, 3
+    epochs), as the chapters ask for them, and the zoo and settings that made them: what the
+    tests of `reprolib.experiments` run the chapters' loops on."""
+    from reprolib.victims import victim
+
+    zoo = Zoo(tmp_path_factory.mktemp("smoke-zoo"))
+    common = dict(ratio=0.1, target=0, seed=0, profile="smoke", device="cpu", zoo=zoo,
+                  progress=False)
+    return SimpleNamespace(
+        clean=victim("fashion-mnist", attack=None, **common),
+        badnets=victim("fashion-mnist", attack="badnets", **common),
+        blended=victim("fashion-mnist", attack="blended", **common),
+        common=common, zoo=zoo)
+
+
+@pytest.fixture(autouse=True)
+def no_open_figures():
+    """Every figure a test draws is closed after it."""
+    yield
+    import matplotlib.pyplot as plt
+    plt.close("all")

@@ -183,3 +183,14 @@ def test_source_notebooks_are_stripped_and_parameterised(path):
     checks = [c for c in code if "remove-cell" in c.metadata.get("tags", [])]
     assert any("assert " in c.source for c in checks), "no hidden check cell with assertions"
     assert "ch.finish()" in code[-1].source
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "notebooks").glob("*.ipynb")), ids=lambda p: p.stem)
+def test_source_notebooks_are_thin(path):
+    # the experiment logic lives in reprolib, where unit tests reach it
+    code = [c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+    lines = [len(source.splitlines()) for source in code]
+    assert max(lines) <= 25, f"a code cell of {max(lines)} lines"
+    assert sum(lines) <= 150, f"{sum(lines)} lines of code"
+    assert not any(line.lstrip().startswith(("def ", "class ")) for source in code
+                   for line in source.splitlines()), "a function defined in the notebook"

@@ -1,0 +1,442 @@
+"""The CLEAR chapter's experiments: three sample-targeted attacks drawn against a clean model,
+CLEAR's and Deep k-NN's detection on every poisoned training set, the mitigation, the pocket in
+input and in feature space, and the neighbourhood and dimension ablation."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.colors import ListedColormap
+from scipy.spatial import ConvexHull
+from tqdm.auto import tqdm
+
+from ..attacks.feature_collision import feature_collision
+from ..attacks.gradient_matching import gradient_matching
+from ..attacks.targeted import PAIRINGS, Targeted, draw_target, hits, mislabelled_copies
+from ..config import Recipe, check_choice, check_range
+from ..defenses import clear
+from ..metrics import auroc, precision_recall
+from ..train import evaluate, linear_transfer, trained
+from ..victims import victim
+
+ATTACKS = ("mislabelled copies", "feature collision", "gradient matching")
+SETTING = {"mislabelled copies": "from scratch", "feature collision": "transfer",
+           "gradient matching": "from scratch"}
+METHODS = ["no defense", "Deep k-NN + FT", "CLEAR delete + FT", "CLEAR relabel + FT", "plain FT",
+           "oracle relabel + FT"]
+HEAD_RECIPE = Recipe(epochs=20, lr=0.01, schedule="cosine", augment=False)
+
+
+def draws(scale) -> dict[str, int]:
+    """How many (target, class) draws each attack gets, from the chapter's scale knobs."""
+    return {name: check_range(knob, getattr(scale, knob), low=0, integer=True)
+            for name, knob in zip(ATTACKS, ("draws_copies", "draws_collision", "draws_brew"))}
+
+
+def check_parameters(*, pairing, brew_augment, brew_steps, restarts, copies, poisons, budget,
+                     eps, dim, k_transfer, k_scratch, ks, dims) -> None:
+    """The chapter's parameters, each checked, with a clear error for the first bad one."""
+    check_choice("pairing", pairing, PAIRINGS)
+    check_choice("brew_augment", brew_augment, (True, False))
+    for name, value in (("brew_steps", brew_steps), ("restarts", restarts), ("copies", copies),
+                        ("poisons", poisons), ("dim", dim), ("k_transfer", k_transfer),
+                        ("k_scratch", k_scratch), *(("ks", k) for k in ks),
+                        *(("dims", d) for d in dims)):
+        check_range(name, value, low=1, integer=True)
+    check_range("budget", budget, low=0, high=1, low_open=True)
+    check_range("eps", eps, low=0, high=255, low_open=True)
+
+
+@dataclass
+class Run:
+    """One (target, attacker class) draw of one attack, and what the chapter found on it."""
+    attack: str
+    draw: int
+    target: int                  # the target's index in the test set
+    true: int
+    attacker: int
+    atk: Targeted
+    model: torch.nn.Module       # the attacked model
+    before: torch.nn.Module      # the model the attack's setting starts from
+    extractor: torch.nn.Module   # whose features CLEAR examines the training set with
+    success: bool
+    ca: float
+    seconds: float               # crafting and training
+    examined: clear.Examined | None = None
+    clear_p: float = float("nan")
+    clear_r: float = float("nan")
+    knn_p: float = float("nan")
+    knn_r: float = float("nan")
+    oracle_enclosure: float = float("nan")
+    after: dict = field(default_factory=dict)   # per mitigation, the defended model
+
+    @property
+    def transfer(self) -> bool:
+        return SETTING[self.attack] == "transfer"
+
+
+
+def run_attacks(clean, draws: dict[str, int], ranked: torch.Tensor, *, model_name: str,
+                recipe: Recipe, device, dataset: str, pairing: str, copies: int, poisons: int,
+                budget: float, eps: float, brew_steps: int, restarts: int, brew_augment: bool,
+                pool_size: int, seed: int) -> list[Run]:
+    """Every attack's `draws`: a target and attacker class, the poisons, and the attacked model
+    (the head retrained on the clean extractor in the transfer setting, a model trained from
+    scratch otherwise, through the zoo)."""
+    test, train_set = clean.test, clean.train
+    runs = []
+    bar = tqdm(total=sum(draws.values()), desc="attacks", disable=None)
+    for attack_no, name in enumerate(draws):
+        for i in range(draws[name]):
+            idx, true, attacker = draw_target(ranked, test.labels, len(test.classes),
+                                              pairing=pairing,
+                                              seed=10_000 * seed + 100 * attack_no + i)
+            target_image = test.images[idx]
+            start = time.perf_counter()
+            if name == "feature collision":
+                pool = train_set.sample(pool_size, 1000 + i)
+                atk = feature_collision(clean.model, pool, target_image, true, attacker,
+                                        n=poisons, eps=eps / 255, steps=500, seed=seed + i)
+                model = linear_transfer(clean.model, atk.data, seed=seed + i)
+                before = linear_transfer(clean.model, pool, seed=seed + i)
+            else:
+                if name == "mislabelled copies":
+                    atk = mislabelled_copies(train_set, target_image, true, attacker,
+                                             copies=copies, seed=seed + i)
+                else:
+                    atk = gradient_matching(clean.model, train_set, target_image, true, attacker,
+                                            budget=budget, eps=eps / 255, steps=brew_steps,
+                                            restarts=restarts, augment=brew_augment,
+                                            seed=seed + i)
+                model, _ = trained(model_name, atk.data, recipe, seed=seed, device=device,
+                                   about={"dataset": dataset, "attack": name, "target": idx,
+                                          "attacker_class": attacker}, progress=False)
+                model.eval()
+                before = clean.model
+            extractor = clean.model if SETTING[name] == "transfer" else model
+            runs.append(Run(name, i, idx, true, attacker, atk, model, before, extractor,
+                            hits(model, test, idx, attacker), 100 * evaluate(model, test)["ca"],
+                            time.perf_counter() - start))
+            bar.update()
+    bar.close()
+    return runs
+
+
+def attack_table(runs: list[Run]) -> pd.DataFrame:
+    return pd.DataFrame([{"attack": r.attack, "draw": r.draw, "target": r.target, "true": r.true,
+                          "attacker": r.attacker, "success": r.success, "ca": r.ca,
+                          "poisons": len(r.atk.indices), "seconds": r.seconds} for r in runs])
+
+
+def attack_summary(attacks: pd.DataFrame) -> pd.DataFrame:
+    """Per attack: draws, successes, the attacked models' mean CA and seconds, success rate."""
+    table = attacks.groupby("attack", sort=False).agg(
+        draws=("success", "size"), succeeded=("success", "sum"), mean_ca=("ca", "mean"),
+        seconds=("seconds", "mean"))
+    table["success %"] = 100 * table.succeeded / table.draws
+    return table
+
+
+def detect(runs: list[Run], *, k_transfer: int, k_scratch: int, dim: int) -> None:
+    """CLEAR on each run's training set (with its neighbourhood size), the sample-level
+    precision and recall of CLEAR's and Deep k-NN's flags, and the widest-hull diagnosis."""
+    for r in tqdm(runs, desc="detect", disable=None):
+        data, poisons = r.atk.data, r.atk.indices
+        r.examined = clear.examine(r.extractor, data, k=k_transfer if r.transfer else k_scratch,
+                                   dim=dim)
+        n = len(data)
+        r.clear_p, r.clear_r = precision_recall(clear.flagged(r.examined.found), poisons, n)
+        r.knn_p, r.knn_r = precision_recall(r.examined.hood.flagged.nonzero().flatten(),
+                                            poisons, n)
+        r.oracle_enclosure = clear.widest_hull_share(r.examined.z, data.labels, poisons, r.true)
+
+
+def calibrate(clean, *, pool_size: int, clean_pools: int, clean_models: int, k_transfer: int,
+              k_scratch: int, dim: int, dataset: str, seed: int,
+              common: dict) -> dict[str, list[float]]:
+    """Model scores of clean references: clean fine-tuning sets for the transfer setting, clean
+    models (`clean` and more seeds) for training from scratch."""
+    scores = {"transfer": [clear.examine(clean.model, clean.train.sample(pool_size, 5000 + j),
+                                         k=k_transfer, dim=dim).score
+                           for j in range(clean_pools)]}
+    models = [clean] + [victim(dataset, attack=None, seed=seed + j, **common)
+                        for j in range(1, clean_models)]
+    scores["from scratch"] = [clear.examine(v.model, v.train, k=k_scratch, dim=dim).score
+                              for v in models]
+    return scores
+
+
+def _mean(values) -> float:
+    """The mean of the values that are not NaN; NaN when none is."""
+    values = [v for v in values if not np.isnan(v)]
+    return float(np.mean(values)) if values else np.nan
+
+
+def detection_table(runs: list[Run], draws, clean_scores: dict, threshold: dict) -> pd.DataFrame:
+    """Per attack: model-level AUROC and TPR against the clean references, CLEAR's and Deep
+    k-NN's precision and recall over the successful attacks (and all draws), the widest-hull
+    diagnosis and CLEAR's seconds per model."""
+    rows = []
+    for name in draws:
+        mine = [r for r in runs if r.attack == name]
+        won = [r for r in mine if r.success]
+        s = SETTING[name]
+        scores = [r.examined.score for r in mine]
+        row = {"attack": name, "setting": s, "models": len(mine), "succeeded": len(won),
+               "clean references": len(clean_scores[s]),
+               "AUROC": auroc(clean_scores[s], scores) if mine else np.nan,
+               "TPR %": 100 * np.mean([x > threshold[s] for x in scores]) if mine else np.nan}
+        for who, tag in (("clear", "CLEAR"), ("knn", "Deep k-NN")):
+            for m, label in (("p", "precision %"), ("r", "recall %")):
+                row[f"{tag} {label}"] = 100 * _mean([getattr(r, f"{who}_{m}") for r in won])
+                row[f"{tag} {label} (all)"] = 100 * _mean([getattr(r, f"{who}_{m}") for r in mine])
+        row["poisons in the widest hull %"] = (100 * np.mean([r.oracle_enclosure for r in won])
+                                               if won else np.nan)
+        row["CLEAR s / model"] = np.mean([r.examined.seconds for r in mine]) if mine else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("attack")
+
+
+def score_figure(runs: list[Run], draws, clean_scores: dict, threshold: dict):
+    """Every model's score against its setting's threshold, clean references first."""
+    fig, axes = plt.subplots(1, 2, figsize=(8, 2.8))
+    for ax, s in zip(axes, ("transfer", "from scratch")):
+        ax.scatter(clean_scores[s], np.zeros(len(clean_scores[s])), marker="o", color="0.5",
+                   label="clean")
+        names = [n for n in draws if SETTING[n] == s]
+        for j, name in enumerate(names):
+            mine = [r for r in runs if r.attack == name]
+            ax.scatter([r.examined.score for r in mine], np.full(len(mine), j + 1),
+                       c=["C3" if r.success else "C0" for r in mine], marker="x", label=name)
+        ax.axvline(threshold[s], color="k", lw=0.8, ls="--")
+        ax.set_yticks(range(1 + len(names)), ["clean"] + names)
+        ax.set_xlabel("model score (highest pocket score)")
+        ax.set_title(f"{s} (red: attack succeeded)")
+    fig.tight_layout()
+    return fig
+
+
+def top_pockets(runs: list[Run]) -> pd.DataFrame:
+    """What each model's highest-scoring pocket holds."""
+    rows = []
+    for r in runs:
+        found = r.examined.found
+        top = found[0] if found else None
+        rows.append({"attack": r.attack, "draw": r.draw, "success": r.success,
+                     "score": r.examined.score,
+                     "top pocket size": len(top.pocket) if top else 0,
+                     "its poisons": int(torch.isin(top.pocket.cpu(), r.atk.indices).sum())
+                     if top else 0,
+                     "label → hull class": f"{top.label} → {top.hull_class}"
+                     if top and top.hull is not None else "",
+                     "true pair": f"{r.attacker} → {r.true}",
+                     "wrapped pockets": sum(f.hull is not None for f in found),
+                     "candidates": int(r.examined.hood.flagged.sum())})
+    return pd.DataFrame(rows)
+
+
+def mitigation_sets(r: Run, plain) -> dict:
+    """The training sets each mitigation fine-tunes on."""
+    data, found = r.atk.data, r.examined.found
+    keep = (~r.examined.hood.flagged).nonzero().flatten()
+    oracle = data.labels.clone()
+    oracle[r.atk.indices.to(oracle.device)] = r.true
+    return {"Deep k-NN + FT": data.subset(keep), "CLEAR delete + FT": clear.deleted(data, found),
+            "CLEAR relabel + FT": clear.relabelled(data, found), "plain FT": plain,
+            "oracle relabel + FT": data.with_images(data.images, oracle)}
+
+
+def mitigate(runs: list[Run], plain, test, *, scratch_recipe: Recipe,
+             seed: int) -> pd.DataFrame:
+    """Every successful attack through every mitigation: whether the target still goes to the
+    attacker's class, and the CA (one row per attack, draw and method)."""
+    rows = []
+    for r in tqdm([r for r in runs if r.success], desc="mitigate", disable=None):
+        recipe = HEAD_RECIPE if r.transfer else scratch_recipe
+        r.after = {"no defense": r.model}
+        for m, d in mitigation_sets(r, plain).items():
+            r.after[m] = clear.fine_tuned(r.model, d, recipe, head_only=r.transfer, seed=seed)
+        for m, net in r.after.items():
+            rows.append({"attack": r.attack, "draw": r.draw, "method": m,
+                         "still succeeds": hits(net, test, r.target, r.attacker),
+                         "CA %": 100 * evaluate(net, test)["ca"]})
+    return pd.DataFrame(rows, columns=["attack", "draw", "method", "still succeeds", "CA %"])
+
+
+def mitigation_table(per_draw: pd.DataFrame) -> pd.DataFrame:
+    table = per_draw.groupby(["attack", "method"], sort=False).agg(
+        attacks=("still succeeds", "size"), success_pct=("still succeeds", "mean"),
+        ca=("CA %", "mean")).rename(columns={"success_pct": "attack success %", "ca": "CA %"})
+    table["attack success %"] *= 100
+    return table
+
+
+def pocket_figure(shown: Run, test, train_set, seed: int, extent: float = 1.5):
+    """Decision regions on the input-space plane through the target, spanned by the direction
+    to one poison and to a random training image of the target's class: before the attack,
+    after it and (when mitigated) after CLEAR."""
+    origin = test.images[shown.target]
+    toward = shown.atk.data.images[shown.atk.indices[0]]
+    same = (train_set.labels == shown.true).nonzero().flatten()
+    across = train_set.images[same[torch.randint(
+        len(same), (1,), generator=torch.Generator().manual_seed(seed))]][0]
+    panels = {"before the attack": shown.before, "after the attack": shown.model}
+    if shown.after:
+        panels["after CLEAR"] = shown.after["CLEAR relabel + FT"]
+    cmap = ListedColormap(plt.get_cmap("tab10").colors[:len(test.classes)])
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.0 * len(panels) + 1.2, 3.0))
+    for ax, (title, net) in zip(np.atleast_1d(axes), panels.items()):
+        grid = clear.decision_slice(net, test, origin, toward, across, extent=extent, steps=41)
+        ax.imshow(grid, origin="lower", extent=(-extent, extent, -extent, extent), cmap=cmap,
+                  vmin=-0.5, vmax=len(test.classes) - 0.5, interpolation="nearest")
+        ax.plot(0, 0, "*", color="w", mec="k", ms=12)
+        ax.plot(1, 0, "X", color="w", mec="k", ms=8)
+        ax.set_title(title)
+        ax.set_xlabel("→ poison")
+    np.atleast_1d(axes)[0].set_ylabel("→ same-class image")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(c)) for c in (shown.true, shown.attacker)]
+    fig.legend(handles, [f"{test.classes[shown.true]} (true)",
+                         f"{test.classes[shown.attacker]} (attacker)"],
+               loc="lower center", ncol=2, fontsize=8)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    return fig
+
+
+def feature_figure(shown: Run, test, seed: int):
+    """The extractor's features (2-D PCA) of the target's and the attacker's class, the poisons,
+    the target and the hull CLEAR fitted around the pocket holding most poisons; with the
+    caption that says what that hull is."""
+    data = shown.atk.data
+    both = data.with_images(torch.cat([data.images, test.images[shown.target][None]]),
+                            torch.cat([data.labels, torch.tensor([shown.true])]))
+    xy = clear.features(shown.extractor, both, dim=2).cpu()
+    poison_mask = torch.zeros(len(data), dtype=torch.bool)
+    poison_mask[shown.atk.indices] = True
+    fig, ax = plt.subplots(figsize=(4.6, 3.8))
+    g = torch.Generator().manual_seed(seed)
+    for c, colour in ((shown.true, "C0"), (shown.attacker, "C1")):
+        members = ((data.labels.cpu() == c) & ~poison_mask).nonzero().flatten()
+        members = members[torch.randperm(len(members), generator=g)[:1500]]
+        ax.scatter(*xy[members].T, s=3, color=colour, alpha=0.4, label=test.classes[c])
+    ax.scatter(*xy[:-1][poison_mask].T, s=12, color="C3", label="poisons")
+    ax.plot(*xy[-1], "*", color="w", mec="k", ms=14, label="target")
+    wrapped = [f for f in shown.examined.found if f.hull is not None]
+    best = max(wrapped, key=lambda f: int(poison_mask[f.pocket.cpu()].sum()), default=None)
+    if best is not None and int(poison_mask[best.pocket.cpu()].sum()) > 0:
+        corners = xy[best.hull.vertices.cpu()].numpy()
+        ax.scatter(*corners.T, s=14, facecolors="none", edgecolors="k", label="hull vertices")
+        if len(corners) >= 3:
+            outline = ConvexHull(corners)
+            ring = np.append(outline.vertices, outline.vertices[0])
+            ax.plot(*corners[ring].T, "k-", lw=0.8)
+        caption = (f"Hull: {len(best.hull.vertices)} vertices of class {best.hull_class}, "
+                   f"enclosure {best.hull.enclosure:.2f}, tightness {best.hull.tightness:.2f}; "
+                   f"pocket of {len(best.pocket)} image(s), "
+                   f"{int(poison_mask[best.pocket.cpu()].sum())} of them poisons.")
+    else:
+        caption = "CLEAR wrapped no pocket holding a poison of this model."
+    ax.legend(fontsize=7, markerscale=1.5)
+    ax.set_title(f"{shown.attack}, draw {shown.draw}")
+    fig.tight_layout()
+    return fig, caption
+
+
+ABLATION_COLUMNS = ["dim", "k", "CLEAR recall %", "CLEAR precision %", "Deep k-NN recall %",
+                    "Deep k-NN precision %", "wrapped pockets"]
+
+
+def ablation(runs: list[Run], extractor, dims, ks) -> pd.DataFrame:
+    """On the feature-collision sets (every draw): CLEAR's and Deep k-NN's recall and precision
+    and CLEAR's wrapped pockets, per PCA dimension and neighbourhood size, averaged."""
+    rows = []
+    collisions = [r for r in runs if r.attack == "feature collision"]
+    for d in dims:
+        for k in ks:
+            if collisions and k >= len(collisions[0].atk.data):
+                continue
+            for r in collisions:
+                data, poisons = r.atk.data, r.atk.indices
+                z = clear.features(extractor, data, dim=d)
+                hood = clear.neighbourhood(z, data.labels.to(z.device), k=k)
+                found = clear.detect(z, data.labels.to(z.device), hood=hood)
+                cp, cr = precision_recall(clear.flagged(found), poisons, len(data))
+                kp, kr = precision_recall(hood.flagged.nonzero().flatten(), poisons, len(data))
+                rows.append({"dim": d, "k": k, "CLEAR recall %": 100 * cr,
+                             "CLEAR precision %": 100 * cp, "Deep k-NN recall %": 100 * kr,
+                             "Deep k-NN precision %": 100 * kp,
+                             "wrapped pockets": sum(f.hull is not None for f in found)})
+    return pd.DataFrame(rows, columns=ABLATION_COLUMNS).groupby(["dim", "k"]).mean()
+
+
+def ablation_figure(table: pd.DataFrame, ks):
+    fig, axes = plt.subplots(1, 2, figsize=(8, 2.8), sharey=True)
+    for ax, who in zip(axes, ("CLEAR", "Deep k-NN")):
+        for k in ks:
+            if k in table.index.get_level_values("k"):
+                part = table.xs(k, level="k")
+                ax.plot(part.index, part[f"{who} recall %"], "o-", label=f"k = {k}")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("PCA dimension")
+        ax.set_title(f"{who}: recall of the poisons")
+    axes[0].set_ylabel("recall %")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def claims(runs: list[Run], per_draw: pd.DataFrame, detection: pd.DataFrame,
+           train_seconds: float) -> dict[str, float]:
+    """The abstract's claims' measures, over the successful attacks."""
+    won = [r for r in runs if r.success]
+    after = per_draw[per_draw.method == "CLEAR relabel + FT"]
+    scratch = [r for r in runs if not r.transfer]
+    aurocs = detection["AUROC"].dropna()
+    measured = {}
+    if won:
+        measured["pocket_share"] = 100 * np.mean([r.knn_r >= 0.5 for r in won])
+        measured["clear_recall"] = 100 * np.mean([r.clear_r for r in won])
+        measured["success_after_clear"] = 100 * after["still succeeds"].mean()
+        before_ca = {(r.attack, r.draw): r.ca for r in won}
+        measured["ca_drop_clear"] = float(np.mean([
+            before_ca[a, d] - ca for a, d, ca in after[["attack", "draw", "CA %"]].itertuples(
+                index=False)]))
+    if len(aurocs):
+        measured["auroc"] = float(aurocs.mean())
+    if scratch:
+        measured["detect_time_share"] = (float(np.mean([r.examined.seconds for r in scratch]))
+                                         / train_seconds)
+    return measured
+
+
+def _at(precision: float) -> str:
+    return "flagging nothing" if np.isnan(precision) else f"at precision {precision:.1f} %"
+
+
+def summary(runs: list[Run], attacks: pd.DataFrame, detection: pd.DataFrame,
+            mitigation: pd.DataFrame, clean_ca: float, train_seconds: float) -> list[str]:
+    lines = [f"**{name}** ({SETTING[name]}): {int(row.succeeded)} of {int(row.draws)} draws "
+             f"succeeded; attacked CA {row.mean_ca:.2f} % (clean {clean_ca:.2f} %)."
+             for name, row in attack_summary(attacks).iterrows()]
+    for name, row in detection.iterrows():
+        if row.succeeded:
+            lines.append(f"Detection, {name}: CLEAR recall {row['CLEAR recall %']:.0f} % "
+                         f"{_at(row['CLEAR precision %'])}; Deep k-NN recall "
+                         f"{row['Deep k-NN recall %']:.0f} % {_at(row['Deep k-NN precision %'])}; "
+                         f"model-level AUROC {row['AUROC']:.2f} against "
+                         f"{int(row['clean references'])} clean reference(s); the widest hull "
+                         f"around the true poisons holds {row['poisons in the widest hull %']:.0f} "
+                         f"% of them.")
+    for (name, m), row in mitigation.iterrows():
+        if m != "no defense":
+            lines.append(f"{name}, {m}: attack success {row['attack success %']:.0f} %, CA "
+                         f"{row['CA %']:.2f} %.")
+    scratch = [r for r in runs if not r.transfer]
+    if scratch:
+        lines.append(f"CLEAR's detection took {np.mean([r.examined.seconds for r in scratch]):.0f}"
+                     f" s per from-scratch model, against {train_seconds:.0f} s to train the clean "
+                     f"model.")
+    return lines

@@ -1,0 +1,254 @@
+"""The Neural Polarizer chapter's experiments: NPD against FT and FP on the same defender's data,
+what each costs, how little clean data NPD needs, the poisoning ratio, the features the polarizer
+leaves, and an ablation of two of the reference's choices."""
+from __future__ import annotations
+
+import dataclasses
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import torch
+
+from ..chapter import score_row
+from ..config import Recipe
+from ..data import ImageSet
+from ..defenses import linf_pruning as lp
+from ..defenses import neural_polarizer as npd_
+from ..defenses.fine_tuning import fine_prune, ft
+from ..victims import victim
+
+METRICS = ["CA %", "ASR %", "RA %", "DER %"]
+DEFENSES = ["none", "FT", "FP", "NPD"]
+
+
+def defender(v, share: float, seed: int) -> ImageSet:
+    """The defender's class-balanced clean images: `share` of `v`'s training set, drawn as
+    BackdoorBench draws them (clean originals of any training images)."""
+    return v.clean_subset(round(share * len(v.train)), seed, balanced=True, untouched=False)
+
+
+def run(defense: str, v, clean: ImageSet, *, settings: npd_.Settings, ft_recipe: Recipe,
+        seed: int) -> tuple[dict, object]:
+    """One defense of `v` on `clean`: its table row (scores, seconds, trained parameters; FP
+    adds its pruned count) and the defense's own result (NPD's polarized model and losses)."""
+    if defense == "none":
+        return {"defense": "none", **score_row(v), "seconds": None,
+                "trained parameters": None}, None
+    if defense == "NPD":
+        result = npd_.npd(v.model, clean, settings, seed=seed, progress=False)
+    elif defense == "FT":
+        result = ft(v.model, clean, ft_recipe, seed=seed, progress=False)
+    else:
+        result = fine_prune(v.model, clean, ft_recipe, seed=seed, progress=False)
+    row = {"defense": defense, **score_row(v, result.model), "seconds": result.seconds,
+           "trained parameters": result.trainable}
+    return (row | {"pruned": len(result.pruned)} if defense == "FP" else row), result
+
+
+def main_table(victims: dict, clean_ratio: float, **how) -> tuple[pd.DataFrame, dict]:
+    """Every defense against every attack on `clean_ratio` of clean data, and NPD's results."""
+    rows, polarized = [], {}
+    for name, v in victims.items():
+        clean = defender(v, clean_ratio, how["seed"])
+        for d in DEFENSES:
+            row, result = run(d, v, clean, **how)
+            rows.append({"attack": name, **row})
+            if d == "NPD":
+                polarized[name] = result
+    return pd.DataFrame(rows).set_index(["attack", "defense"]), polarized
+
+
+def main_view(main: pd.DataFrame, attacks) -> pd.DataFrame:
+    """The main table with one column group per metric and one column per defense."""
+    return main[METRICS].unstack("defense").reindex(columns=DEFENSES, level="defense").reindex(
+        list(attacks))
+
+
+def loss_figure(polarized: dict):
+    fig, ax = plt.subplots(figsize=(4.5, 2.6))
+    for name, result in polarized.items():
+        ax.plot(range(1, len(result.loss) + 1), result.loss, label=name)
+    ax.set_xlabel("epoch after the warm-up")
+    ax.set_ylabel("outer loss")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def cost_table(main: pd.DataFrame) -> pd.DataFrame:
+    """FT's and NPD's trained parameters and seconds per attack, and NPD's as a share of FT's."""
+    cost = main.loc[(slice(None), ["FT", "NPD"]), ["trained parameters", "seconds"]]
+    table = cost.unstack("defense")
+    table[("NPD / FT", "parameters %")] = (100 * table[("trained parameters", "NPD")]
+                                          / table[("trained parameters", "FT")])
+    table[("NPD / FT", "time %")] = 100 * table[("seconds", "NPD")] / table[("seconds", "FT")]
+    return table
+
+
+def clean_data_sweep(victims: dict, attacks, shares, main: pd.DataFrame, clean_ratio: float,
+                     **how) -> pd.DataFrame:
+    """NPD and FT per attack and share of clean data; the main table's share is reused."""
+    rows = []
+    for name in attacks:
+        v = victims[name]
+        for share in shares:
+            if share == clean_ratio:
+                found = [main.loc[(name, d)].to_dict() | {"defense": d} for d in ("FT", "NPD")]
+            else:
+                clean = defender(v, share, how["seed"])
+                found = [run(d, v, clean, **how)[0] for d in ("FT", "NPD")]
+            rows += [{"attack": name, "clean %": 100 * share, **r} for r in found]
+    return pd.DataFrame(rows).set_index(["attack", "clean %", "defense"])[METRICS]
+
+
+def clean_data_figure(by_data: pd.DataFrame, victims: dict, attacks):
+    fig, axes = plt.subplots(2, len(attacks), figsize=(4 * len(attacks), 4.6), sharex=True,
+                             squeeze=False)
+    for c, name in enumerate(attacks):
+        for defense, color in (("NPD", "C3"), ("FT", "C0")):
+            part = by_data.loc[name].xs(defense, level="defense")
+            axes[0, c].plot(part.index, part["ASR %"], "o-", color=color, label=defense)
+            axes[1, c].plot(part.index, part["CA %"], "o-", color=color, label=defense)
+        axes[1, c].axhline(victims[name].scores()["ca"] * 100, color="0.5", ls=":",
+                           label="no defense")
+        axes[0, c].set_title(name)
+        axes[1, c].set_xscale("log")
+        axes[1, c].set_xlabel("clean data, % of the training set")
+    axes[0, 0].set_ylabel("ASR %")
+    axes[1, 0].set_ylabel("CA %")
+    axes[1, 0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def poisoning_sweep(victims: dict, attacks, ratios, main: pd.DataFrame, *, ratio: float,
+                    clean_ratio: float, dataset: str, common: dict, **how) -> pd.DataFrame:
+    """NPD on models poisoned at each of `ratios` (`victim(dataset, ..., **common)`); the main
+    table's ratio is reused."""
+    rows = []
+    for name in attacks:
+        for share in ratios:
+            v = (victims[name] if share == ratio
+                 else victim(dataset, attack=name, ratio=share, **common))
+            row = (main.loc[(name, "NPD")].to_dict() if share == ratio
+                   else run("NPD", v, defender(v, clean_ratio, how["seed"]), **how)[0])
+            before = v.scores()
+            rows.append({"attack": name, "poisoned %": 100 * share,
+                         "CA before %": 100 * before["ca"], "ASR before %": 100 * before["asr"],
+                         "CA after %": row["CA %"], "ASR after %": row["ASR %"],
+                         "DER %": row["DER %"]})
+    return pd.DataFrame(rows).set_index(["attack", "poisoned %"])
+
+
+def poisoning_figure(by_poison: pd.DataFrame, attacks):
+    fig, axes = plt.subplots(1, len(attacks), figsize=(4 * len(attacks), 2.8), squeeze=False)
+    for ax, name in zip(axes[0], attacks):
+        part = by_poison.loc[name]
+        x = range(len(part))
+        for offset, (col, color, label) in zip((-0.3, -0.1, 0.1, 0.3), (
+                ("ASR before %", "C3", "ASR before"), ("ASR after %", "C1", "ASR after NPD"),
+                ("CA before %", "C0", "CA before"), ("CA after %", "C2", "CA after NPD"))):
+            ax.bar([i + offset for i in x], part[col], width=0.2, color=color, label=label)
+        ax.set_xticks(list(x), [f"{p:g} %" for p in part.index])
+        ax.set_xlabel("poisoned training images")
+        ax.set_title(name)
+    axes[0, 0].set_ylabel("%")
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), fontsize=7, ncol=4, loc="upper center")
+    fig.tight_layout(rect=(0, 0, 1, 0.9))
+    return fig
+
+
+def pooled(model, data: ImageSet) -> torch.Tensor:
+    """The pooled last-conv features of `data` (the head's input), on the CPU."""
+    return lp.feature_maps(model, data).mean((2, 3)).cpu()
+
+
+def principal_axes(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean of `features` and their first two principal directions (D × 2)."""
+    centred = features - features.mean(0)
+    return features.mean(0), torch.linalg.svd(centred, full_matrices=False).Vh[:2].T
+
+
+def feature_figure(victims: dict, polarized: dict, attacks, seed: int):
+    """Clean (by class) and triggered (black) test features before and after NPD, on the
+    backdoored model's first two principal axes."""
+    fig, axes = plt.subplots(len(attacks), 2, figsize=(7, 3.2 * len(attacks)), squeeze=False)
+    for row, name in zip(axes, attacks):
+        v = victims[name]
+        clean_view = v.test.sample(min(500, len(v.test)), seed)
+        triggered_view = v.backdoor.sample(min(500, len(v.backdoor)), seed)
+        before = [pooled(v.model, d) for d in (clean_view, triggered_view)]
+        centre, axes2 = principal_axes(torch.cat(before))
+        after = [pooled(polarized[name].model.backbone, d) for d in (clean_view, triggered_view)]
+        for ax, (title, (c_feat, t_feat)) in zip(row, (("backdoored", before),
+                                                       ("after NPD", after))):
+            c_xy, t_xy = (c_feat - centre) @ axes2, (t_feat - centre) @ axes2
+            ax.scatter(c_xy[:, 0], c_xy[:, 1], c=clean_view.labels, cmap="tab10", s=4, alpha=0.6)
+            ax.scatter(t_xy[:, 0], t_xy[:, 1], c="k", s=4, marker="x")
+            ax.set_title(f"{name}: {title}")
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.tight_layout()
+    return fig
+
+
+def variants(settings: npd_.Settings, image: torch.Tensor) -> dict[str, npd_.Settings]:
+    """The reference, no warm-up, and the L2 radius scaled from 3×32×32 to `image`'s size."""
+    radius = 3.0 * (image.numel() / 3072) ** 0.5
+    return {"reference": settings,
+            "no warm-up": dataclasses.replace(settings, warm_epochs=0),
+            f"radius {radius:.2f}": dataclasses.replace(settings, radius=radius)}
+
+
+def ablation(victims: dict, attacks, main: pd.DataFrame, clean_ratio: float, *,
+             settings: npd_.Settings, **how) -> pd.DataFrame:
+    """NPD per attack and variant; the reference's row is the main table's."""
+    rows = []
+    for name in attacks:
+        v = victims[name]
+        clean = defender(v, clean_ratio, how["seed"])
+        for variant, s in variants(settings, v.test.images[0]).items():
+            row = (main.loc[(name, "NPD")].to_dict() if variant == "reference"
+                   else run("NPD", v, clean, settings=s, **how)[0])
+            rows.append({"attack": name, "variant": variant, **{k: row[k] for k in METRICS}})
+    return pd.DataFrame(rows).set_index(["attack", "variant"])
+
+
+def claims(main: pd.DataFrame, cost: pd.DataFrame, by_data: pd.DataFrame, shares,
+           attacks) -> dict[str, float]:
+    """BackdoorBench's rows (none, FT, FP; NPD's too, for the record) and the claims' measures."""
+    measured = {}
+    for (name, defense), row in main.iterrows():
+        for metric in ("CA", "ASR", "RA", "DER"):
+            measured[f"{defense.lower()}.{name}.{metric.lower()}"] = row[f"{metric} %"]
+    npd_rows = main.xs("NPD", level="defense").loc[[a for a in ("badnets", "blended")
+                                                     if a in attacks]]
+    drops = main.xs("none", level="defense")["CA %"] - main.xs("NPD", level="defense")["CA %"]
+    if len(npd_rows):
+        measured["npd_asr_max"] = npd_rows["ASR %"].max()
+        measured["npd_ca_drop_max"] = drops.loc[npd_rows.index].max()
+    measured["npd_parameter_share"] = cost[("NPD / FT", "parameters %")].max()
+    scarce = [r for r in shares if r <= 0.005]
+    if scarce:
+        at = by_data.xs(100 * max(scarce), level="clean %")
+        measured["npd_minus_ft_der_scarce"] = (at.xs("NPD", level="defense")["DER %"]
+                                               - at.xs("FT", level="defense")["DER %"]).mean()
+    return measured
+
+
+def summary(main: pd.DataFrame, ablated: pd.DataFrame, attacks, sweep_attacks) -> list[str]:
+    lines = []
+    for name in attacks:
+        none, npd_row = main.loc[(name, "none")], main.loc[(name, "NPD")]
+        best = main.loc[name].drop("none")["DER %"].idxmax()
+        lines.append(f"**{name}**: NPD takes ASR from {none['ASR %']:.1f} % to "
+                     f"{npd_row['ASR %']:.1f} % and CA from {none['CA %']:.2f} % to "
+                     f"{npd_row['CA %']:.2f} % (DER {npd_row['DER %']:.1f} %); the best DER here "
+                     f"is {best}'s.")
+    for name in sweep_attacks:
+        a = ablated.loc[name]
+        lines.append(f"Ablation, **{name}**: " + "; ".join(
+            f"{variant} CA {r['CA %']:.2f} % ASR {r['ASR %']:.1f} %" for variant, r in a.iterrows())
+            + ".")
+    return lines

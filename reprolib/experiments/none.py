@@ -1,0 +1,295 @@
+"""The NONE chapter's experiments: NONE against ABL on injected backdoors, the abstract's average
+ASR ratio, the filtering quality, the linearity picture, the ablation, and natural backdoors
+measured by a bounded REASR scan."""
+from __future__ import annotations
+
+import math
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+
+from ..chapter import score_row
+from ..config import ParameterError, check_range
+from ..defenses import abl as abl_
+from ..defenses import none as none_
+from ..defenses import reasr
+
+DEFENSES = ["no defense", "ABL", "NONE"]
+
+
+def settings(scale, *, none_lr: float, augment: bool, fractions, areas):
+    """NONE's, ABL's and the natural setting's settings, and the natural rounds, from the
+    chapter's scale knobs (`abl_epochs`: isolation, at lr, at lr / 10, unlearning;
+    `natural_schedule`: rounds, epochs per round), each checked."""
+    abl_epochs, schedule = list(scale.abl_epochs), list(scale.natural_schedule)
+    if len(abl_epochs) != 4 or len(schedule) != 2:
+        raise ParameterError(f"abl_epochs={abl_epochs} must have 4 entries and "
+                             f"natural_schedule={schedule} 2")
+    for name, values in (("fractions", fractions), ("areas", areas)):
+        for value in values:
+            check_range(name, value, low=0, high=1, low_open=True)
+    rounds, round_epochs = schedule
+    check_range("rounds", rounds, low=1, integer=True)
+    repair = none_.Settings(lr=none_lr, epochs=scale.none_epochs, warmup=True)
+    isolation = abl_.Settings(isolation_epochs=abl_epochs[0],
+                              finetune_epochs=tuple(abl_epochs[1:3]),
+                              unlearning_epochs=abl_epochs[3], augment=augment)
+    natural = none_.Settings(fraction=0.2, drop=False, lr=none_lr, epochs=round_epochs,
+                             warmup=True)
+    return repair, isolation, natural, rounds
+
+
+def row(v, model, defense: str, seconds=None, diverged: bool = False) -> dict:
+    """A defense's row: BA, ASR and RA in percent, its seconds and whether it diverged."""
+    return {"defense": defense, **score_row(v, model, der=False, accuracy="BA %"),
+            "seconds": seconds, "diverged": diverged}
+
+
+def main_table(victims: dict, *, settings: none_.Settings, abl_settings: abl_.Settings,
+               model_name: str, augment: bool, seed: int, device):
+    """Per attack: no defense, ABL (a fresh model) and NONE (repairing the victim); the main
+    table, the filtering table (NONE's Jenks drop, ABL's isolated images), and the results."""
+    rows, filter_rows, repaired, isolated = [], [], {}, {}
+    for name, v in victims.items():
+        rows.append({"attack": name, **row(v, v.model, "no defense")})
+        isolated[name] = abl_.abl(model_name, v.train, abl_settings, seed=seed, device=device,
+                                  progress=False)
+        rows.append({"attack": name, **row(v, isolated[name].model, "ABL",
+                                           isolated[name].seconds)})
+        repaired[name] = none_.none(v.model, v.train, settings, augment=augment, seed=seed,
+                                    progress=False)
+        rows.append({"attack": name, **row(v, repaired[name].model, "NONE",
+                                           repaired[name].seconds, repaired[name].diverged)})
+        n = len(v.train)
+        filter_rows.append({"attack": name, "defense": "NONE (Jenks drop)", **none_.filtering(
+            repaired[name].rounds[0].dropped, v.poison_indices, n)})
+        filter_rows.append({"attack": name, "defense": "ABL (isolated 1 %)", **none_.filtering(
+            isolated[name].isolated, v.poison_indices, n)})
+    return (pd.DataFrame(rows).set_index(["attack", "defense"]),
+            pd.DataFrame(filter_rows).set_index(["attack", "defense"]), repaired, isolated)
+
+
+def main_view(main: pd.DataFrame, attacks) -> pd.DataFrame:
+    return main[["BA %", "ASR %", "RA %"]].unstack("defense").reindex(
+        columns=DEFENSES, level="defense").reindex(list(attacks))
+
+
+def asr_ratios(main: pd.DataFrame, victims: dict, defense: str) -> dict[str, float]:
+    """Undefended ASR over `defense`'s, read both ways: the ratio of the mean ASRs and the
+    geometric mean of the per-attack ratios; an ASR of 0 counts as one triggered image."""
+    before = main.xs("no defense", level="defense")["ASR %"]
+    after = main.xs(defense, level="defense")["ASR %"]
+    floor = pd.Series({name: 100 / len(v.backdoor) for name, v in victims.items()})
+    per_attack = before / np.maximum(after, floor)
+    return {"mean ASR before %": before.mean(), "mean ASR after %": after.mean(),
+            "ratio of means": before.mean() / max(after.mean(), floor.min()),
+            "geometric mean of ratios": math.exp(np.log(per_attack).mean()),
+            "paper (NONE, injected)": 54.83}
+
+
+def ratio_table(main: pd.DataFrame, victims: dict) -> pd.DataFrame:
+    return pd.DataFrame({d: asr_ratios(main, victims, d) for d in ("ABL", "NONE")}).T.rename_axis(
+        "defense")
+
+
+def score_figure(repaired: dict, victims: dict):
+    """NONE's per-image scores of clean and poisoned training images, with the Jenks break."""
+    fig, axes = plt.subplots(1, len(victims), figsize=(3.1 * len(victims), 2.6), squeeze=False)
+    for ax, (name, v) in zip(axes[0], victims.items()):
+        first = repaired[name].rounds[0]
+        poisoned = torch.zeros(len(v.train), dtype=torch.bool)
+        poisoned[v.poison_indices.cpu()] = True
+        bins = np.linspace(first.scores.min().item(), first.scores.max().item(), 60)
+        ax.hist(first.scores[~poisoned].numpy(), bins=bins, color="C0", alpha=0.7, label="clean")
+        ax.hist(first.scores[poisoned].numpy(), bins=bins, color="C3", alpha=0.7,
+                label="poisoned")
+        ax.axvline(first.threshold, color="k", ls="--", lw=1, label="Jenks break")
+        ax.set_yscale("log")
+        ax.set_title(name)
+        ax.set_xlabel("sample score")
+    axes[0, 0].set_ylabel("training images")
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def linearity(v, per_class: int = 30, steps: int = 11) -> dict:
+    """The most suspicious channel of the last monitored layer (top NONE score) and a benign one
+    (median score): their mean peak activation, per class, on `per_class` test images of each
+    class blended towards their triggered versions, x_α = (1 − α)·x + α·T(x); and what the
+    score reads on the training set."""
+    acts = none_.activations(v.model, v.train)
+    score = none_.neuron_scores(acts)
+    layer = list(score)[-1]
+    order = score[layer].argsort(descending=True)
+    channels = {"suspicious": int(order[0]), "benign": int(order[len(order) // 2])}
+    chosen = torch.cat([(v.test.labels == k).nonzero().flatten()[:per_class]
+                        for k in range(len(v.test.classes))])
+    images, labels = v.test.images[chosen], v.test.labels[chosen]
+    alphas = torch.linspace(0, 1, steps)
+    triggered = v.attack.apply(images).float()
+    curves = torch.stack([none_.activations(v.model, v.test.with_images(
+        ((1 - a) * images.float() + a * triggered).round().to(torch.uint8), labels)).peaks[layer]
+        .cpu() for a in alphas])                                  # α × images × channels
+    return {"acts": acts, "score": score, "layer": layer, "channels": channels, "labels": labels,
+            "alphas": alphas, "curves": curves}
+
+
+def linearity_figure(v, picture: dict):
+    """Per channel, each class's mean peak against α; then the suspicious channel's peaks on
+    the training images the model is sure are (S) and are not (W) the target class."""
+    layer, labels, curves = picture["layer"], picture["labels"], picture["curves"]
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3))
+    for ax, (kind, c) in zip(axes, picture["channels"].items()):
+        for k in range(len(v.test.classes)):
+            ax.plot(picture["alphas"], curves[:, labels == k, c].mean(1), color=plt.cm.tab10(k),
+                    lw=1.2, label=v.test.classes[k])
+        ax.set_title(f"{kind}: {layer} channel {c} (score {picture['score'][layer][c]:.2f})",
+                     fontsize=8)
+        ax.set_xlabel("α (0: clean, 1: triggered)")
+    axes[0].set_ylabel("peak activation (pre-BN)")
+    axes[1].legend(fontsize=6, ncol=2)
+    a = picture["acts"].peaks[layer][:, picture["channels"]["suspicious"]].cpu()
+    p = picture["acts"].probs[:, v.target].cpu()
+    bins = np.linspace(a.min().item(), a.max().item(), 50)
+    axes[2].hist(a[p < 0.1].numpy(), bins=bins, color="C0", alpha=0.7,
+                 label=f"W: p_{v.target} < 0.1")
+    axes[2].hist(a[p > 0.9].numpy(), bins=bins, color="C3", alpha=0.7,
+                 label=f"S: p_{v.target} > 0.9")
+    axes[2].set_yscale("log")
+    axes[2].set_title(f"suspicious channel, target class {v.target}", fontsize=8)
+    axes[2].set_xlabel("peak activation")
+    axes[2].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def ablation(v, variants: dict, done: none_.Result, settings: none_.Settings, *, augment: bool,
+             seed: int) -> pd.DataFrame:
+    """NONE on `v` under each variant; the one equal to `settings` is `done` already."""
+    rows = []
+    for variant, s in variants.items():
+        result = (done if s == settings else
+                  none_.none(v.model, v.train, s, augment=augment, seed=seed, progress=False))
+        scores = {k: x for k, x in row(v, result.model, "NONE", diverged=result.diverged).items()
+                  if k != "defense"}
+        rows.append({"variant": variant, "fraction": s.fraction, **scores,
+                     "seconds": result.seconds,
+                     "reset channels": sum(len(c) for c in result.rounds[0].chosen.values()),
+                     "dropped": len(result.rounds[0].dropped)})
+    return pd.DataFrame(rows).set_index("variant")
+
+
+def ablation_figure(ablated: pd.DataFrame, fractions, undefended_ba: float, title: str):
+    sweep = ablated.loc[[f"f = {f:g}" for f in fractions]]
+    fig, ax = plt.subplots(figsize=(4.5, 2.6))
+    ax.plot(sweep["fraction"] * 100, sweep["ASR %"], "o-", color="C3", label="ASR")
+    ax.plot(sweep["fraction"] * 100, sweep["BA %"], "o-", color="C0", label="BA")
+    ax.axhline(undefended_ba, color="C0", ls=":", label="BA, no defense")
+    ax.set_xscale("log")
+    ax.set_xlabel("channels reset per layer, %")
+    ax.set_ylabel("%")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def natural(clean, settings: none_.Settings, *, rounds: int, areas, scan_steps: int,
+            check_images: int, augment: bool, seed: int):
+    """The clean model scanned by bounded REASR at every area, then put through `rounds` of
+    NONE's natural setting and scanned after each: the scans per (model, area), BA per model,
+    and the ratio of the standard model's REASR to the last round's. Triggers are fitted on 240
+    test images and measured on up to `check_images` others."""
+    order = torch.randperm(len(clean.test), generator=torch.Generator().manual_seed(seed))
+    fit = clean.test.subset(order[:240])
+    check = clean.test.subset(order[240:240 + check_images])
+
+    def scanned(model, state):
+        return [{"model": state, "area %": 100 * a, "max REASR %": 100 * s.max, "label": s.label}
+                for a in areas
+                for s in [reasr.scan(model, fit, check, a, steps=scan_steps, seed=seed)]]
+
+    scans = scanned(clean.model, "standard")
+    accuracy = [{"model": "standard", "BA %": 100 * clean.scores()["ca"], "seconds": 0.0,
+                 "diverged": False}]
+    model, spent = clean.model, 0.0
+    for r in range(rounds):
+        result = none_.none(model, clean.train, settings, augment=augment, seed=seed + r,
+                            progress=False)
+        model, spent = result.model, spent + result.seconds
+        scans += scanned(model, f"NONE round {r + 1}")
+        accuracy.append({"model": f"NONE round {r + 1}", "BA %": 100 * clean.scores(model)["ca"],
+                         "seconds": spent, "diverged": result.diverged})
+    scans = pd.DataFrame(scans).set_index(["model", "area %"])
+    return (scans, pd.DataFrame(accuracy).set_index("model"),
+            natural_ratio(scans, rounds, len(check)))
+
+
+def natural_ratio(scans: pd.DataFrame, rounds: int, checked: int) -> dict[str, float]:
+    """The standard model's max REASR over the last round's, across areas, read both ways; a
+    REASR of 0 counts as one of the `checked` images."""
+    standard = scans.loc["standard", "max REASR %"]
+    final = scans.loc[f"NONE round {rounds}", "max REASR %"]
+    return {"ratio of means": standard.mean() / max(final.mean(), 1e-9),
+            "geometric mean of ratios": math.exp(np.log(
+                standard / final.clip(lower=100 / checked)).mean()),
+            "paper (NONE, natural)": 1.75}
+
+
+def natural_figure(scans: pd.DataFrame, rounds: int):
+    standard = scans.loc["standard", "max REASR %"]
+    fig, ax = plt.subplots(figsize=(4.8, 2.9))
+    ax.plot(standard.index, standard, "o-", color="k", label="standard training")
+    for r in range(1, rounds + 1):
+        curve = scans.loc[f"NONE round {r}", "max REASR %"]
+        ax.plot(curve.index, curve, "o-", color=plt.cm.Reds(0.35 + 0.65 * r / rounds), lw=1,
+                label=f"NONE round {r}" if r in (1, rounds) else None)
+    ax.set_xlabel("trigger area bound, % of the image")
+    ax.set_ylabel("max REASR %")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def claims(main: pd.DataFrame, ratios: pd.DataFrame, natural_ratios: dict) -> dict[str, float]:
+    measured = {"ratio.injected": ratios.loc["NONE", "ratio of means"],
+                "ratio.natural": natural_ratios["ratio of means"],
+                "none_asr_ratio_injected": ratios.loc["NONE", "ratio of means"],
+                "none_asr_ratio_natural": natural_ratios["ratio of means"],
+                "none_minus_abl_asr": (main.xs("NONE", level="defense")["ASR %"].mean()
+                                       - main.xs("ABL", level="defense")["ASR %"].mean())}
+    if "badnets" in main.index.get_level_values("attack"):
+        measured["none_badnets_asr"] = main.loc[("badnets", "NONE"), "ASR %"]
+        measured["none_badnets_ba_drop"] = (main.loc[("badnets", "no defense"), "BA %"]
+                                            - main.loc[("badnets", "NONE"), "BA %"])
+    return measured
+
+
+def summary(main: pd.DataFrame, filtered: pd.DataFrame, ratios: pd.DataFrame, scans, accuracy,
+            natural_ratios: dict, rounds: int, attacks) -> list[str]:
+    lines = []
+    for name in attacks:
+        a = main.loc[name]
+        q = filtered.loc[(name, "NONE (Jenks drop)")]
+        lines.append(
+            f"**{name}**: ASR {a.loc['no defense', 'ASR %']:.1f} % → ABL "
+            f"{a.loc['ABL', 'ASR %']:.1f} % / NONE {a.loc['NONE', 'ASR %']:.1f} %; BA "
+            f"{a.loc['no defense', 'BA %']:.2f} % → ABL {a.loc['ABL', 'BA %']:.2f} % / NONE "
+            f"{a.loc['NONE', 'BA %']:.2f} %; NONE dropped {q['flagged']:.0f} images (precision "
+            f"{q['precision %']:.1f} %, recall {q['recall %']:.1f} %)"
+            + ("; NONE's fine-tuning diverged, so the defender kept the backdoored model"
+               if a.loc['NONE', 'diverged'] else "") + ".")
+    lines.append(f"Average ASR ratio, NONE: {ratios.loc['NONE', 'ratio of means']:.2f}× (ratio of "
+                 f"means), {ratios.loc['NONE', 'geometric mean of ratios']:.2f}× (geometric "
+                 f"mean); ABL: {ratios.loc['ABL', 'ratio of means']:.2f}×, "
+                 f"{ratios.loc['ABL', 'geometric mean of ratios']:.2f}×. Paper: 54.83×.")
+    standard = scans.loc["standard", "max REASR %"]
+    final = scans.loc[f"NONE round {rounds}", "max REASR %"]
+    lines.append(f"Natural backdoors: mean max REASR {standard.mean():.1f} % (standard) → "
+                 f"{final.mean():.1f} % after {rounds} NONE round(s), "
+                 f"{natural_ratios['ratio of means']:.2f}×; BA {accuracy['BA %'].iloc[0]:.2f} % "
+                 f"→ {accuracy['BA %'].iloc[-1]:.2f} %. Paper: 1.75×.")
+    return lines

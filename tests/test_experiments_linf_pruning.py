@@ -1,0 +1,96 @@
+"""The ℓ∞ chapter's loops, run on the smoke profile's models with a short Neural Cleanse."""
+import matplotlib
+import pytest
+import torch
+
+from reprolib.defenses import linf_pruning as lp
+from reprolib.defenses import neural_cleanse as nc
+from reprolib.experiments import linf_pruning as ex
+
+matplotlib.use("Agg")
+
+
+@pytest.fixture(scope="module")
+def chapter(smoke_victims):
+    s = smoke_victims
+    victims = {"badnets": s.badnets, "blended": s.blended}
+    reversal = {name: nc.reverse(v.model, v.clean_subset(200, 0), steps=20, progress=False)
+                for name, v in victims.items()}
+    suspect = {name: 0 for name in victims}
+    stats = ex.statistics_set(s.clean.test, 0, 100, 0)
+    return s.clean, victims, reversal, suspect, stats
+
+
+def test_the_statistics_images_are_drawn_from_outside_the_target_class(smoke_victims):
+    test = smoke_victims.clean.test
+    stats = ex.statistics_set(test, 0, 100, 0)
+    assert len(stats) == 100 and (stats.labels != 0).all()
+    assert torch.equal(stats.images, ex.statistics_set(test, 0, 100, 0).images)
+    assert len(ex.statistics_set(test, 0, 10**6, 0)) == int((test.labels != 0).sum())
+
+
+def test_the_accuracy_and_neural_cleanse_tables(chapter):
+    vanilla, victims, reversal, suspect, _ = chapter
+    acc = ex.accuracy_table(vanilla, victims)
+    assert list(acc.index) == ["vanilla", "badnets", "blended"]
+    assert acc.loc["badnets", "ASR %"] == pytest.approx(100 * victims["badnets"].scores()["asr"])
+    assert acc.loc["vanilla"].isna().sum() == 2                   # no ASR or RA without attack
+    table = ex.neural_cleanse_table(reversal)
+    assert len(table) == 10 and table.index.name == "label"
+    assert table["badnets mask ℓ1"].tolist() == pytest.approx(reversal["badnets"].l1.tolist())
+    text = ex.neural_cleanse_summary(reversal, suspect, 0)
+    assert "**badnets**" in text and "the reversal for label 0 (badnets), 0 (blended)" in text
+
+
+def test_the_gradcam_table_measures_the_corner_trigger_only(chapter):
+    vanilla, victims, reversal, suspect, stats = chapter
+    table = ex.gradcam_table(vanilla, victims, stats)
+    assert list(table.index) == [("badnets", "vanilla"), ("badnets", "backdoored")]
+    assert (table["cells covered %"] == 100 / 16).all()           # one cell of the 4×4 map
+    assert table["heat on trigger cells %"].between(0, 100).all()
+    assert len(ex.gradcam_figure(vanilla, victims, reversal, suspect, stats.images[:3]).axes) \
+        == 4 * 9
+    assert len(ex.reversal_figure(victims, reversal, suspect, stats.images[:1]).axes) == 2 * 3
+
+
+def test_the_norms_tails_and_pruning_of_every_ranking(chapter):
+    vanilla, victims, reversal, suspect, stats = chapter
+    maps = ex.norm_maps(vanilla, victims, stats, reversal, suspect)
+    assert set(maps) == {(a, m) for a in victims for m in ex.MODELS}
+    assert maps["badnets", "backdoored"]["real"].shape == (100, 64, 4, 4)
+    tails, fig = ex.tails(maps, list(victims))
+    assert len(tails) == 2 * 2 * 2 and len(fig.axes) == 2
+    m = maps["badnets", "vanilla"]
+    assert tails.loc[("badnets", "vanilla", "synthetic"), "linf"] == pytest.approx(
+        lp.standardized_change(m["clean"], m["synthetic"])["linf"].max().item())
+    assert len(ex.norm_histograms(maps, "badnets").axes) == 12
+
+    curves, orders = ex.pruning(victims, reversal, suspect, n_defender=200, seed=0, target=0)
+    assert set(orders["badnets"]) == set(lp.RANKINGS)
+    assert all(sorted(o.tolist()) == list(range(64)) for o in orders["blended"].values())
+    assert curves["badnets", "linf"]["test"]["n"] == lp.counts_up_to(64)
+    overlap = ex.overlap_table(orders)
+    assert overlap.values.min() >= 0 and overlap.values.max() <= 1
+    assert len(ex.pruning_figure(curves, list(victims), 64).axes) == 4
+
+    points = ex.operating_points(victims, curves, orders, n_defender=200, seed=0, device="cpu")
+    tuned = sum(lp.stop_at_asr(curves[n, "linf"]["defender"]) is not None for n in victims)
+    assert len(points) == 2 * 2 * len(lp.RANKINGS) + tuned
+    before = 100 * victims["badnets"].scores()["ca"]
+    assert (points["ca before"].xs("badnets") - before).abs().max() < 1e-9
+    cam = ex.gradcam_table(vanilla, victims, stats)
+    measured = ex.claims(list(victims), cam, tails, points, curves)
+    assert {"gradcam_ratio_badnets", "linf_bias_badnets", "linf_bias_blended",
+            "linf_edge_shrinks"} <= set(measured)
+    assert "gradcam_ratio_blended" not in measured
+    assert measured["linf_edge_shrinks"] == pytest.approx(
+        measured["linf_bias_blended"] - measured["linf_bias_badnets"])
+    lines = ex.summary(points, victims, 64)
+    assert len(lines) == 2 and lines[0].startswith("**badnets**")
+
+
+def test_the_cost_to_remove_a_backdoor_is_read_at_the_first_count_below_the_bar():
+    curve = {"n": [0, 1, 2, 3], "ca": [0.9, 0.89, 0.85, 0.8], "asr": [1.0, 0.5, 0.04, 0.0]}
+    assert ex.cost_to_remove(curve) == pytest.approx(5.0)
+    assert ex.cost_to_remove(curve, below=0.01) == pytest.approx(10.0)
+    assert ex.cost_to_remove({**curve, "asr": [1.0] * 4}) == float("inf")

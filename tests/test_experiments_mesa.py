@@ -1,0 +1,94 @@
+"""The MESA chapter's per-pattern loop and its sweeps, on the smoke profile's clean model."""
+import matplotlib
+import pandas as pd
+import pytest
+
+from reprolib.attacks.patterns import pattern_classes
+from reprolib.defenses import mesa
+from reprolib.experiments import mesa as ex
+
+matplotlib.use("Agg")
+
+SETTINGS = mesa.Settings(epochs=1, hidden=32)
+
+
+def test_the_patterns_start_at_170_and_follow_a_fixed_order():
+    ids = ex.pattern_ids(5)
+    assert ids[0] == 170 and len(set(ids)) == 5 and set(ids) <= set(pattern_classes())
+    assert ex.pattern_ids(51)[:5] == ids and sorted(ex.pattern_ids(51)) == pattern_classes()
+    patches = ex.patches(2, 1, channels=1)
+    assert list(patches) == ["170", str(ids[1]), "random 0"]
+    assert [ex.family(p) for p in patches] == ["black and white"] * 2 + ["random"]
+
+
+@pytest.fixture(scope="module")
+def run(smoke_victims):
+    clean = smoke_victims.clean
+    defender, held_out = mesa.split(clean.test)
+    patch = ex.patches(1, 0, channels=1)["170"]
+    done = ex.defend_pattern(
+        clean, "170", patch, defender=defender, held_out=held_out, target=0, inject_rate=0.2,
+        inject_recipe=mesa.RETRAIN.replace(epochs=1), settings=SETTINGS,
+        reverse_settings=mesa.ReverseSettings(rounds=2, epochs=1, batches=2),
+        retrain_recipe=mesa.RETRAIN.replace(epochs=1), rate=0.01, seed=0)
+    return clean, defender, held_out, patch, done
+
+
+def test_one_pattern_gets_every_retraining_and_every_sampler_measured(run):
+    clean, defender, held_out, patch, done = run
+    results = pd.DataFrame(done.rows)
+    assert list(results.method) == ["no defense", "clean fine-tune", "ideal (true patch)",
+                                    "MESA β=0.9", "MESA β=0.8", "MESA β=0.5", "MESA ensemble",
+                                    "baseline", "baseline"]
+    assert list(results["round"]) == [0] * 7 + [0, 1]
+    s = ex.scores(done.victim.model, held_out, patch.triggered(held_out, 0), 0)
+    assert results.iloc[0]["ASR %"] == s["ASR %"] and results.iloc[0]["CA %"] == s["CA %"]
+    assert done.reversed.shape == (2, 9)
+    samples = pd.DataFrame(done.samples)
+    assert list(samples.sampler) == ["MESA β=0.9", "MESA β=0.8", "MESA β=0.5",
+                                     "baseline round 0", "baseline round 1"]
+    assert samples["entropy (nats)"].notna().sum() == 3
+    assert samples["trigger ASR %"].between(0, 100).all()
+    summary = ex.summary_table(results)
+    assert list(summary.index) == ex.METHODS
+    assert summary.loc["baseline", "mean ASR %"] == pytest.approx(
+        results[results.method == "baseline"]["ASR %"].mean())
+    table = ex.per_pattern(results)
+    assert table.loc["170", ("mean", "no defense")] == results.iloc[0]["ASR %"]
+    assert ex.attack_table(results, 90.0).loc["170", "clean model CA %"] == 90.0
+    patches = {"170": patch}
+    assert len(ex.defense_figure(results, "black and white", "t", patches, 1).axes) == 1
+    assert len(ex.beta_figure(done.found, "svd", 0, 1).axes) == 4
+    assert len(ex.beta_table(samples)) == 3
+    assert len(ex.distribution_figure({"170": done}, patches, "svd", 0, 1).axes) == 1
+
+
+def test_the_sweeps_detection_and_claims(run):
+    clean, defender, held_out, patch, done = run
+    results, samples = pd.DataFrame(done.rows), pd.DataFrame(done.samples)
+    by_alpha, alphas = ex.alpha_sweep(done.victim, done.found, [0.1, 0.0], defender=defender,
+                                      held_out=held_out, target=0, settings=SETTINGS, seed=0)
+    assert by_alpha[0.1] is done.found.generators[0.9]           # reused, not searched again
+    assert list(alphas.index) == [0.1, 0.0]
+    assert len(ex.alpha_figure(by_alpha, "svd", 0, 1).axes) == 2
+    rates = ex.rate_sensitivity(done, "170", patch, results, [0.5], rate=0.01, defender=defender,
+                                held_out=held_out, target=0,
+                                retrain_recipe=mesa.RETRAIN.replace(epochs=1), seed=0)
+    assert list(rates.index) == [0.01, 0.5]
+    worst = int(results[results.method == "baseline"].set_index("round")["ASR %"].idxmax())
+    assert list(rates.columns) == ["MESA ensemble", f"baseline round {worst}", "clean fine-tune"]
+    assert rates.loc[0.01, "MESA ensemble"] == results[
+        results.method == "MESA ensemble"]["ASR %"].item()
+    detected = ex.detection(done.victim.model, defender, held_out, SETTINGS, seed=0)
+    assert list(detected.index) == list(range(10))
+    assert len(ex.detection_figure(detected, 0).axes) == 1
+    measured = ex.claims(results, samples, detected, alphas, 90.0, 0)
+    others = detected.drop(index=0)["generated-trigger ASR %"]
+    assert measured["detection_margin"] == pytest.approx(
+        detected.loc[0, "generated-trigger ASR %"] - others.max())
+    assert measured["entropy_gap_alpha"] == pytest.approx(
+        alphas.loc[0.1, "entropy (nats)"] - alphas.loc[0.0, "entropy (nats)"])
+    lines = ex.summary(results, ex.summary_table(results), detected, measured, clean_ca=90.0,
+                       target=0, n_random=0, alphas=[0.1, 0.0])
+    assert lines[0].startswith("Attack, 1 black-and-white pattern(s)")
+    assert lines[-1].startswith("Detection: class 0 reaches")

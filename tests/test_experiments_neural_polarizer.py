@@ -1,0 +1,92 @@
+"""The Neural Polarizer chapter's loops, on the smoke profile's BadNets model, one epoch each."""
+import matplotlib
+import pytest
+import torch
+
+from reprolib.config import Recipe
+from reprolib.defenses import neural_polarizer as npd_
+from reprolib.experiments import neural_polarizer as ex
+
+matplotlib.use("Agg")
+
+HOW = dict(settings=npd_.Settings(warm_epochs=1, epochs=1),
+           ft_recipe=Recipe(epochs=1, batch_size=64, lr=0.01, schedule="cosine"), seed=0)
+
+
+@pytest.fixture(scope="module")
+def main(smoke_victims):
+    victims = {"badnets": smoke_victims.badnets}
+    table, polarized = ex.main_table(victims, 0.05, **HOW)
+    return victims, table, polarized
+
+
+def test_the_defender_draws_a_balanced_share_of_clean_originals(smoke_victims):
+    v = smoke_victims.badnets
+    clean = ex.defender(v, 0.05, 0)
+    assert len(clean) == 100 and torch.bincount(clean.labels, minlength=10).tolist() == [10] * 10
+    assert torch.equal(clean.images, ex.defender(v, 0.05, 0).images)
+    corner = clean.images[:, :, -3:, -3:]
+    assert not (corner == 255).all(dim=(1, 2, 3)).any()          # no image carries the trigger
+
+
+def test_every_defense_gets_a_row_and_npd_trains_a_sliver_of_the_model(main):
+    victims, table, polarized = main
+    v = victims["badnets"]
+    assert list(table.index) == [("badnets", d) for d in ex.DEFENSES]
+    none = table.loc[("badnets", "none")]
+    assert none["DER %"] == pytest.approx(50.0) and none["CA %"] == pytest.approx(
+        100 * v.scores()["ca"])
+    assert table.loc[("badnets", "NPD"), "trained parameters"] == 64 * 64 + 2 * 64
+    assert table.loc[("badnets", "FT"), "trained parameters"] == sum(
+        p.numel() for p in v.model.parameters())
+    assert table.loc[("badnets", "FP"), "pruned"] >= 0 and table["pruned"].notna().sum() == 1
+    assert table.loc[("badnets", "NPD"), "ASR %"] == pytest.approx(
+        100 * v.scores(polarized["badnets"].model)["asr"])
+    view = ex.main_view(table, victims)
+    assert view.shape == (1, 4 * 4) and [d for _, d in view.columns[:4]] == ex.DEFENSES
+    cost = ex.cost_table(table)
+    assert cost.loc["badnets", ("NPD / FT", "parameters %")] == pytest.approx(
+        100 * (64 * 64 + 128) / table.loc[("badnets", "FT"), "trained parameters"])
+    assert len(ex.loss_figure(polarized).axes) == 1
+
+
+def test_the_sweeps_reuse_the_main_tables_runs_and_add_the_others(main, smoke_victims):
+    victims, table, polarized = main
+    by_data = ex.clean_data_sweep(victims, ["badnets"], [0.05, 0.01], table, 0.05, **HOW)
+    assert len(by_data) == 2 * 2
+    assert by_data.loc[("badnets", 5.0, "NPD"), "ASR %"] == table.loc[("badnets", "NPD"), "ASR %"]
+    assert len(ex.clean_data_figure(by_data, victims, ["badnets"]).axes) == 2
+    common = {k: v for k, v in smoke_victims.common.items() if k != "ratio"}
+    by_poison = ex.poisoning_sweep(victims, ["badnets"], [0.1, 0.05], table, ratio=0.1,
+                                   clean_ratio=0.05, dataset="fashion-mnist", common=common,
+                                   **HOW)
+    assert list(by_poison.index) == [("badnets", 10.0), ("badnets", 5.0)]
+    assert by_poison.loc[("badnets", 10.0), "ASR after %"] == table.loc[("badnets", "NPD"),
+                                                                       "ASR %"]
+    assert len(ex.poisoning_figure(by_poison, ["badnets"]).axes) == 1
+    ablated = ex.ablation(victims, ["badnets"], table, 0.05, **HOW)
+    assert list(ablated.xs("badnets").index) == ["reference", "no warm-up", "radius 1.73"]
+    measured = ex.claims(table, ex.cost_table(table), by_data, [0.05, 0.01], victims)
+    assert measured["npd.badnets.asr"] == table.loc[("badnets", "NPD"), "ASR %"]
+    assert "npd_minus_ft_der_scarce" not in measured              # no share ≤ 0.5 % ran
+    lines = ex.summary(table, ablated, victims, ["badnets"])
+    assert len(lines) == 2 and "Ablation, **badnets**" in lines[1]
+    assert len(ex.feature_figure(victims, polarized, ["badnets"], 0).axes) == 2
+
+
+def test_the_ablation_variants_scale_the_radius_to_the_image():
+    s = npd_.Settings()
+    variants = ex.variants(s, torch.zeros(3, 32, 32))
+    assert list(variants) == ["reference", "no warm-up", "radius 3.00"]
+    assert variants["no warm-up"].warm_epochs == 0
+    assert ex.variants(s, torch.zeros(1, 32, 32))["radius 1.73"].radius == pytest.approx(
+        3 / 3 ** 0.5)
+
+
+def test_the_principal_axes_are_the_two_widest_directions():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(500, 3, generator=g) * torch.tensor([5.0, 2.0, 0.1]) + 7
+    centre, axes = ex.principal_axes(x)
+    assert torch.allclose(centre, x.mean(0))
+    assert axes.shape == (3, 2)
+    assert abs(axes[0, 0]) > 0.99 and abs(axes[1, 1]) > 0.99
