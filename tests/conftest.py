@@ -11,7 +11,7 @@ from reprolib.train import trained
 from reprolib.zoo import Zoo
 
 ROOT = Path(__file__).resolve().parent.parent
-CIFAR10_MINI = ROOT.parent / "shared" / "data" / "cifar10-mini"
+CIFAR10_MINI = ROOT / "tests" / "data" / "cifar10-mini"   # 200 real CIFAR-10 images
 
 
 @pytest.fixture(autouse=True)

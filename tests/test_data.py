@@ -37,7 +37,7 @@ def test_cifar_images_are_channel_major_rows(cifar_mini):
     """Each official row is 1024 red, then 1024 green, then 1024 blue values, row by row."""
     train, _ = load_mini(cifar_mini)
     with open(cifar_mini / "cifar-10-batches-py" / "data_batch_1", "rb") as f:
-        raw = pickle.load(f, encoding="bytes")  # the shared test fixture, trusted
+        raw = pickle.load(f, encoding="bytes")  # the repository's test fixture, trusted
     assert torch.equal(train.images[7].flatten(), torch.from_numpy(raw[b"data"][7]))
     assert train.images[7, 1, 0, 5] == raw[b"data"][7][1024 + 5]
     assert train.labels[7] == raw[b"labels"][7]

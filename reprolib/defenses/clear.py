@@ -1,8 +1,8 @@
 """CLEAR (Zhu, Ning, Xin, Wang, Wu, ICCV 2021): clean up a sample-targeted backdoor by wrapping
 its "pocket" in a tight convex hull in feature space, relabelling and fine-tuning.
 
-Only the abstract is public, so this is the reconstruction of `../shared/papers/clear.md` (§7),
-and every step and number below is a choice of that reconstruction, not the paper's:
+Only the abstract is public, so this is our reconstruction of the method, and every step and
+number below is a choice of that reconstruction, not the paper's:
 
 1. features: the penultimate features of every training image, L2-normalised, projected on
    their leading principal directions;
