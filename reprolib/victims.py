@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import torch
 import torch.nn as nn
@@ -85,8 +85,15 @@ class Victim:
                                            len(self.test.classes))
 
     def scores(self, model: nn.Module | None = None) -> dict[str, float]:
-        """CA, and ASR and RA when attacked, of `model` (default: this victim), measured now."""
-        return evaluate(model or self.model, self.test, self.backdoor, self.backdoor_targets)
+        """CA, and ASR and RA when attacked, of `model` (default: this victim's own, measured
+        once: every defense's DER is read against it)."""
+        if model is None or model is self.model:
+            return dict(self._own_scores)
+        return evaluate(model, self.test, self.backdoor, self.backdoor_targets)
+
+    @cached_property
+    def _own_scores(self) -> dict[str, float]:
+        return evaluate(self.model, self.test, self.backdoor, self.backdoor_targets)
 
 
 @lru_cache(maxsize=4)

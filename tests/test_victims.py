@@ -76,3 +76,18 @@ def test_a_clean_label_attack_that_took_a_whole_class_leaves_the_originals_to_th
     ours = subset.images[subset.labels == 0]
     assert (ours[:, None] == originals[None]).flatten(2).all(2).any(1).all()
     assert not (ours[:, None] == poisoned[None]).flatten(2).all(2).any()
+
+
+def test_the_victims_own_scores_are_measured_once_and_others_each_time(monkeypatch):
+    from reprolib import victims
+    from reprolib.train import evaluate
+    v = victim("fashion-mnist", attack="badnets", **SMOKE)
+    calls = []
+    monkeypatch.setattr(victims, "evaluate", lambda *a: calls.append(a[0]) or evaluate(*a))
+    first = v.scores()
+    first["ca"] = -1.0                                      # the caller's copy, not the cache
+    assert v.scores() == v.scores(v.model) == evaluate(v.model, v.test, v.backdoor, 0)
+    assert calls == [v.model]
+    other = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(1024, 10))
+    v.scores(other), v.scores(other)
+    assert calls == [v.model, other, other]

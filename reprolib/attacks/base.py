@@ -22,6 +22,7 @@ from ..config import ParameterError, check_range
 from ..data import ImageSet
 from ..train import PerBatch
 
+
 @dataclass(frozen=True)
 class Poisoned:
     """A poisoned training set and its bookkeeping."""

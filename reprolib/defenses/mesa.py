@@ -332,8 +332,8 @@ class ReverseSettings:
         check_range("momentum", self.momentum, low=0, high=1, high_open=True)
 
 
-def reverse(model: nn.Module, data: ImageSet, target: int, settings: ReverseSettings = ReverseSettings(), *,
-            seed: int = 0) -> torch.Tensor:
+def reverse(model: nn.Module, data: ImageSet, target: int,
+            settings: ReverseSettings = ReverseSettings(), *, seed: int = 0) -> torch.Tensor:
     """One reversed 3×3 trigger per round (rounds × 9C, in [0, 1]); every round starts from its
     own uniform random trigger and sees its own batches, all rounds in one model forward."""
     s = settings

@@ -159,11 +159,6 @@ def poisoning_figure(by_poison: pd.DataFrame, attacks):
     return fig
 
 
-def pooled(model, data: ImageSet) -> torch.Tensor:
-    """The pooled last-conv features of `data` (the head's input), on the CPU."""
-    return lp.feature_maps(model, data).mean((2, 3)).cpu()
-
-
 def principal_axes(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The mean of `features` and their first two principal directions (D × 2)."""
     centred = features - features.mean(0)
@@ -178,9 +173,10 @@ def feature_figure(victims: dict, polarized: dict, attacks, seed: int):
         v = victims[name]
         clean_view = v.test.sample(min(500, len(v.test)), seed)
         triggered_view = v.backdoor.sample(min(500, len(v.backdoor)), seed)
-        before = [pooled(v.model, d) for d in (clean_view, triggered_view)]
+        before = [lp.Pooled.of(v.model, d).features.cpu() for d in (clean_view, triggered_view)]
         centre, axes2 = principal_axes(torch.cat(before))
-        after = [pooled(polarized[name].model.backbone, d) for d in (clean_view, triggered_view)]
+        after = [lp.Pooled.of(polarized[name].model.backbone, d).features.cpu()
+                 for d in (clean_view, triggered_view)]
         for ax, (title, (c_feat, t_feat)) in zip(row, (("backdoored", before),
                                                        ("after NPD", after))):
             c_xy, t_xy = (c_feat - centre) @ axes2, (t_feat - centre) @ axes2
