@@ -16,9 +16,14 @@ data: setup
 book: data
 	$(BIN)/repro book
 
-# unit tests and the browser check, then every notebook under nbval at the smoke profile
-test: setup
-	$(BIN)/python -m pytest tests && REPRO_PROFILE=smoke $(BIN)/python -m pytest --nbval-lax notebooks/
+# unit tests and the browser check; every notebook under nbval at the smoke profile; then every
+# notebook again in its paper's setting (the paper's model, the CIFAR-10 reader) over the
+# 200-image fixture in tests/data (tests/paper_setting.py)
+test: data
+	$(BIN)/python -m pytest tests
+	REPRO_PROFILE=smoke $(BIN)/python -m pytest --nbval-lax notebooks/
+	$(BIN)/python tests/paper_setting.py build/paper-setting
+	REPRO_DATA_DIR=$(CURDIR)/tests/data/cifar10-mini $(BIN)/python -m pytest --nbval-lax build/paper-setting/
 
 bench: setup
 	$(BIN)/python bench/train_speed.py && $(BIN)/python bench/neural_cleanse_speed.py

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import yaml
 
-from . import config, data
+from . import config, data, models
 
 ROOT = Path(__file__).resolve().parent.parent
-RESERVED = ("profile", "dataset", "device", "results")   # set by run()'s own arguments
+RESERVED = ("profile", "model", "dataset", "device", "results")   # set by run()'s own arguments
 
 
 class RunFailed(RuntimeError):
@@ -43,6 +43,9 @@ def parse_params(pairs: list[str], allowed: dict[str, str], paper: str) -> dict:
         key, sep, text = pair.partition("=")
         if not sep or not key:
             raise config.ParameterError(f"-p {pair!r}: expected key=value")
+        if key == "results":
+            raise config.ParameterError(f"-p results=...: repro run always writes the tables to "
+                                        f"book/results/{paper}.json")
         if key in RESERVED:
             raise config.ParameterError(f"-p {key}=...: use --{key} instead")
         if key not in allowed:
@@ -54,7 +57,7 @@ def parse_params(pairs: list[str], allowed: dict[str, str], paper: str) -> dict:
 
 
 def check_run(papers: list[str], *, profile: str, dataset: str, device: str,
-              pairs: list[str], root: Path = ROOT) -> dict[str, dict]:
+              pairs: list[str], model: str = "auto", root: Path = ROOT) -> dict[str, dict]:
     """Every argument of a run checked before any work; returns each paper's -p parameters."""
     known = chapters(root)
     if not papers:
@@ -62,15 +65,18 @@ def check_run(papers: list[str], *, profile: str, dataset: str, device: str,
     for paper in papers:
         config.check_choice("paper", paper, known)
     config.profile(profile)
+    config.check_choice("model", model, models.CHOICES)
     config.check_choice("dataset", dataset, ["auto", *data.DATASETS])
     config.resolve_device(device)
+    data.load(data.default_dataset()[0] if dataset == "auto" else dataset)  # a bad file ends it here
     return {paper: parse_params(pairs, notebook_parameters(root / "notebooks" / f"{paper}.ipynb"),
                                 paper)
             for paper in papers}
 
 
-def run(paper: str, *, profile: str = "quick", dataset: str = "auto", device: str = "auto",
-        params: dict | None = None, root: Path = ROOT, progress: bool = True) -> Path:
+def run(paper: str, *, profile: str = "quick", model: str = "auto", dataset: str = "auto",
+        device: str = "auto", params: dict | None = None, root: Path = ROOT,
+        progress: bool = True) -> Path:
     """Execute one chapter (arguments already checked by `check_run`); returns its page."""
     import papermill
     partial, runs, results = root / "book" / ".partial", root / "book" / "runs", root / "book" / "results"
@@ -81,7 +87,7 @@ def run(paper: str, *, profile: str = "quick", dataset: str = "auto", device: st
     try:
         papermill.execute_notebook(
             str(root / "notebooks" / f"{paper}.ipynb"), str(page),
-            parameters={"profile": profile, "dataset": dataset, "device": device,
+            parameters={"profile": profile, "model": model, "dataset": dataset, "device": device,
                         "results": str(table), **(params or {})},
             cwd=str(root / "notebooks"), progress_bar=progress, kernel_name="python3")
     except papermill.PapermillExecutionError as err:
@@ -123,16 +129,18 @@ def _num(value) -> str:
     return "" if value is None else f"{value:.2f}"
 
 
-def build(root: Path = ROOT, *, rerun: bool = False, profile: str = "quick",
+def build(root: Path = ROOT, *, rerun: bool = False, profile: str = "quick", model: str = "auto",
           dataset: str = "auto", device: str = "auto", progress: bool = True) -> Path:
     """Run every chapter whose page is missing (all with `rerun`), write the scorecard and build
     the HTML book; returns _build/html."""
     todo = [p for p in chapters(root) if rerun or not (root / "book" / "runs" / f"{p}.ipynb").is_file()]
     if todo:
-        check_run(todo, profile=profile, dataset=dataset, device=device, pairs=[], root=root)
+        check_run(todo, profile=profile, model=model, dataset=dataset, device=device, pairs=[],
+                  root=root)
     for paper in todo:
         print(f"repro book: running {paper} ({profile} profile)", flush=True)
-        run(paper, profile=profile, dataset=dataset, device=device, root=root, progress=progress)
+        run(paper, profile=profile, model=model, dataset=dataset, device=device, root=root,
+            progress=progress)
     (root / "book" / "scorecard.md").write_text(scorecard(root))
     jupyter_book = Path(sys.executable).with_name("jupyter-book")
     done = subprocess.run([str(jupyter_book), "build", str(root), "--warningiserror",

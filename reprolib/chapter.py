@@ -1,6 +1,7 @@
 """What every chapter notebook does around its experiments.
 
-    ch = Chapter("attacks", profile=profile, dataset=dataset, device=device, results=results)
+    ch = Chapter("attacks", profile=profile, model=model, dataset=dataset, device=device,
+                 results=results)
     ch.header()                      # the run record at the top of the page
     ...experiments...
     ch.table("no_defense", frame)    # kept as data for book/results/attacks.json
@@ -21,7 +22,7 @@ from types import SimpleNamespace
 import pandas as pd
 from IPython.display import Markdown, display
 
-from . import config, data, metrics, reference
+from . import config, data, metrics, models, reference
 from .zoo import atomic_write
 
 LIBRARIES = ("torch", "torchvision", "numpy", "pandas", "papermill", "jupyter-book")
@@ -40,12 +41,17 @@ def library_versions() -> dict[str, str]:
 class Chapter:
     """The parameters a chapter runs with, resolved and checked, and what it reports."""
 
-    def __init__(self, name: str, *, profile: str | None = None, dataset: str = "auto",
-                 device: str = "auto", seed: int = 0, results: str | None = None,
-                 data_dir: str | None = None):
+    def __init__(self, name: str, *, profile: str | None = None, model: str | None = None,
+                 dataset: str = "auto", device: str = "auto", seed: int = 0,
+                 results: str | None = None, data_dir: str | None = None):
         self.name = name
         self.profile = profile or os.environ.get("REPRO_PROFILE") or "quick"
-        self.model = config.profile(self.profile).model
+        config.profile(self.profile)
+        self.reference = reference.load(name)
+        asked = model or os.environ.get("REPRO_MODEL") or "auto"
+        self.model = models.choose(asked, self.profile, self.reference.setting["model"])
+        self.model_why = {"auto": f"auto at profile {self.profile}",
+                          "paper": "the paper's"}.get(asked, "named by the run's parameters")
         if dataset == "auto":
             self.dataset, self.dataset_why = data.default_dataset(data_dir)
         else:
@@ -62,7 +68,7 @@ class Chapter:
 
     def record(self) -> dict:
         return {"chapter": self.name, "profile": self.profile, "dataset": self.dataset,
-                "dataset_why": self.dataset_why, "model": self.model,
+                "dataset_why": self.dataset_why, "model": self.model, "model_why": self.model_why,
                 "device": config.device_name(self.device), "seed": self.seed,
                 "code_version": config.code_version(),
                 "started": self.started.isoformat(timespec="seconds"),
@@ -72,9 +78,39 @@ class Chapter:
     def _record_line(self, wall: bool) -> str:
         r = self.record()
         line = (f"profile **{r['profile']}** · dataset **{r['dataset']}** ({r['dataset_why']}) · "
-                f"model {r['model']} · device {r['device']} · seed {r['seed']} · "
+                f"model **{r['model']}** ({r['model_why']}) · device {r['device']} · seed {r['seed']} · "
                 f"code {r['code_version']}")
         return line + (f" · wall time {r['wall_time_s']:.0f} s" if wall else "")
+
+    @property
+    def paper_recipe(self) -> bool:
+        """Whether models train by the paper's recipe: the recipe goes with the model. The
+        small CNN of `smoke` and `quick` trains by its profile's recipe; any other model by the
+        reference code's (BackdoorBench's, or the chapter's own code's), over the profile's
+        epochs below `paper`."""
+        p = config.profile(self.profile)
+        return self.profile == "paper" or self.model != p.model
+
+    @property
+    def recipe(self) -> config.Recipe:
+        """The recipe of this chapter's models (see `paper_recipe`)."""
+        p = config.profile(self.profile)
+        if not self.paper_recipe:
+            return p.recipe
+        paper = config.profile("paper").recipe.replace(**self.reference.recipe)
+        return paper if self.profile == "paper" else paper.rescaled(p.recipe.epochs)
+
+    @property
+    def setting(self) -> dict:
+        """What every victim of this chapter is asked for with: profile, model, recipe (and
+        whether an attack's own training changes apply), device and data."""
+        return {"profile": self.profile, "model": self.model, "recipe": self.recipe,
+                "attack_recipes": self.paper_recipe, "device": self.device,
+                "data_dir": self.data_dir}
+
+    @property
+    def run_setting(self) -> dict:
+        return {"profile": self.profile, "dataset": self.dataset, "model": self.model}
 
     def scale(self, **given) -> SimpleNamespace:
         """This chapter's scale knobs at its profile (`config.SCALES`), each replaced by its
@@ -89,12 +125,10 @@ class Chapter:
         self.tables[name] = frame
         return frame
 
-    def compare(self, measured: dict[str, float], paper: str | None = None) -> pd.DataFrame:
+    def compare(self, measured: dict[str, float]) -> pd.DataFrame:
         """The paper-vs-reproduced table for `measured` (ids of reference numbers, measures of
-        claims), against reference/<paper or chapter>.yaml."""
-        ref = reference.load(paper or self.name)
-        self.comparison = reference.compare(ref, measured,
-                                            {"dataset": self.dataset, "model": self.model})
+        claims), against reference/<chapter>.yaml."""
+        self.comparison = reference.compare(self.reference, measured, self.run_setting)
         return self.comparison
 
     def verdict_line(self, noun: str = "rows") -> str:

@@ -89,17 +89,17 @@ def cmd_zoo(args) -> None:
 
 
 def cmd_run(args) -> None:
-    params = book.check_run(args.papers, profile=args.profile, dataset=args.dataset,
-                            device=args.device, pairs=args.p)
+    params = book.check_run(args.papers, profile=args.profile, model=args.model,
+                            dataset=args.dataset, device=args.device, pairs=args.p)
     for paper in args.papers:
-        page = book.run(paper, profile=args.profile, dataset=args.dataset, device=args.device,
-                        params=params[paper])
+        page = book.run(paper, profile=args.profile, model=args.model, dataset=args.dataset,
+                        device=args.device, params=params[paper])
         print(f"{paper}: {page} and book/results/{paper}.json")
 
 
 def cmd_book(args) -> None:
-    html = book.build(rerun=args.rerun, profile=args.profile, dataset=args.dataset,
-                      device=args.device)
+    html = book.build(rerun=args.rerun, profile=args.profile, model=args.model,
+                      dataset=args.dataset, device=args.device)
     print(f"the book is in {html}; open {html / 'index.html'}")
 
 
@@ -140,6 +140,9 @@ def parser() -> argparse.ArgumentParser:
 
     def chapter_options(p):
         p.add_argument("--profile", default="quick", help=", ".join(config.PROFILES))
+        p.add_argument("--model", default="auto", help="auto (the paper's model at profile "
+                       "paper, the small CNN below it), paper (the paper's at any profile), or "
+                       "one of " + ", ".join(models.MODELS))
         p.add_argument("--dataset", default="auto", help="auto (CIFAR-10 when it can be read or "
                        "downloaded, else Fashion-MNIST), " + ", ".join(data.DATASETS))
         p.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -166,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         args.func(args)
-    except (config.ParameterError, data.DatasetNotFound) as err:
+    except (config.ParameterError, data.DatasetNotFound, data.DatasetCorrupt) as err:
         print(f"repro: {err}", file=sys.stderr)
         return 2
     except book.RunFailed as err:

@@ -52,7 +52,7 @@ def check_range(name: str, value, *, low=None, high=None, low_open=False, high_o
     return int(value) if integer else float(value)
 
 
-SCHEDULES = ("cosine", "onecycle", "constant", "warmup")
+SCHEDULES = ("cosine", "onecycle", "constant", "warmup", "multistep")
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,9 @@ class Recipe:
     nesterov: bool = False
     schedule: str = "cosine"
     label_smoothing: float = 0.0
+    milestones: tuple[int, ...] = ()   # multistep: the lr drops tenfold after each of these epochs
     augment: bool = True          # random crop (4-px zero padding) + horizontal flip
+    post_augment: bool = False    # after the attack's per-batch step: WaNet's crop, rotation, flip
 
     def __post_init__(self):
         check_range("epochs", self.epochs, low=1, integer=True)
@@ -78,6 +80,13 @@ class Recipe:
         check_choice("schedule", self.schedule, SCHEDULES)
         check_choice("nesterov", self.nesterov, (True, False))
         check_choice("augment", self.augment, (True, False))
+        check_choice("post_augment", self.post_augment, (True, False))
+        object.__setattr__(self, "milestones", tuple(self.milestones))
+        for m in self.milestones:
+            check_range("milestones", m, low=1, high=self.epochs - 1, integer=True)
+        if self.milestones and self.schedule != "multistep":
+            raise ParameterError(f"milestones={list(self.milestones)} need schedule='multistep', "
+                                 f"not {self.schedule!r}")
 
     def replace(self, **changes) -> "Recipe":
         unknown = set(changes) - {f.name for f in fields(self)}
@@ -86,13 +95,22 @@ class Recipe:
                                  + ", ".join(f.name for f in fields(self)))
         return Recipe(**{**self.__dict__, **changes})
 
+    def rescaled(self, epochs: int) -> "Recipe":
+        """The same recipe over `epochs`, its milestones moved in proportion: a paper's schedule
+        at a smaller profile's length."""
+        check_range("epochs", epochs, low=1, integer=True)
+        moved = sorted({min(max(round(m * epochs / self.epochs), 1), epochs - 1)
+                        for m in self.milestones}) if epochs > 1 else []
+        return self.replace(epochs=epochs, milestones=tuple(moved),
+                            schedule=self.schedule if moved or not self.milestones else "constant")
+
 
 @dataclass(frozen=True)
 class Profile:
     name: str
     model: str
-    n_train: int | None          # None: the whole training set
-    n_test: int | None
+    n_train: int | None          # at most this many training images; None: all
+    n_test: int | None           # at most this many test images; None: all
     recipe: Recipe = field(repr=False)
 
 

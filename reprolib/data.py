@@ -39,6 +39,11 @@ class DatasetNotFound(FileNotFoundError):
     """No location holds the dataset and it could not be downloaded."""
 
 
+class DatasetCorrupt(ValueError):
+    """A dataset file is there but cannot be read: truncated, garbage, or a pickle that asks
+    for something a CIFAR batch never holds."""
+
+
 @dataclass(frozen=True)
 class ImageSet:
     """Images (uint8, N×C×32×32) with integer labels, and the normalisation of their dataset."""
@@ -122,14 +127,34 @@ class _ArrayUnpickler(pickle.Unpickler):
 
 
 def _unpickle(path: Path) -> dict:
-    with open(path, "rb") as f:
-        return _ArrayUnpickler(f, encoding="bytes").load()
+    try:
+        with open(path, "rb") as f:
+            batch = _ArrayUnpickler(f, encoding="bytes").load()
+    except Exception as err:  # garbage makes the unpickler fail in many ways; all mean the same
+        raise DatasetCorrupt(f"{path} is not a readable CIFAR batch ({type(err).__name__}: "
+                             f"{err}); replace it with the official file") from None
+    if not isinstance(batch, dict):
+        raise DatasetCorrupt(f"{path} holds a {type(batch).__name__}, not a CIFAR batch (a dict)")
+    return batch
+
+
+def _cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """One batch file's images (N, 3, 32, 32) and labels, checked."""
+    batch = _unpickle(path)
+    if b"data" not in batch or label_key not in batch:
+        raise DatasetCorrupt(f"{path} lacks the {label_key.decode()!r} or 'data' entry of a "
+                             "CIFAR batch")
+    images, labels = np.asarray(batch[b"data"]), np.asarray(batch[label_key], dtype=np.int64)
+    if images.ndim != 2 or images.shape[1] != 3 * 32 * 32 or len(labels) != len(images):
+        raise DatasetCorrupt(f"{path} holds images of shape {images.shape} and "
+                             f"{len(labels)} labels; a CIFAR batch has N×3072 and N")
+    return images.reshape(-1, 3, 32, 32), labels
 
 
 def _cifar_split(paths: list[Path], label_key: bytes) -> tuple[torch.Tensor, torch.Tensor]:
-    batches = [_unpickle(p) for p in paths]
-    images = np.concatenate([b[b"data"] for b in batches]).reshape(-1, 3, 32, 32)
-    labels = np.concatenate([np.asarray(b[label_key], dtype=np.int64) for b in batches])
+    batches = [_cifar_batch(p, label_key) for p in paths]
+    images = np.concatenate([b[0] for b in batches])
+    labels = np.concatenate([b[1] for b in batches])
     return torch.from_numpy(images.astype(np.uint8, copy=False)), torch.from_numpy(labels)
 
 
@@ -153,15 +178,19 @@ def read_cifar100(folder: Path) -> tuple:
 
 def read_idx(path: Path) -> np.ndarray:
     """An idx file (`.gz` or not): uint8 images (N, H, W) or labels (N,)."""
-    raw = (gzip.open if path.suffix == ".gz" else open)(path, "rb").read()
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as err:   # a broken or truncated gzip stream
+        raise DatasetCorrupt(f"{path} cannot be read: {err}") from None
     magic = int.from_bytes(raw[:4], "big")
     if magic >> 8 != 0x08 or not 1 <= magic & 0xFF <= 3:
-        raise ValueError(f"{path} is not a uint8 idx file (magic number {magic:#x})")
+        raise DatasetCorrupt(f"{path} is not a uint8 idx file (magic number {magic:#x})")
     ndim = magic & 0xFF
     shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
     data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
     if data.size != math.prod(shape):
-        raise ValueError(f"{path} is truncated: {data.size} values for shape {shape}")
+        raise DatasetCorrupt(f"{path} is truncated: {data.size} values for shape {shape}")
     return data.reshape(shape)
 
 
@@ -293,7 +322,7 @@ def _download(item: Download, dest: Path) -> None:
     for url in item.urls:
         tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
         try:
-            with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
+            with urllib.request.urlopen(url, timeout=20) as response, open(tmp, "wb") as out:
                 total = int(response.headers.get("Content-Length") or 0) or None
                 with tqdm(total=total, unit="B", unit_scale=True, desc=item.filename) as bar:
                     for block in iter(lambda: response.read(1 << 20), b""):
@@ -395,6 +424,8 @@ class Batches:
             flips = torch.rand(n, generator=g) < 0.5
             shifts, flips = shifts[order].to(device), flips[order].to(device)
         order = order.to(device)
+        if n == 0:
+            return
         for part in torch.arange(n, device=device).tensor_split(len(self)):
             idx = order[part]
             images = (self._crop_flip(idx, shifts[part], flips[part]) if self.augment
@@ -414,3 +445,30 @@ class Batches:
         channels = torch.arange(self.data.images.shape[1], device=idx.device)
         return self._padded[idx[:, None, None, None], channels[None, :, None, None],
                             rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def crop_rotate_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 5,
+                     degrees: float = 10.0) -> torch.Tensor:
+    """WaNet's augmentation after the warp, as BackdoorBench configures it (`PostTensorTransform`):
+    each image of the normalised batch `x` is, with probability 0.8, cropped back to its size from
+    a `pad`-pixel zero padding; with probability 0.5 rotated by an angle uniform in ±`degrees`
+    (nearest pixel, zero fill); with probability 0.5 flipped. Drawn per image from `generator`
+    (BackdoorBench's torchvision transforms draw one for the whole batch)."""
+    n, _, h, w = x.shape
+    g, dev = generator, x.device
+    coins = torch.rand(n, 3, generator=g, device=dev)
+    shift = torch.randint(-pad, pad + 1, (n, 2), generator=g, device=dev) * (coins[:, :1] < 0.8)
+    angle = (torch.rand(n, generator=g, device=dev) * 2 - 1) * math.radians(degrees)
+    angle = angle * (coins[:, 1] < 0.5)
+    eye = torch.zeros(n, 2, 3, device=dev)
+    # grid_sample's unit is half the image: a crop offset of k pixels moves the sampling by 2k/w.
+    crop = eye + torch.tensor([[1.0, 0, 0], [0, 1.0, 0]], device=dev)
+    crop[:, 0, 2], crop[:, 1, 2] = 2 * shift[:, 0] / w, 2 * shift[:, 1] / h
+    cos, sin = angle.cos(), angle.sin()
+    rotate = torch.stack([torch.stack([cos, -sin, torch.zeros_like(cos)], 1),
+                          torch.stack([sin, cos, torch.zeros_like(cos)], 1)], 1)
+    for theta in (crop, rotate):
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        x = F.grid_sample(x.float(), grid, mode="nearest", padding_mode="zeros",
+                          align_corners=False).to(x.dtype)
+    return torch.where((coins[:, 2] < 0.5)[:, None, None, None], x.flip(3), x)

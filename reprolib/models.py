@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import check_choice, check_range
+from .config import check_choice, check_range, profile as profile_of
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -137,6 +137,19 @@ class SmallCNN(nn.Module):
 
 
 MODELS = {"preact_resnet18": PreActResNet18, "resnet18": ResNet18, "small_cnn": SmallCNN}
+CHOICES = ("auto", "paper", *MODELS)
+
+
+def choose(model: str, profile: str, paper_model: str) -> str:
+    """The architecture a run uses. A name is taken as it is; "paper" is `paper_model`, the
+    reference's; "auto" is the reference's at the `paper` profile and the profile's own below it
+    (the small CNN), so that `smoke` and `quick` stay cheap."""
+    check_choice("model", model, CHOICES)
+    if model == "auto":
+        return paper_model if profile == "paper" else profile_of(profile).model
+    if model == "paper":
+        return check_choice("the reference's model", paper_model, MODELS)
+    return model
 
 
 def build(name: str, num_classes: int = 10, in_channels: int = 3, seed: int | None = None) -> nn.Module:

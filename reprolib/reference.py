@@ -2,7 +2,8 @@
 
 A yaml holds two lists. `numbers`: values printed in the paper (table, row, column, value or
 null when unknown, source, confidence, tolerance); they are compared only when the run used the
-paper's setting (dataset and model), otherwise the verdict is "not comparable". `claims`: what
+paper's setting (profile `paper`, and the `setting`'s dataset and model), otherwise the verdict
+is "not comparable", saying which of the three differs. `claims`: what
 the paper asserts in words, each turned into a threshold on one measured quantity, so that a claim
 can be checked on any dataset:
 
@@ -58,6 +59,8 @@ class Reference:
     numbers: list[Number] = field(default_factory=list)
     claims: list[Claim] = field(default_factory=list)
     note: str = ""
+    recipe: dict = field(default_factory=dict)   # how the paper's code trains its models, as
+                                                  # changes to BackdoorBench's recipe
 
 
 def papers() -> list[str]:
@@ -73,7 +76,7 @@ def load(paper: str) -> Reference:
         numbers = [Number(**n) for n in raw.get("numbers") or []]
         claims = [Claim(**c) for c in raw.get("claims") or []]
         ref = Reference(raw["paper"], raw["citation"], raw["setting"], numbers, claims,
-                        raw.get("note", ""))
+                        raw.get("note", ""), raw.get("recipe") or {})
     except (TypeError, KeyError) as err:
         raise ParameterError(f"{where}: {err}") from None
     for c in claims:
@@ -100,21 +103,28 @@ def claim_verdict(c: Claim, measured: float | None) -> str:
     return "partly" if abs(measured - c.value) <= c.margin else "not reproduced"
 
 
-def compare(ref: Reference, measured: dict[str, float], setting: dict) -> pd.DataFrame:
+def differences(ref: Reference, run: dict) -> list[str]:
+    """How the `run` setting (profile, dataset, model) differs from the paper's: empty exactly
+    when the paper's numbers can be compared with the run's."""
+    wanted = {"profile": "paper", **ref.setting}
+    return [f"{k} {run.get(k)} (paper: {v})" for k, v in wanted.items() if run.get(k) != v]
+
+
+def compare(ref: Reference, measured: dict[str, float], run: dict) -> pd.DataFrame:
     """One row per number and claim of `ref`: the paper's value, ours (from `measured`, keyed
-    by number id or claim measure), the difference, the tolerance and the verdict. `setting`
-    is the run's dataset and model."""
-    same = all(setting.get(k) == v for k, v in ref.setting.items())
+    by number id or claim measure), the difference, the tolerance and the verdict. `run` is the
+    run's profile, dataset and model."""
+    differs = differences(ref, run)
     rows = []
     for n in ref.numbers:
         ours = measured.get(n.id)
-        verdict = number_verdict(n, ours, same)
+        verdict = number_verdict(n, ours, not differs)
         rows.append({
             "kind": "number", "id": n.id, "what": f"{n.table}: {n.row}, {n.column}",
             "paper": n.value, "ours": ours,
             "delta": ours - n.value if verdict != "not comparable" else None,
             "tolerance": f"± {n.tolerance:g}", "verdict": verdict,
-            "why": _why_not(n, ours, same, ref.setting, setting)})
+            "why": _why_not(n, ours, differs)})
     for c in ref.claims:
         ours = measured.get(c.measure)
         rows.append({
@@ -127,13 +137,9 @@ def compare(ref: Reference, measured: dict[str, float], setting: dict) -> pd.Dat
                                        "tolerance", "verdict", "why"])
 
 
-def _why_not(n: Number, ours, same: bool, paper_setting: dict, setting: dict) -> str:
+def _why_not(n: Number, ours, differs: list[str]) -> str:
     if ours is None:
         return "not measured in this run"
     if n.value is None:
         return "the paper's value is not available"
-    if not same:
-        theirs = "/".join(str(paper_setting[k]) for k in paper_setting)
-        mine = "/".join(str(setting.get(k)) for k in paper_setting)
-        return f"ran {mine}, paper {theirs}"
-    return ""
+    return "ran " + ", ".join(differs) if differs else ""

@@ -22,20 +22,23 @@ from tqdm import tqdm
 from . import metrics, models
 from .config import (SCHEDULES, ParameterError, Recipe, check_choice, check_range,
                      resolve_device)
-from .data import Batches, ImageSet
+from .data import Batches, ImageSet, crop_rotate_flip
 from .models import model_device
 from .zoo import Zoo
 
 
-def lr_factor(schedule: str, step: int, total: int) -> float:
+def lr_factor(schedule: str, step: int, total: int, drops: tuple[float, ...] = ()) -> float:
     """The learning rate at `step` of `total`, as a fraction of the recipe's peak lr.
 
     cosine: from 1 down to 0 along a half cosine. onecycle: a triangle, rising linearly over the
     first quarter of the steps, then falling linearly to 0. constant: 1 throughout. warmup:
-    rising linearly over the first tenth of the steps, then 1."""
+    rising linearly over the first tenth of the steps, then 1. multistep: 1, divided by ten at
+    each of `drops` (fractions of the run)."""
     check_choice("schedule", schedule, SCHEDULES)
     if schedule == "constant":
         return 1.0
+    if schedule == "multistep":
+        return 0.1 ** sum(step >= d * total for d in drops)
     if schedule == "warmup":
         return min(1.0, (step + 1) / (0.1 * total))
     if schedule == "cosine":
@@ -80,8 +83,9 @@ def train(model: nn.Module, data: ImageSet, recipe: Recipe, *, seed: int = 0,
     optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
                                 weight_decay=recipe.weight_decay, nesterov=recipe.nesterov)
     total = recipe.epochs * len(batches)
+    drops = tuple(m / recipe.epochs for m in recipe.milestones)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(recipe.schedule, min(step, total - 1), total))
+        optimizer, lambda step: lr_factor(recipe.schedule, min(step, total - 1), total, drops))
 
     generator = torch.Generator(device).manual_seed(seed)
     history = History()
@@ -99,6 +103,8 @@ def train(model: nn.Module, data: ImageSet, recipe: Recipe, *, seed: int = 0,
         for x, y, idx in batches:
             if per_batch is not None:
                 x, y = per_batch(x, y, idx, generator)
+            if recipe.post_augment:
+                x = crop_rotate_flip(x, generator)
             x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
                 logits = net(x)

@@ -99,20 +99,30 @@ class Victim:
 @lru_cache(maxsize=4)
 def datasets(name: str, data_dir: str | None, n_train: int | None, n_test: int | None,
              seed: int) -> tuple[data.ImageSet, data.ImageSet]:
-    """The (train, test) sets of a profile's scale, sampled from `seed` (read once per process)."""
+    """The (train, test) sets of a profile's scale: at most `n_train` and `n_test` images (all
+    if None or if the dataset is smaller, as the 200-image CIFAR-10 fixture of the tests is),
+    sampled from `seed` (read once per process)."""
     train_set, test_set = data.load(name, data_dir)
-    return train_set.sample(n_train, seed), test_set.sample(n_test, seed)
+    return _at_most(train_set, n_train, seed), _at_most(test_set, n_test, seed)
+
+
+def _at_most(images: data.ImageSet, n: int | None, seed: int) -> data.ImageSet:
+    return images if n is None or n >= len(images) else images.sample(n, seed)
 
 
 def victim(dataset: str = "fashion-mnist", *, attack: str | Attack | None = "badnets",
            ratio: float = 0.1, target: int = 0, seed: int = 0, profile: str = "quick",
-           model: str | None = None, device: str | torch.device = "auto",
+           model: str | None = None, recipe: config.Recipe | None = None,
+           attack_recipes: bool = False, device: str | torch.device = "auto",
            data_dir: str | None = None, zoo: Zoo | None = None, progress: bool = True,
            **attack_params) -> Victim:
-    """A model of `profile` (its architecture unless `model` is given) trained on `dataset`
-    poisoned by `attack` (a name, with `attack_params`, or an Attack), or clean if None. The
-    model comes in eval mode, so that looking at it never moves its BatchNorm statistics."""
+    """A model of `profile` (its architecture and recipe unless `model` and `recipe` are given)
+    trained on `dataset` poisoned by `attack` (a name, with `attack_params`, or an Attack), or
+    clean if None. `attack_recipes`: the attack changes the recipe as its reference code does
+    (`Attack.recipe`: WaNet's constant lr and post-warp augmentation). The model comes in eval
+    mode, so that looking at it never moves its BatchNorm statistics."""
     p = config.profile(profile)
+    recipe = recipe or p.recipe
     model_name = config.check_choice("model", model or p.model, tuple(models.MODELS))
     device = config.resolve_device(device)
     if isinstance(attack, Attack) and attack_params:
@@ -129,6 +139,8 @@ def victim(dataset: str = "fashion-mnist", *, attack: str | Attack | None = "bad
         poisoned = atk.poison(train_set, ratio, target, seed)
         backdoor = atk.triggered(test_set, target)
         about["attack"] = {**atk.settings(), "ratio": ratio, "target": target}
+        if attack_recipes:
+            recipe = atk.recipe(recipe)
 
     targets = (atk.backdoor_labels(backdoor.labels, target, len(test_set.classes))
                if backdoor is not None else None)
@@ -138,7 +150,7 @@ def victim(dataset: str = "fashion-mnist", *, attack: str | Attack | None = "bad
 
     used = poisoned.data if poisoned else train_set
     label = poisoned.attack.name if poisoned else "clean"
-    net, card = trained(model_name, used, p.recipe, seed=seed, device=device, about=about,
+    net, card = trained(model_name, used, recipe, seed=seed, device=device, about=about,
                         score=score, zoo=zoo, progress=progress, desc=f"{label} {model_name}",
                         per_batch=poisoned.per_batch if poisoned else None)
     return Victim(net.eval(), card, used, test_set, target, poisoned, backdoor, train_set)

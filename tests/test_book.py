@@ -33,11 +33,11 @@ def project_copy(root: Path) -> Path:
 def tiny_chapter(root: Path, body: str) -> None:
     """A chapter notebook whose second cell runs `body` and then finishes."""
     (root / "notebooks").mkdir(exist_ok=True)
-    cells = [new_code_cell("profile = None\ndataset = 'auto'\ndevice = 'auto'\nresults = None\nn = 1",
-                           metadata={"tags": ["parameters"]}),
-             new_code_cell("from reprolib.chapter import Chapter\n"
-                           "ch = Chapter('tiny', profile=profile, dataset=dataset, device=device, "
-                           f"results=results)\n{body}\nch.finish()")]
+    cells = [new_code_cell("profile = None\nmodel = None\ndataset = 'auto'\ndevice = 'auto'\n"
+                           "results = None\nn = 1", metadata={"tags": ["parameters"]}),
+             new_code_cell("from reprolib.chapter import Chapter\n"   # any chapter's reference
+                           "ch = Chapter('attacks', profile=profile, model=model, dataset=dataset, "
+                           f"device=device, results=results)\n{body}\nch.finish()")]
     nb = new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3",
                                                             "display_name": "Python 3",
                                                             "language": "python"}})
@@ -56,6 +56,11 @@ def test_run_rejects_bad_arguments_before_any_work(capsys):
                                                      "seed, ratio, target, attacks"),
             (["run", "attacks", "-p", "ratio"], "expected key=value"),
             (["run", "attacks", "-p", "profile=smoke"], "use --profile instead"),
+            (["run", "attacks", "-p", "model=resnet18"], "use --model instead"),
+            (["run", "attacks", "-p", "results=x.json"], "repro run always writes the tables to "
+                                                         "book/results/attacks.json"),
+            (["run", "attacks", "--model", "vgg11"], "model='vgg11' is not allowed; choose one "
+                                                     "of: 'auto', 'paper', 'preact_resnet18'"),
             (["run"], "name at least one chapter")]:
         assert main(argv) == 2, argv
         assert message in capsys.readouterr().err

@@ -57,3 +57,38 @@ def test_the_scale_table_has_a_value_per_profile_and_hands_out_copies():
     assert config.scale("attacks", "quick") == SimpleNamespace()
     with pytest.raises(ParameterError, match="profile='huge'"):
         config.scale("mesa", "huge")
+
+
+@pytest.mark.parametrize("chapter, paper_model", [
+    ("attacks", "preact_resnet18"), ("linf_pruning", "preact_resnet18"),
+    ("neural_polarizer", "preact_resnet18"), ("mesa", "resnet18"), ("none", "resnet18"),
+    ("clear", "resnet18")])
+def test_the_model_is_a_setting_read_from_the_chapters_reference(chapter, paper_model,
+                                                                 monkeypatch):
+    monkeypatch.delenv("REPRO_MODEL", raising=False)
+    at = {p: Chapter(chapter, profile=p, dataset="fashion-mnist", device="cpu")
+          for p in ("smoke", "quick", "paper")}
+    assert [at[p].model for p in at] == ["small_cnn", "small_cnn", paper_model]    # auto
+    paper = Chapter(chapter, profile="smoke", model="paper", dataset="fashion-mnist",
+                    device="cpu")
+    assert paper.model == paper_model and paper.record()["model"] == paper_model
+    monkeypatch.setenv("REPRO_MODEL", "paper")           # how the CI miniature asks for it
+    assert Chapter(chapter, profile="quick", dataset="fashion-mnist").model == paper_model
+    with pytest.raises(ParameterError, match="model='vgg' is not allowed"):
+        Chapter(chapter, model="vgg", dataset="fashion-mnist")
+
+
+def test_the_recipe_goes_with_the_model():
+    small = Chapter("none", profile="smoke", dataset="fashion-mnist", device="cpu")
+    assert small.recipe == config.profile("smoke").recipe and not small.paper_recipe
+    assert not small.setting["attack_recipes"]
+    paper = Chapter("none", profile="paper", dataset="fashion-mnist", device="cpu")
+    # NONE's own code: lr 0.1, wd 1e-4, tenfold drops before epochs 80 and 160 of 200
+    assert (paper.recipe.epochs, paper.recipe.lr, paper.recipe.weight_decay,
+            paper.recipe.schedule, paper.recipe.milestones) == (200, 0.1, 1e-4, "multistep",
+                                                                (79, 159))
+    assert paper.setting["attack_recipes"]
+    mini = Chapter("none", profile="smoke", model="paper", dataset="fashion-mnist", device="cpu")
+    assert mini.recipe == paper.recipe.rescaled(3) and mini.recipe.milestones == (1, 2)
+    assert Chapter("attacks", profile="paper", dataset="fashion-mnist").recipe == \
+        config.profile("paper").recipe                  # BackdoorBench's, unchanged

@@ -47,3 +47,34 @@ def test_data_reports_the_folder_and_sizes(capsys, cifar_mini):
         assert main(["data", "cifar10", "--data-dir", str(cifar_mini)]) == 0
     out = capsys.readouterr().out
     assert f"cifar10: {cifar_mini / 'cifar-10-batches-py'} (160 train + 40 test images, (3, 32, 32))" in out
+
+
+class Forbidden:
+    """What a malicious pickle would ask the unpickler to build."""
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda good: b"not a pickle at all" * 50, "is not a readable CIFAR batch"),
+    (lambda good: good[:len(good) // 2], "is not a readable CIFAR batch"),
+    (lambda good: __import__("pickle").dumps({b"data": Forbidden()}),
+     "Forbidden from a CIFAR file"),
+    (lambda good: __import__("pickle").dumps({b"data": [1, 2], b"labels": [0]}),
+     "a CIFAR batch has N×3072 and N")])
+def test_a_damaged_cifar_file_ends_the_command_with_one_line(capsys, cifar_mini, tmp_path, damage,
+                                                           message, monkeypatch):
+    import shutil
+    folder = tmp_path / "cifar-10-batches-py"
+    shutil.copytree(cifar_mini / "cifar-10-batches-py", folder)
+    batch = folder / "data_batch_1"
+    good = batch.read_bytes()
+    batch.chmod(0o644)
+    batch.write_bytes(damage(good))
+    for argv in (["data", "cifar10", "--data-dir", str(tmp_path)],
+                 ["train", "--dataset", "cifar10", "--data-dir", str(tmp_path), "--profile",
+                  "smoke", "--device", "cpu"],
+                 ["run", "attacks", "--dataset", "cifar10", "--profile", "smoke"]):
+        monkeypatch.setenv("REPRO_DATA_DIR", str(tmp_path))   # where `repro run` looks
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"repro: {batch} ") and message in err
+        assert "\n" not in err and "Traceback" not in err

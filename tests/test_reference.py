@@ -32,17 +32,32 @@ def test_claim_verdicts_by_threshold_and_margin():
     assert claim_verdict(at_least, 92) == "reproduced" and claim_verdict(at_least, 85) == "partly"
 
 
+PAPER_RUN = {"profile": "paper", "dataset": "cifar10", "model": "preact_resnet18"}
+
+
 def test_compare_builds_one_row_per_number_and_claim_with_deltas():
     ref = Reference("P", "cite", {"dataset": "cifar10", "model": "preact_resnet18"}, [N], [C])
-    same = compare(ref, {"x.asr": 94.0, "asr_after": 2.0},
-                   {"dataset": "cifar10", "model": "preact_resnet18"})
+    same = compare(ref, {"x.asr": 94.0, "asr_after": 2.0}, PAPER_RUN)
     assert list(same["verdict"]) == ["reproduced", "reproduced"]
     assert same.loc[0, "delta"] == pytest.approx(-1.0) and same.loc[0, "tolerance"] == "± 2"
-    other = compare(ref, {"x.asr": 94.0}, {"dataset": "fashion-mnist", "model": "small_cnn"})
+    other = compare(ref, {"x.asr": 94.0}, {"profile": "quick", "dataset": "fashion-mnist",
+                                           "model": "small_cnn"})
     assert list(other["verdict"]) == ["not comparable", "not comparable"]
-    assert other.loc[0, "why"] == "ran fashion-mnist/small_cnn, paper cifar10/preact_resnet18"
+    assert other.loc[0, "why"] == ("ran profile quick (paper: paper), dataset fashion-mnist "
+                                   "(paper: cifar10), model small_cnn (paper: preact_resnet18)")
     assert other.loc[1, "why"] == "not measured in this run"
     assert pd.isna(other.loc[0, "delta"])        # no difference across settings is shown
+
+
+@pytest.mark.parametrize("key, value", [("profile", "quick"), ("profile", "smoke"),
+                                        ("dataset", "cifar100"), ("model", "resnet18")])
+def test_numbers_are_comparable_exactly_when_profile_dataset_and_model_match(key, value):
+    ref = Reference("P", "cite", {"dataset": "cifar10", "model": "preact_resnet18"}, [N], [])
+    assert compare(ref, {"x.asr": 95.0}, PAPER_RUN).loc[0, "verdict"] == "reproduced"
+    row = compare(ref, {"x.asr": 95.0}, {**PAPER_RUN, key: value}).loc[0]
+    assert row["verdict"] == "not comparable"
+    assert row["why"] == f"ran {key} {value} (paper: {PAPER_RUN[key]})"   # names only that one
+    assert reference.differences(ref, PAPER_RUN) == []
 
 
 def test_every_shipped_reference_loads():

@@ -18,7 +18,7 @@ from typing import ClassVar
 
 import torch
 
-from ..config import ParameterError, check_range
+from ..config import ParameterError, Recipe, check_range
 from ..data import ImageSet
 from ..train import PerBatch
 
@@ -44,6 +44,11 @@ class Attack:
     def apply(self, images: torch.Tensor) -> torch.Tensor:
         """A triggered copy of uint8 `images` (N, C, H, W)."""
         raise NotImplementedError
+
+    def recipe(self, base: Recipe) -> Recipe:
+        """How the reference code trains a model under this attack, from the shared `base`
+        recipe: unchanged unless the attack's own configuration says otherwise."""
+        return base
 
     def settings(self) -> dict:
         """The name and every parameter: what a model cache key needs to know."""

@@ -9,9 +9,14 @@ images get the warp plus fresh random noise in every batch and keep their label,
 the model that only this exact warp means "target". Two choices are ours, both so that the
 poisoned images are ground truth a defense can be scored against: the poisoned and cross images
 are fixed sets drawn once (the original re-draws them in every batch), and the poisoned images
-are warped once in uint8 before augmentation (rounded to the nearest level), while the cross
-noise is applied per batch, on the device, to the augmented batch. BackdoorBench's extra
-augmentation for WaNet (random crop with 5-px padding, 10° rotation) is not used.
+are warped once in uint8 (rounded to the nearest level), while the cross noise is applied per
+batch, on the device.
+
+`recipe` gives BackdoorBench's way of training under WaNet: its lr stays at 0.01 (MultiStepLR with
+milestones from epoch 100 on), no augmentation before the warp, and after it a random crop from a
+5-px padding, a rotation of up to 10° and a flip (`data.crop_rotate_flip`), so that the poisoned
+and the cross images are both warped before they are augmented. Under the shared recipe instead,
+the poisoned images are warped before the crop and flip and the cross images after them.
 """
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
-from ..config import ParameterError, check_range
+from ..config import ParameterError, Recipe, check_range
 from ..data import ImageSet
 from .base import Attack, Poisoned
 
@@ -57,6 +62,10 @@ class WaNet(Attack):
         check_range("s", self.s, low=0, low_open=True)
         check_range("cross_ratio", self.cross_ratio, low=0)
         check_range("grid_seed", self.grid_seed, low=0, integer=True)
+
+    def recipe(self, base: Recipe) -> Recipe:
+        return base.replace(lr=0.01, schedule="constant", milestones=(), augment=False,
+                            post_augment=True)
 
     def grid(self, size: int, device=None) -> torch.Tensor:
         return warp_field(self.k, self.s, size, self.grid_seed).to(device)

@@ -198,14 +198,15 @@ def ablation_figure(ablated: pd.DataFrame, fractions, undefended_ba: float, titl
 
 
 def natural(clean, settings: none_.Settings, *, rounds: int, areas, scan_steps: int,
-            check_images: int, augment: bool, seed: int):
+            check_images: int, augment: bool, seed: int, fit_images: int = 240):
     """The clean model scanned by bounded REASR at every area, then put through `rounds` of
     NONE's natural setting and scanned after each: the scans per (model, area), BA per model,
-    and the ratio of the standard model's REASR to the last round's. Triggers are fitted on 240
-    test images and measured on up to `check_images` others."""
+    and the ratio of the standard model's REASR to the last round's. Triggers are fitted on
+    `fit_images` test images and measured on up to `check_images` others."""
+    check_range("fit_images", fit_images, low=1, high=len(clean.test) - 1, integer=True)
     order = torch.randperm(len(clean.test), generator=torch.Generator().manual_seed(seed))
-    fit = clean.test.subset(order[:240])
-    check = clean.test.subset(order[240:240 + check_images])
+    fit = clean.test.subset(order[:fit_images])
+    check = clean.test.subset(order[fit_images:fit_images + check_images])
 
     def scanned(model, state):
         return [{"model": state, "area %": 100 * a, "max REASR %": 100 * s.max, "label": s.label}
