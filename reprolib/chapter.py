@@ -100,6 +100,22 @@ class Chapter:
         paper = config.profile("paper").recipe.replace(**self.reference.recipe)
         return paper if self.profile == "paper" else paper.rescaled(p.recipe.epochs)
 
+    def model_and_recipe(self, wanet: bool = False) -> str:
+        """What the chapter's Setting says of its models at each profile, and of this run's.
+        `wanet`: the chapter trains WaNet victims, whose recipe BackdoorBench changes."""
+        small = {p: config.profile(p).recipe.describe() for p in ("smoke", "quick")}
+        paper = config.profile("paper").recipe.replace(**self.reference.recipe)
+        whose = "its own code's recipe" if self.reference.recipe else "BackdoorBench's recipe"
+        wanet_note = (" A WaNet victim trained by the paper's recipe takes BackdoorBench's "
+                      "changes for WaNet: lr 0.01 constant, no augmentation before the warp, "
+                      "a 5-px crop, 10° rotation and flip after it." if wanet else "")
+        return (f"**Models and recipes.** At `smoke` and `quick` the models are the small CNN, "
+                f"trained by the profile's recipe (smoke: {small['smoke']}; quick: "
+                f"{small['quick']}). At `paper`, and at any profile with `model=\"paper\"`, "
+                f"the model is {self.reference.setting['model']}, trained by {whose}: "
+                f"{paper.describe()}; below `paper` over the profile's epochs.{wanet_note} "
+                f"This run: **{self.model}**, {self.recipe.describe()}.")
+
     @property
     def setting(self) -> dict:
         """What every victim of this chapter is asked for with: profile, model, recipe (and

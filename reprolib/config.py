@@ -95,6 +95,16 @@ class Recipe:
                                  + ", ".join(f.name for f in fields(self)))
         return Recipe(**{**self.__dict__, **changes})
 
+    def describe(self) -> str:
+        """The recipe in a few words, for a chapter's page."""
+        schedule = ({"multistep": "divided by 10 after epochs "
+                     + ", ".join(str(m) for m in self.milestones)}.get(self.schedule)
+                    or self.schedule)
+        augment = ("crop and flip" if self.augment else "no augmentation") + \
+            (", then WaNet's crop, rotation and flip" if self.post_augment else "")
+        return (f"{self.epochs} epochs of batch {self.batch_size}, SGD lr {self.lr:g} "
+                f"({schedule}), weight decay {self.weight_decay:g}, {augment}")
+
     def rescaled(self, epochs: int) -> "Recipe":
         """The same recipe over `epochs`, its milestones moved in proportion: a paper's schedule
         at a smaller profile's length."""
@@ -138,7 +148,8 @@ def profile(name: str) -> Profile:
 # parameter of the same name left at None takes its profile's value from here.
 SCALES = {
     "linf_pruning": {
-        "nc_steps":         (100, 600, 600),      # Neural Cleanse Adam steps
+        "nc_steps":         (100, 600, None),     # Neural Cleanse Adam steps; None: the
+                                                  # reference's budget (neural_cleanse.budget)
     },
     "neural_polarizer": {
         "warm_epochs":      (1, 5, 5),            # NPD's warm-up (the reference's 5)

@@ -85,6 +85,14 @@ class ImageSet:
         order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
         return self.subset(order[:n].sort().values)
 
+    def split(self, fraction: float, seed: int) -> tuple["ImageSet", "ImageSet"]:
+        """The images cut by a permutation drawn from `seed` into `fraction` of them and the
+        rest, each kept in its original order."""
+        check_range("fraction", fraction, low=0, high=1, low_open=True, high_open=True)
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
+        cut = round(fraction * len(self))
+        return self.subset(order[:cut].sort().values), self.subset(order[cut:].sort().values)
+
     def with_images(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> "ImageSet":
         return replace(self, images=images, labels=self.labels if labels is None else labels)
 
@@ -445,6 +453,18 @@ class Batches:
         channels = torch.arange(self.data.images.shape[1], device=idx.device)
         return self._padded[idx[:, None, None, None], channels[None, :, None, None],
                             rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def crop_flip(data: ImageSet, seed: int) -> ImageSet:
+    """One augmented copy of `data` (uint8): each image cropped from its 4-px zero padding and
+    flipped at random, as one shuffled-free pass of `Batches(augment=True)` draws them."""
+    if len(data) == 0:
+        return data
+    b = Batches(data, len(data), augment=True, seed=seed)
+    n = len(data)
+    shifts = torch.randint(0, 2 * b.PAD + 1, (n, 2), generator=b.generator).to(data.device)
+    flips = (torch.rand(n, generator=b.generator) < 0.5).to(data.device)
+    return data.with_images(b._crop_flip(torch.arange(n, device=data.device), shifts, flips))
 
 
 def crop_rotate_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 5,

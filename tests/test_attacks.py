@@ -176,3 +176,47 @@ def test_registry_names_and_parameters_are_checked():
         attack("badnets").poison(toy(), 0.1, 10, 0)
     with pytest.raises(ParameterError, match="target=-1"):
         attack("sig").triggered(toy(), -1)
+
+
+def test_wanet_trains_by_backdoorbenchs_recipe_constant_lr_and_augmentation_after_the_warp():
+    from reprolib.config import PROFILES
+    paper = PROFILES["paper"].recipe
+    r = attack("wanet").recipe(paper)
+    assert (r.lr, r.schedule, r.milestones, r.epochs) == (0.01, "constant", (), 100)
+    assert not r.augment and r.post_augment        # nothing before the warp, all of it after
+    assert attack("badnets").recipe(paper) == paper
+
+
+def test_wanet_victims_take_the_attacks_recipe_only_when_asked(fashion, tmp_path):
+    from reprolib.config import PROFILES
+    from reprolib.victims import victim
+    from reprolib.zoo import Zoo
+    common = dict(profile="smoke", device="cpu", zoo=Zoo(tmp_path), progress=False,
+                  recipe=PROFILES["smoke"].recipe.replace(epochs=1))
+    own = victim("fashion-mnist", attack="wanet", attack_recipes=True, **common)
+    shared = victim("fashion-mnist", attack="wanet", **common)
+    assert own.card["spec"]["recipe"]["post_augment"] and own.card["spec"]["recipe"]["lr"] == 0.01
+    assert own.card["spec"]["recipe"]["schedule"] == "constant"
+    assert not shared.card["spec"]["recipe"]["post_augment"]
+
+
+def test_the_post_warp_augmentation_crops_rotates_and_flips_each_image():
+    from reprolib.data import crop_rotate_flip
+    x = torch.zeros(4000, 1, 32, 32)
+    x[:, :, 10, 8] = 1.0                                    # one lit pixel, left of centre
+    out = crop_rotate_flip(x, torch.Generator().manual_seed(0))
+    again = crop_rotate_flip(x, torch.Generator().manual_seed(0))
+    assert torch.equal(out, again)
+    assert set(out.unique().tolist()) <= {0.0, 1.0}         # nearest pixel, zero fill
+    lit = out.flatten(1).argmax(1)
+    rows, cols = lit // 32, lit % 32
+    kept = out.flatten(1).amax(1) == 1
+    flipped = (cols > 15) & kept
+    assert 0.45 < flipped.float().mean() < 0.55             # flipped with probability 0.5
+    cols = torch.where(flipped, 31 - cols, cols)
+    # moved by a crop of at most 5 px and a rotation of at most 10° about the centre, whose
+    # arc at this distance (about 10 px) is under 2 px
+    assert kept.float().mean() > 0.95                        # it stays inside the image
+    assert ((rows - 10).abs() <= 7)[kept].all() and ((cols - 8).abs() <= 7)[kept].all()
+    moved = ((rows != 10) | (cols != 8)) & kept
+    assert 0.75 < moved.float().mean() < 0.95               # the crop moves 0.8 · 120/121 of them

@@ -39,11 +39,11 @@ def test_every_defense_gets_a_row_and_npd_trains_a_sliver_of_the_model(main):
     assert table.loc[("badnets", "NPD"), "trained parameters"] == 64 * 64 + 2 * 64
     assert table.loc[("badnets", "FT"), "trained parameters"] == sum(
         p.numel() for p in v.model.parameters())
-    assert table.loc[("badnets", "FP"), "pruned"] >= 0 and table["pruned"].notna().sum() == 1
+    assert table.loc[("badnets", "FP"), "pruned"] >= 0 and table["pruned"].notna().sum() == 2
     assert table.loc[("badnets", "NPD"), "ASR %"] == pytest.approx(
         100 * v.scores(polarized["badnets"].model)["asr"])
     view = ex.main_view(table, victims)
-    assert view.shape == (1, 4 * 4) and [d for _, d in view.columns[:4]] == ex.DEFENSES
+    assert view.shape == (1, 4 * 5) and [d for _, d in view.columns[:5]] == ex.DEFENSES
     cost = ex.cost_table(table)
     assert cost.loc["badnets", ("NPD / FT", "parameters %")] == pytest.approx(
         100 * (64 * 64 + 128) / table.loc[("badnets", "FT"), "trained parameters"])

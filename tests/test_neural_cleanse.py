@@ -37,3 +37,38 @@ def test_neural_cleanse_finds_a_planted_corner_trigger(tiny_badnets):
     assert mask[-8:, -8:].sum() / mask.sum() > 0.5
     stamped = rev.stamp(test.images, 0)
     assert evaluate(model, test.with_images(stamped), None)["ca"] < 0.2
+
+
+def test_the_reference_cost_is_held_at_zero_until_the_trigger_first_succeeds(tiny_badnets):
+    model, defender = tiny_badnets.model, tiny_badnets.defender
+    # label 0 is the backdoor's: its trigger works within a few rounds; label 5 takes longer
+    held = nc.reverse(model, defender, [0, 5], steps=400, round_steps=10, patience=3,
+                      hold_cost=True, progress=False)
+    costs = held.costs
+    assert costs.shape == (40, 2) and (costs[0] == 0).all()
+    for label in range(2):
+        nonzero = costs[:, label].nonzero().flatten()
+        assert len(nonzero), f"label {label}'s trigger never worked"
+        first = int(nonzero[0])
+        assert first >= 2                          # at least `patience` rounds that worked
+        assert costs[first, label] == pytest.approx(1e-3)   # released at init_cost
+        assert (costs[:first, label] == 0).all()
+    assert int(costs[:, 1].nonzero()[0]) > int(costs[:, 0].nonzero()[0])
+    plain = nc.reverse(model, defender, [0, 5], steps=20, round_steps=10, progress=False)
+    assert (plain.costs[0] == pytest.approx(1e-3))
+
+
+def test_the_reference_budget_stops_early_and_counts_epochs():
+    assert nc.budget(600, 1000) == {"steps": 600, "batch_size": 32}
+    assert nc.budget(None, 1000) == {"steps": 32000, "batch_size": 32, "round_steps": 32,
+                                     "hold_cost": True, "early_stop": 25}
+
+
+def test_early_stopping_ends_the_search_once_the_mask_stops_shrinking(tiny_badnets):
+    rev = nc.reverse(tiny_badnets.model, tiny_badnets.defender, [0], steps=3000, round_steps=5,
+                     patience=2, early_stop=4, progress=False)
+    rounds = len(rev.costs)
+    assert rounds < 600                     # stopped before its budget
+    assert rev.success[0] >= 0.99
+    up, down = (rev.costs[1:, 0] > rev.costs[:-1, 0]), (rev.costs[1:, 0] < rev.costs[:-1, 0])
+    assert up.any() and down.any()          # only after the cost went both ways

@@ -74,6 +74,7 @@ def test_npd_trains_only_the_polarizer_and_lowers_a_backdoor(tiny_badnets):
 
 
 def test_fine_tuning_and_fine_pruning_leave_the_original_alone():
+    from reprolib.data import crop_flip
     from reprolib.defenses.fine_tuning import fine_prune, fine_tune, ft
     from reprolib.defenses import linf_pruning as lp
     model = models.build("small_cnn", 10, 1, seed=0).eval()
@@ -85,7 +86,8 @@ def test_fine_tuning_and_fine_pruning_leave_the_original_alone():
     assert any(not torch.equal(weights[k], v) for k, v in tuned.state_dict().items())
     fp = fine_prune(model, data, recipe, max_drop=1.0, max_fraction=0.5, progress=False)
     assert len(fp.pruned) == 32                     # any accuracy allowed: prune up to the cap
-    assert torch.equal(fp.pruned, lp.rank_dormant(lp.feature_maps(model, data))[:32])
+    ranked_on = crop_flip(data, 0)                 # one augmented pass, as BackdoorBench ranks
+    assert torch.equal(fp.pruned, lp.rank_dormant(lp.feature_maps(model, ranked_on))[:32])
     maps = lp.feature_maps(fp.model, data)
     assert torch.all(maps[:, fp.pruned] == 0)       # still zero after fine-tuning
     assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
@@ -94,3 +96,25 @@ def test_fine_tuning_and_fine_pruning_leave_the_original_alone():
     assert timed.seconds > 0 and timed.trainable == fp.trainable == parameters
     assert len(timed.pruned) == 0 and fp.seconds > 0
     assert torch.equal(timed.model.state_dict()["head.weight"], tuned.state_dict()["head.weight"])
+
+
+def test_fine_pruning_follows_backdoorbench_rule_on_the_split_it_is_given(tiny_badnets):
+    from reprolib.data import crop_flip
+    from reprolib.defenses import linf_pruning as lp
+    from reprolib.defenses.fine_tuning import fine_prune
+    from reprolib.train import predict
+    model, defender, test = tiny_badnets.model, tiny_badnets.defender, tiny_badnets.test
+    recipe = Recipe(epochs=1, batch_size=64, lr=0.01, augment=False)
+    fp = fine_prune(model, defender, recipe, stop_on=test, step=0.1, progress=False)
+    order = lp.rank_dormant(lp.feature_maps(model, crop_flip(defender, 0)))
+    steps = lp.counts_up_to(64, 1.0, 0.1)                      # 0, 6, 13, 19, 26, ...
+    n = len(fp.pruned)
+    assert n in steps and 0 < n < 64 and torch.equal(fp.pruned, order[:n])
+    # measured on the whole pruned network, not the pooled shortcut fine_prune uses
+    ca = lambda k: evaluate(lp.prune(model, order[:k]), test)["ca"]   # noqa: E731
+    assert ca(n) >= 0.9 * ca(0) > ca(steps[steps.index(n) + 1])       # stops at the 10 % drop
+    # the rule reads only the split it is given: where the unpruned model is already always
+    # wrong there is no accuracy to lose, and it prunes the whole layer
+    wrong = test.with_images(test.images, (predict(model, test).cpu() + 1) % 10)
+    everything = fine_prune(model, defender, recipe, stop_on=wrong, step=0.1, progress=False)
+    assert len(everything.pruned) == 64

@@ -229,10 +229,7 @@ def sample(generator: Generator, n: int, seed: int = 0) -> torch.Tensor:
 def split(test: ImageSet, fraction: float = 0.8, seed: int = 0) -> tuple[ImageSet, ImageSet]:
     """The test set cut by a fixed permutation into the defender's images (the code's first
     8,000 of CIFAR's 10,000: trigger modelling and retraining) and the held-out evaluation set."""
-    check_range("fraction", fraction, low=0, high=1, low_open=True, high_open=True)
-    order = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))
-    cut = round(fraction * len(test))
-    return test.subset(order[:cut].sort().values), test.subset(order[cut:].sort().values)
+    return test.split(fraction, seed)
 
 
 # n triggers (n × 9C in [0, 1]) on the generator's device, drawn from it
