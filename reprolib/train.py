@@ -145,16 +145,14 @@ def evaluating(model: nn.Module):
 
 @torch.no_grad()
 def predict(model: nn.Module, data: ImageSet, batch_size: int = 1000) -> torch.Tensor:
-    """Predicted classes of every image in `data`, in order (the model in eval mode)."""
+    """Predicted classes of every image in `data`, in order (the model in eval mode), in fp32
+    on every device, as BackdoorBench evaluates: bf16 would move borderline predictions."""
     device = model_device(model)
-    cuda = device.type == "cuda"
     preds = []
     with evaluating(model):
         for x, _, _ in Batches(data.to(device), batch_size):
-            x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-                preds.append(model(x).argmax(1))
-    return torch.cat(preds)
+            preds.append(model(x.contiguous(memory_format=torch.channels_last)).argmax(1))
+    return torch.cat(preds, dim=0) if preds else torch.empty(0, dtype=torch.long, device=device)
 
 
 def evaluate(model: nn.Module, test: ImageSet, backdoor: ImageSet | None = None,

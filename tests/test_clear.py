@@ -156,6 +156,9 @@ def test_examine_runs_the_whole_detection_on_a_models_features(tiny_badnets):
     hood = clear.neighbourhood(z, data.labels, k=10)
     assert torch.equal(e.hood.flagged, hood.flagged)
     assert len(e.found) == len(clear.pockets(z, data.labels, hood))
+    # Deep k-NN reads the features themselves, not CLEAR's PCA projection
+    full = clear.neighbourhood(clear.features(t.model, data), data.labels, k=10)
+    assert torch.equal(e.knn.flagged, full.flagged) and clear.features(t.model, data).shape[1] == 64
     assert e.score == clear.model_score(e.found) and e.seconds > 0
 
 

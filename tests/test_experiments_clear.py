@@ -70,7 +70,7 @@ def test_detection_scores_every_run_and_the_clean_references(runs, smoke_victims
         assert r.examined.score == max((f.score for f in r.examined.found), default=0.0)
         assert 0 <= r.clear_r <= 1 and 0 <= r.knn_r <= 1 and 0 <= r.oracle_enclosure <= 1
     copies = found[0]
-    flagged = copies.examined.hood.flagged.nonzero().flatten()
+    flagged = copies.examined.knn.flagged.nonzero().flatten()
     assert copies.knn_r == pytest.approx(torch.isin(copies.atk.indices, flagged).float().mean())
     common = {k: v for k, v in smoke_victims.common.items() if k not in ("ratio", "target", "seed")}
     scores = ex.calibrate(clean, pool_size=300, clean_pools=2, clean_models=1, k_transfer=20,
@@ -98,7 +98,7 @@ def test_mitigation_figures_ablation_and_claims(runs):
     oracle = sets["oracle relabel + FT"]
     assert (oracle.labels[copies.atk.indices] == copies.true).all()
     assert len(sets["Deep k-NN + FT"]) == len(copies.atk.data) - int(
-        copies.examined.hood.flagged.sum())
+        copies.examined.knn.flagged.sum())
     recipe = Recipe(epochs=1, lr=0.01, schedule="cosine")
     per_draw = ex.mitigate(found, plain, clean.test, scratch_recipe=recipe, seed=0)
     won = [r for r in found if r.success]

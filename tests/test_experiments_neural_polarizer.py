@@ -90,3 +90,9 @@ def test_the_principal_axes_are_the_two_widest_directions():
     assert torch.allclose(centre, x.mean(0))
     assert axes.shape == (3, 2)
     assert abs(axes[0, 0]) > 0.99 and abs(axes[1, 1]) > 0.99
+
+
+def test_a_diverged_polarizer_is_named():
+    from types import SimpleNamespace as NS
+    runs = {"badnets": NS(loss=[12.4, 3.0, 2.1]), "wanet": NS(loss=[60.1, 1040.0, 390.0])}
+    assert ex.diverged(runs) == ["wanet"] and ex.diverged(runs, above=2000) == []

@@ -4,7 +4,9 @@ The patch is a black-and-white pattern (`patterns.pattern`, the same on every ch
 pixel values. It is injected by fine-tuning a clean model (`victims.injected`) with every image of
 every batch poisoned with a small probability: the patch at one place drawn for the batch, the
 label set to the target (`per_batch`). For the test set, each image gets it at its own random
-place (`apply`), drawn from `seed` so the triggered test set is the same on every run.
+place (`apply`), drawn from `seed` so the triggered test set is the same on every run. Places
+run 0..28 on 32-pixel images, as the code's int(U·(32 − 3)) draws them: never the last row or
+column.
 """
 from __future__ import annotations
 
@@ -42,8 +44,8 @@ class Places:
         if generator is not self._device:
             self._device = generator
             self._host = torch.Generator().manual_seed(generator.initial_seed())
-        return (int(torch.randint(h - SIZE + 1, (1,), generator=self._host)),
-                int(torch.randint(w - SIZE + 1, (1,), generator=self._host)))
+        return (int(torch.randint(h - SIZE, (1,), generator=self._host)),
+                int(torch.randint(w - SIZE, (1,), generator=self._host)))
 
 
 @dataclass(frozen=True)
@@ -89,8 +91,8 @@ class Patch(Attack):
             raise ParameterError(f"the patch has {self.channels} channel(s) but the images "
                                  f"have {c}")
         g = torch.Generator().manual_seed(self.seed)
-        rows = torch.randint(h - SIZE + 1, (n,), generator=g).to(images.device)
-        cols = torch.randint(w - SIZE + 1, (n,), generator=g).to(images.device)
+        rows = torch.randint(h - SIZE, (n,), generator=g).to(images.device)
+        cols = torch.randint(w - SIZE, (n,), generator=g).to(images.device)
         patch = (self.tensor(images.device).view(c, SIZE, SIZE) * 255).round().to(torch.uint8)
         out = images.clone()
         every = torch.arange(n, device=images.device)

@@ -220,7 +220,8 @@ def model_score(found: list[Found]) -> float:
 class Examined:
     """CLEAR run over one training set."""
     z: torch.Tensor            # the features it worked on
-    hood: Neighbourhood        # the neighbourhood step (Deep k-NN's flags)
+    hood: Neighbourhood        # the neighbourhood step: CLEAR's candidates
+    knn: Neighbourhood         # Deep k-NN, the baseline, on the full normalised features
     found: list[Found]         # every pocket, highest score first
     score: float               # the model-level score
     seconds: float             # the wall time of all of it
@@ -228,13 +229,17 @@ class Examined:
 
 def examine(model: torch.nn.Module, data: ImageSet, *, k: int, dim: int) -> Examined:
     """CLEAR's detection on the set `model` was trained on: features in `dim` dimensions, the
-    k-neighbourhood test, every pocket wrapped and scored, timed."""
+    k-neighbourhood test, every pocket wrapped and scored, timed; and Deep k-NN's test with the
+    same k on the penultimate features themselves (L2-normalised, not projected), as Peri et
+    al. take it."""
     start = time.perf_counter()
     z = features(model, data, dim=dim)
     labels = data.labels.to(z.device)
     hood = neighbourhood(z, labels, k=k)
     found = detect(z, labels, hood=hood)
-    return Examined(z, hood, found, model_score(found), time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    knn = neighbourhood(features(model, data), labels, k=k)
+    return Examined(z, hood, knn, found, model_score(found), seconds)
 
 
 def widest_hull_share(z: torch.Tensor, labels: torch.Tensor, poisons: torch.Tensor,

@@ -137,13 +137,14 @@ def targeted_perturbation(net: nn.Module, x: torch.Tensor, target: torch.Tensor,
 def outer_loss(net: nn.Module, x: torch.Tensor, delta: torch.Tensor, y: torch.Tensor,
                predicted: torch.Tensor, target: torch.Tensor, normalize, s: Settings):
     """λ1·CE(f(x), y) + λ2·CE(f(x+δ), f's clean prediction) + λ3·E[−log(1 − p_ŷ2(x+δ))]
-    + λ4·E[−log(1 − p_target(x+δ))], ŷ2 the most probable class on x+δ that is not y."""
+    + λ4·E[−log(1 − p_target(x+δ))], ŷ2 the most probable class on x+δ that is not y. The
+    reference computes −log(1.0001 − p + 1e-12), which caps a term near 9.2; so does this."""
     clean = net(normalize(x)).float()
     perturbed = net(normalize(x + delta)).float()
     p = perturbed.softmax(1)
     top2 = perturbed.topk(2, dim=1).indices
     second = torch.where(top2[:, 0] != y, top2[:, 0], top2[:, 1])
-    away = lambda k: -torch.log((1 - p.gather(1, k[:, None])).clamp(min=1e-12)).mean()
+    away = lambda k: -torch.log(1.0001 - p.gather(1, k[:, None]) + 1e-12).mean()  # noqa: E731
     l1, l2, l3, l4 = s.weights
     return (l1 * F.cross_entropy(clean, y) + l2 * F.cross_entropy(perturbed, predicted)
             + l3 * away(second) + l4 * away(target))
@@ -198,13 +199,12 @@ def npd(model: nn.Module, clean: ImageSet, settings: Settings = Settings(), *, s
     history = []
     for _ in range(s.epochs):
         total_loss, seen = torch.zeros((), device=device), 0
-        for x, y in batches(gen):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-                with torch.no_grad():
-                    logits = net(normalize(x))
-                predicted, target = logits.argmax(1), estimated_target(logits, y)
-                delta = targeted_perturbation(net, x, target, normalize, s)
-                loss = outer_loss(net, x, delta, y, predicted, target, normalize, s)
+        for x, y in batches(gen):      # in fp32, as the reference runs its attack and loss
+            with torch.no_grad():
+                logits = net(normalize(x))
+            predicted, target = logits.argmax(1), estimated_target(logits, y)
+            delta = targeted_perturbation(net, x, target, normalize, s)
+            loss = outer_loss(net, x, delta, y, predicted, target, normalize, s)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -150,7 +150,7 @@ def detect(runs: list[Run], *, k_transfer: int, k_scratch: int, dim: int) -> Non
                                    dim=dim)
         n = len(data)
         r.clear_p, r.clear_r = precision_recall(clear.flagged(r.examined.found), poisons, n)
-        r.knn_p, r.knn_r = precision_recall(r.examined.hood.flagged.nonzero().flatten(),
+        r.knn_p, r.knn_r = precision_recall(r.examined.knn.flagged.nonzero().flatten(),
                                             poisons, n)
         r.oracle_enclosure = clear.widest_hull_share(r.examined.z, data.labels, poisons, r.true)
 
@@ -242,7 +242,7 @@ def top_pockets(runs: list[Run]) -> pd.DataFrame:
 def mitigation_sets(r: Run, plain) -> dict:
     """The training sets each mitigation fine-tunes on."""
     data, found = r.atk.data, r.examined.found
-    keep = (~r.examined.hood.flagged).nonzero().flatten()
+    keep = (~r.examined.knn.flagged).nonzero().flatten()
     oracle = data.labels.clone()
     oracle[r.atk.indices.to(oracle.device)] = r.true
     return {"Deep k-NN + FT": data.subset(keep), "CLEAR delete + FT": clear.deleted(data, found),
@@ -361,10 +361,11 @@ def ablation(runs: list[Run], extractor, dims, ks) -> pd.DataFrame:
             for r in collisions:
                 data, poisons = r.atk.data, r.atk.indices
                 z = clear.features(extractor, data, dim=d)
-                hood = clear.neighbourhood(z, data.labels.to(z.device), k=k)
-                found = clear.detect(z, data.labels.to(z.device), hood=hood)
+                labels = data.labels.to(z.device)
+                found = clear.detect(z, labels, hood=clear.neighbourhood(z, labels, k=k))
+                knn = clear.neighbourhood(clear.features(extractor, data), labels, k=k)
                 cp, cr = precision_recall(clear.flagged(found), poisons, len(data))
-                kp, kr = precision_recall(hood.flagged.nonzero().flatten(), poisons, len(data))
+                kp, kr = precision_recall(knn.flagged.nonzero().flatten(), poisons, len(data))
                 rows.append({"dim": d, "k": k, "CLEAR recall %": 100 * cr,
                              "CLEAR precision %": 100 * cp, "Deep k-NN recall %": 100 * kr,
                              "Deep k-NN precision %": 100 * kp,

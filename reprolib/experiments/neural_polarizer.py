@@ -82,6 +82,13 @@ def loss_figure(polarized: dict):
     return fig
 
 
+def diverged(polarized: dict, above: float = 100.0) -> list[str]:
+    """The attacks whose polarizer's outer loss ever went above `above` after the warm-up:
+    its four terms together stay below about 25 while the training is stable (the two
+    cross-entropies near their starting values, the two log terms capped near 9.2)."""
+    return [name for name, result in polarized.items() if max(result.loss) > above]
+
+
 def cost_table(main: pd.DataFrame) -> pd.DataFrame:
     """FT's and NPD's trained parameters and seconds per attack, and NPD's as a share of FT's."""
     cost = main.loc[(slice(None), ["FT", "NPD"]), ["trained parameters", "seconds"]]
