@@ -78,8 +78,8 @@ class Chapter:
     def _record_line(self, wall: bool) -> str:
         r = self.record()
         line = (f"profile **{r['profile']}** · dataset **{r['dataset']}** ({r['dataset_why']}) · "
-                f"model **{r['model']}** ({r['model_why']}) · device {r['device']} · seed {r['seed']} · "
-                f"code {r['code_version']}")
+                f"model **{r['model']}** ({r['model_why']}) · device {r['device']} · "
+                f"seed {r['seed']} · code {r['code_version']}")
         return line + (f" · wall time {r['wall_time_s']:.0f} s" if wall else "")
 
     @property
@@ -92,19 +92,24 @@ class Chapter:
         return self.profile == "paper" or self.model != p.model
 
     @property
+    def reference_recipe(self) -> config.Recipe:
+        """How the reference code trains the paper's model: BackdoorBench's recipe with the
+        changes reference/<chapter>.yaml lists for the chapter's own code."""
+        return config.profile("paper").recipe.replace(**self.reference.recipe)
+
+    @property
     def recipe(self) -> config.Recipe:
         """The recipe of this chapter's models (see `paper_recipe`)."""
         p = config.profile(self.profile)
         if not self.paper_recipe:
             return p.recipe
-        paper = config.profile("paper").recipe.replace(**self.reference.recipe)
+        paper = self.reference_recipe
         return paper if self.profile == "paper" else paper.rescaled(p.recipe.epochs)
 
     def model_and_recipe(self, wanet: bool = False) -> str:
         """What the chapter's Setting says of its models at each profile, and of this run's.
         `wanet`: the chapter trains WaNet victims, whose recipe BackdoorBench changes."""
         small = {p: config.profile(p).recipe.describe() for p in ("smoke", "quick")}
-        paper = config.profile("paper").recipe.replace(**self.reference.recipe)
         whose = "its own code's recipe" if self.reference.recipe else "BackdoorBench's recipe"
         wanet_note = (" A WaNet victim trained by the paper's recipe takes BackdoorBench's "
                       "changes for WaNet: lr 0.01 constant, no augmentation before the warp, "
@@ -113,8 +118,8 @@ class Chapter:
                 f"trained by the profile's recipe (smoke: {small['smoke']}; quick: "
                 f"{small['quick']}). At `paper`, and at any profile with `model=\"paper\"`, "
                 f"the model is {self.reference.setting['model']}, trained by {whose}: "
-                f"{paper.describe()}; below `paper` over the profile's epochs.{wanet_note} "
-                f"This run: **{self.model}**, {self.recipe.describe()}.")
+                f"{self.reference_recipe.describe()}; below `paper` over the profile's "
+                f"epochs.{wanet_note} This run: **{self.model}**, {self.recipe.describe()}.")
 
     @property
     def setting(self) -> dict:
