@@ -72,3 +72,25 @@ def test_early_stopping_ends_the_search_once_the_mask_stops_shrinking(tiny_badne
     assert rev.success[0] >= 0.99
     up, down = (rev.costs[1:, 0] > rev.costs[:-1, 0]), (rev.costs[1:, 0] < rev.costs[:-1, 0])
     assert up.any() and down.any()          # only after the cost went both ways
+
+
+def test_unlearning_the_reversed_trigger_lowers_the_asr_and_leaves_the_original(tiny_badnets):
+    from reprolib.config import Recipe
+    t = tiny_badnets
+    before = evaluate(t.model, t.test, t.backdoor, 0)
+    weights = {k: v.clone() for k, v in t.model.state_dict().items()}
+    rev = nc.reverse(t.model, t.defender, [0], steps=300, progress=False)
+    recipe = Recipe(epochs=5, batch_size=64, lr=0.01, augment=False)
+    fixed = nc.unlearn(t.model, t.defender, rev, recipe, labels=[0], progress=False)
+    after = evaluate(fixed, t.test, t.backdoor, 0)
+    assert before["asr"] > 0.95 and after["asr"] < before["asr"] - 0.5, (before, after)
+    assert after["ca"] > before["ca"] - 0.1
+    assert all(torch.equal(weights[k], v) for k, v in t.model.state_dict().items())
+    # nothing flagged, nothing to unlearn: an unchanged copy
+    same = nc.unlearn(t.model, t.defender, rev, recipe, labels=[], progress=False)
+    assert same is not t.model
+    assert all(torch.equal(weights[k], v) for k, v in same.state_dict().items())
+    # the control: the same fine-tuning on clean images only removes much less
+    from reprolib.defenses.fine_tuning import fine_tune
+    plain = evaluate(fine_tune(t.model, t.defender, recipe, progress=False), t.test, t.backdoor, 0)
+    assert plain["asr"] > after["asr"] + 0.3, (plain, after)

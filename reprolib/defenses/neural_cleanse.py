@@ -17,20 +17,26 @@ a round is an epoch over the defender's images, up to 1000 of them, early stop a
 
 Outliers: the anomaly index of label k is (median − ‖m_k‖₁) / (1.4826 · MAD) over the labels;
 NC flags labels with an index above 2 (only small triggers count).
+
+Mitigation (`unlearn`, NC's §VI-C as BackdoorBench's nc.py runs it): fine-tune the model on the
+defender's clean images, a fifth of them replaced by copies carrying each flagged label's
+reversed trigger and keeping their true labels, so that the model learns to ignore the trigger.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..config import ParameterError, check_range
+from ..config import ParameterError, Recipe, check_range
 from ..data import ImageSet
 from ..models import model_device
 from ..train import evaluating
 from ..triggers import blend, mask_search
+from .fine_tuning import fine_tune
 
 MAD_CONSISTENCY = 1.4826   # makes the MAD a consistent estimator of a normal's σ
 FLAG_INDEX = 2.0
@@ -201,3 +207,21 @@ def reverse(model: torch.nn.Module, data: ImageSet, labels: list[int] | None = N
     return Reversal(target.cpu(), best_mask.detach().cpu(), best_pattern.detach().cpu(),
                     best_l1.cpu(), best_success.cpu(),
                     torch.stack(costs).cpu() if costs else torch.empty(0, k))
+
+
+def unlearn(model: torch.nn.Module, clean: ImageSet, reversal: Reversal, recipe: Recipe, *,
+            labels: list[int] | None = None, share: float = 0.2, seed: int = 0,
+            progress: bool = True) -> torch.nn.Module:
+    """NC's unlearning: a copy of `model` fine-tuned by `recipe` on `clean`, whose `share`
+    (drawn from `seed`) is swapped for copies stamped with the reversed trigger of every label
+    in `labels` (default: the flagged ones), true labels kept. With nothing to unlearn the copy
+    is `model` unchanged; the original is never touched."""
+    check_range("share", share, low=0, high=1, low_open=True, high_open=True)
+    labels = reversal.flagged if labels is None else list(labels)
+    if not labels:
+        return copy.deepcopy(model).eval()
+    kept, swapped = clean.split(1 - share, seed)
+    images = [kept.images] + [reversal.stamp(swapped.images, k) for k in labels]
+    targets = [kept.labels] + [swapped.labels] * len(labels)
+    mixed = clean.with_images(torch.cat(images), torch.cat(targets))
+    return fine_tune(model, mixed, recipe, seed=seed, progress=progress)
