@@ -3,6 +3,7 @@
     ch = Chapter("attacks", profile=profile, model=model, dataset=dataset, device=device,
                  results=results)
     ch.header()                      # the run record at the top of the page
+    ch.ensure(ex.jobs(ch, ...))      # every expensive step, computed or read from the cache
     ...experiments...
     ch.table("no_defense", frame)    # kept as data for book/results/attacks.json
     ch.compare(measured)             # paper vs reproduced, from reference/attacks.yaml
@@ -22,7 +23,7 @@ from types import SimpleNamespace
 import pandas as pd
 from IPython.display import Markdown, display
 
-from . import config, data, metrics, models, reference
+from . import config, data, jobs, metrics, models, reference
 from .zoo import atomic_write
 
 LIBRARIES = ("torch", "torchvision", "numpy", "pandas", "papermill", "jupyter-book")
@@ -63,6 +64,8 @@ class Chapter:
         self.results = Path(results) if results else None
         self.tables: dict[str, pd.DataFrame] = {}
         self.comparison: pd.DataFrame | None = None
+        self.jobs: dict[str, int] = {}          # the chapter's jobs: how many, cached, computed
+        self._jobs: dict[str, str] = {}         # each job's key: "cached" or "computed"
         self.started = datetime.now(timezone.utc)
         self._clock = time.perf_counter()
 
@@ -73,6 +76,7 @@ class Chapter:
                 "code_version": config.code_version(),
                 "started": self.started.isoformat(timespec="seconds"),
                 "wall_time_s": round(time.perf_counter() - self._clock, 1),
+                "jobs": self.jobs, "executor": os.environ.get("REPRO_EXECUTOR") or "local",
                 "libraries": library_versions()}
 
     def _record_line(self, wall: bool) -> str:
@@ -129,6 +133,14 @@ class Chapter:
                 "attack_recipes": self.paper_recipe, "device": self.device,
                 "data_dir": self.data_dir}
 
+    def victim_args(self, attack, ratio: float = 0.1, target: int = 0, seed: int | None = None,
+                    **attack_params) -> dict:
+        """What the chapter asks `trained_victim` for: `attack` (None: the clean twin) at
+        `ratio` in the chapter's setting and seed (or `seed`)."""
+        return dict(dataset=self.dataset, attack=attack, ratio=ratio, target=target,
+                    seed=self.seed if seed is None else seed, progress=False, **self.setting,
+                    **attack_params)
+
     @property
     def run_setting(self) -> dict:
         return {"profile": self.profile, "dataset": self.dataset, "model": self.model}
@@ -140,6 +152,20 @@ class Chapter:
 
     def header(self) -> None:
         display(Markdown(f"**Run record:** {self._record_line(wall=False)}"))
+
+    def ensure(self, declared: list) -> None:
+        """Compute the chapter's missing jobs through the run's executor (`$REPRO_EXECUTOR`,
+        default in this process) and say how many were cached."""
+        order = jobs.in_order(declared)
+        for job in order:
+            self._jobs.setdefault(job.key, "cached" if job.cached() else "computed")
+        counts = jobs.ensure(order)
+        statuses = list(self._jobs.values())
+        self.jobs = {"jobs": len(statuses), "cached": statuses.count("cached"),
+                     "computed": statuses.count("computed")}
+        display(Markdown(f"**Jobs:** {len(order)}, of which {counts['cached']} read from the "
+                         f"cache and {counts['done']} computed now "
+                         f"({os.environ.get('REPRO_EXECUTOR') or 'local'} executor)."))
 
     def table(self, name: str, frame: pd.DataFrame) -> pd.DataFrame:
         """Keep `frame` for the results file and return it for display."""

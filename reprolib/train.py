@@ -192,7 +192,9 @@ def trained(model_name: str, data: ImageSet, recipe: Recipe, *, seed: int = 0,
 
     model, card = (zoo or Zoo()).fetch(
         spec, lambda: models.build(model_name, len(data.classes), data.images.shape[1], seed=seed), fit)
-    return model.to(device), card
+    # in the layout training leaves it in, so that a model read from the zoo computes exactly
+    # what the one just trained does
+    return model.to(device, memory_format=torch.channels_last), card
 
 
 def linear_transfer(model: nn.Module, data: ImageSet, *, epochs: int = 40, lr: float = 0.01,

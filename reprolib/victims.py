@@ -11,10 +11,17 @@ the same training images, recipe and seed, without poison.
 
 gives MESA's kind of victim instead: a trained clean model fine-tuned with the trigger stamped on
 each image of each batch with probability `rate` (cached in the zoo the same way).
+
+    trained_victim(dataset="fashion-mnist", attack="blended", ...)    # a Victim, as victim()
+    trained_victim.job(dataset="fashion-mnist", attack="blended", ...)  # the same, as a job
+
+is `victim` as a step of `jobs.py`: a chapter declares its victims as jobs, so that an executor
+can train them all at once, then reads them.
 """
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from functools import cached_property, lru_cache
 
@@ -24,6 +31,7 @@ import torch.nn as nn
 from . import config, data, models
 from .attacks import Attack, Poisoned, attack as make_attack
 from .attacks.patch import Patch
+from .jobs import Kept, step
 from .train import evaluate, train, trained
 from .zoo import Zoo
 
@@ -38,6 +46,7 @@ class Victim:
     poisoned: Poisoned | None   # None for a clean model
     backdoor: data.ImageSet | None  # the attack's triggered non-target test images, true labels
     original: data.ImageSet     # the training set before poisoning
+    asked: dict | None = None   # victim()'s arguments: what a job of this victim is given
 
     @property
     def attack(self) -> Attack | None:
@@ -125,6 +134,10 @@ def victim(dataset: str = "fashion-mnist", *, attack: str | Attack | None = "bad
     recipe = recipe or p.recipe
     model_name = config.check_choice("model", model or p.model, tuple(models.MODELS))
     device = config.resolve_device(device)
+    asked = {"dataset": dataset, "attack": attack, "ratio": ratio, "target": target,
+             "seed": seed, "profile": profile, "model": model, "recipe": recipe,
+             "attack_recipes": attack_recipes, "device": device, "data_dir": data_dir,
+             "progress": progress, **attack_params}
     if isinstance(attack, Attack) and attack_params:
         raise config.ParameterError(f"attack parameters {sorted(attack_params)} were given with "
                                     f"an Attack object; set them on the object instead")
@@ -153,7 +166,48 @@ def victim(dataset: str = "fashion-mnist", *, attack: str | Attack | None = "bad
     net, card = trained(model_name, used, recipe, seed=seed, device=device, about=about,
                         score=score, zoo=zoo, progress=progress, desc=f"{label} {model_name}",
                         per_batch=poisoned.per_batch if poisoned else None)
-    return Victim(net.eval(), card, used, test_set, target, poisoned, backdoor, train_set)
+    return Victim(net.eval(), card, used, test_set, target, poisoned, backdoor, train_set, asked)
+
+
+_recent: OrderedDict[str, Victim] = OrderedDict()   # the last victims built in this process
+
+
+def _read_victim(kept: Kept, args: dict) -> Victim:
+    k = trained_victim.job(**args).key
+    v = _recent.pop(k, None) or victim(**args)
+    _recent[k] = v
+    while len(_recent) > 8:
+        _recent.popitem(last=False)
+    return v
+
+
+def sizes(args: dict) -> tuple[int, int]:
+    """The numbers of training and test images of the victim asked for by `args` (without
+    training it)."""
+    p = config.profile(args.get("profile", "quick"))
+    train_set, test_set = datasets(args["dataset"], args.get("data_dir"), p.n_train, p.n_test,
+                                   args.get("seed", 0))
+    return len(train_set), len(test_set)
+
+
+def _victim_work(args: dict) -> float:
+    p = config.profile(args.get("profile", "quick"))
+    return sizes(args)[0] * (args.get("recipe") or p.recipe).epochs
+
+
+def _victim_name(args: dict) -> str:
+    attack = args.get("attack")
+    name = "clean" if attack is None else getattr(attack, "name", attack)
+    return (f"victim {name}" + (f" {args.get('ratio', 0.1):g}" if attack is not None else "")
+            + f" seed {args.get('seed', 0)}")
+
+
+@step("victim", read=_read_victim, work=_victim_work, describe=_victim_name, signature=victim)
+def trained_victim(**args) -> Kept:
+    """`victim(**args)`, trained or read from the zoo; keeps its model's zoo key."""
+    v = victim(**args)
+    _recent[trained_victim.job(**args).key] = v
+    return Kept(record={"model": v.card["key"], "metrics": v.card.get("metrics", {})})
 
 
 def injected(base: Victim, patch: Patch, *, rate: float = 0.01, target: int = 0,

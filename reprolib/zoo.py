@@ -1,25 +1,34 @@
-"""The trained-model cache.
+"""The cache of trained models and of every other expensive result (`jobs.py`).
 
-An entry is addressed by a hash of everything that determines the weights (the `spec`: data,
-model, attack, recipe, seed, plus `TRAINING_VERSION`). It is two files: the weights as
-safetensors and a JSON card (spec, metrics, wall time, device, code version, and the SHA-256 of
-the weights). Both are written through a temporary file and an atomic rename, weights first, so
-an interrupted write leaves no partial entry; a card whose checksum does not match its weights
-is treated as missing and the model is retrained. The device is not part of the key: a model
-trained on a GPU serves CPU runs of the same spec, and its card says where it was trained.
+An entry is addressed by a hash of everything that determines it (the `spec`: for a model its
+data, attack, recipe and seed; for a job its kind, version and arguments; plus
+`TRAINING_VERSION`). It is two files: the tensors as safetensors and a JSON card (spec, record,
+wall time, device, code version, and the SHA-256 of the tensors). Both are written through a
+temporary file and an atomic rename, tensors first, so an interrupted write leaves no partial
+entry; a card whose checksum does not match its tensors is treated as missing and the entry is
+computed again. The device is not part of the key: a model trained on a GPU serves CPU runs of
+the same spec, and its card says where it was trained.
+
+Whoever computes an entry first takes its *claim*, an exclusive `flock` on claims/KEY.lock, so
+that two processes (two Ray workers, two `repro run`s) sharing the folder never compute the same
+entry twice: the second waits, then reads the first's result. The kernel drops the lock when
+its holder dies, so a killed worker's job is free to be retried. On a cluster the folder is a
+shared filesystem whose locks reach every machine (NFSv4, CephFS, Lustre with flock).
 
 Location: `$REPRO_CACHE_DIR`, else `~/.cache/repro/zoo`.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
+import fcntl
 import hashlib
 import json
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -61,24 +70,58 @@ class Zoo:
     def paths(self, k: str) -> tuple[Path, Path]:
         return self.root / f"{k}.safetensors", self.root / f"{k}.json"
 
-    def _entry(self, spec: dict) -> tuple[dict, bytes] | None:
-        """The card and weights of a complete, intact entry for `spec`, or None."""
+    @contextlib.contextmanager
+    def claim(self, k: str, what: str = "entry") -> Iterator[None]:
+        """Hold the claim on key `k` for the block, waiting (and saying so) while another
+        process holds it."""
+        folder = self.root / "claims"
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / f"{k}.lock", "a+") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                print(f"zoo: {what} {k} is being computed by another process; waiting for it",
+                      file=sys.stderr)
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def get(self, spec: dict) -> tuple[dict, bytes] | None:
+        """The card and tensors (safetensors bytes) of a complete, intact entry for `spec`, or
+        None."""
         k = key(spec)
-        weights, card_path = self.paths(k)
+        tensors, card_path = self.paths(k)
         try:
             card = json.loads(card_path.read_text())
-            payload = weights.read_bytes()
+            payload = tensors.read_bytes()
         except (OSError, ValueError):
             return None
         if card.get("key") != k or hashlib.sha256(payload).hexdigest() != card.get("sha256"):
-            print(f"zoo: entry {k} is corrupted (checksum mismatch); it will be retrained",
+            print(f"zoo: entry {k} is corrupted (checksum mismatch); it will be computed again",
                   file=sys.stderr)
             return None
         return card, payload
 
+    def put(self, spec: dict, tensors: dict[str, torch.Tensor], record: dict) -> dict:
+        """Store `tensors` under `spec` with `record` (metrics, wall time, ...) in the card."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        k = key(spec)
+        payload = save_safetensors({name: t.detach().cpu().contiguous()
+                                    for name, t in tensors.items()})
+        card = {"key": k, "spec": spec, **record, "code_version": code_version(),
+                "torch": torch.__version__,
+                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "sha256": hashlib.sha256(payload).hexdigest(), "bytes": len(payload)}
+        path, card_path = self.paths(k)
+        atomic_write(path, payload)
+        atomic_write(card_path, (json.dumps(card, indent=1) + "\n").encode())
+        return card
+
     def load(self, spec: dict, model: nn.Module) -> dict | None:
         """Load the weights for `spec` into `model` and return the card, or None if absent."""
-        entry = self._entry(spec)
+        entry = self.get(spec)
         if entry is None:
             return None
         card, payload = entry
@@ -86,33 +129,28 @@ class Zoo:
         return card
 
     def save(self, spec: dict, model: nn.Module, record: dict) -> dict:
-        """Store `model` under `spec` with `record` (metrics, wall time, ...) in its card."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        k = key(spec)
-        state = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
-        payload = save_safetensors(state)
-        card = {"key": k, "spec": spec, **record, "code_version": code_version(),
-                "torch": torch.__version__,
-                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                "sha256": hashlib.sha256(payload).hexdigest(), "bytes": len(payload)}
-        weights, card_path = self.paths(k)
-        atomic_write(weights, payload)
-        atomic_write(card_path, (json.dumps(card, indent=1) + "\n").encode())
-        return card
+        """Store `model`'s weights under `spec` with `record` in its card."""
+        return self.put(spec, model.state_dict(), record)
 
     def fetch(self, spec: dict, build: Callable[[], nn.Module],
               fit: Callable[[nn.Module], dict]) -> tuple[nn.Module, dict]:
         """The model for `spec`: loaded from the zoo if it holds an intact entry, else built,
-        trained by `fit` (which returns what the card should record) and stored."""
+        trained by `fit` (which returns what the card should record) and stored, under the
+        key's claim."""
         model = build()
         card = self.load(spec, model)
         if card is not None:
             return model, {**card, "cached": True}
-        start = time.perf_counter()
-        record = fit(model)
-        seconds = time.perf_counter() - start
-        device = device_name(model_device(model))
-        card = self.save(spec, model, {**record, "wall_time_s": round(seconds, 2), "device": device})
+        with self.claim(key(spec), "model"):
+            card = self.load(spec, model)       # trained meanwhile by the claim's holder
+            if card is not None:
+                return model, {**card, "cached": True}
+            start = time.perf_counter()
+            record = fit(model)
+            seconds = time.perf_counter() - start
+            device = device_name(model_device(model))
+            card = self.save(spec, model, {**record, "wall_time_s": round(seconds, 2),
+                                           "device": device})
         return model, {**card, "cached": False}
 
     def entries(self) -> list[dict]:
@@ -123,6 +161,6 @@ class Zoo:
                 card = json.loads(card_path.read_text())
             except (OSError, ValueError):
                 continue
-            if isinstance(card, dict) and self._entry(card.get("spec", {})) is not None:
+            if isinstance(card, dict) and self.get(card.get("spec", {})) is not None:
                 cards.append(card)
         return sorted(cards, key=lambda c: c.get("created", ""), reverse=True)

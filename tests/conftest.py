@@ -1,3 +1,5 @@
+import os
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,11 +16,23 @@ ROOT = Path(__file__).resolve().parent.parent
 CIFAR10_MINI = ROOT / "tests" / "data" / "cifar10-mini"   # 200 real CIFAR-10 images
 
 
+# The zoo of the session's shared fixtures (the smoke victims) and of the chapters' loops that
+# read them through their jobs; set before any fixture runs, so that no test touches the user's.
+SESSION_ZOO = Path(tempfile.mkdtemp(prefix="repro-test-zoo-"))
+os.environ["REPRO_CACHE_DIR"] = str(SESSION_ZOO)
+os.environ["REPRO_OFFLINE"] = "1"
+os.environ.pop("REPRO_DATA_DIR", None)
+os.environ.pop("REPRO_EXECUTOR", None)
+
+
 @pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    """No test reads or writes the user's caches, or goes to the network unless it says so."""
+def isolated(tmp_path, monkeypatch, request):
+    """No test reads or writes the user's caches, or goes to the network unless it says so.
+    Each test has a zoo of its own, but for the tests of the chapters' loops
+    (test_experiments_*), which share the session's: their jobs read the smoke victims."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
-    monkeypatch.setenv("REPRO_CACHE_DIR", str(tmp_path / "zoo"))
+    shared = request.module.__name__.split(".")[-1].startswith("test_experiments")
+    monkeypatch.setenv("REPRO_CACHE_DIR", str(SESSION_ZOO if shared else tmp_path / "zoo"))
     monkeypatch.delenv("REPRO_DATA_DIR", raising=False)
     monkeypatch.setenv("REPRO_OFFLINE", "1")
 
@@ -81,18 +95,16 @@ def tiny_patch(fashion, tmp_path_factory):
 @pytest.fixture(scope="session")
 def smoke_victims(fashion, tmp_path_factory):
     """The smoke profile's clean, BadNets and Blended models on Fashion-MNIST (2,000 images, 3
-    epochs), as the chapters ask for them, and the zoo and settings that made them: what the
-    tests of `reprolib.experiments` run the chapters' loops on."""
-    from reprolib.victims import victim
+    epochs), as the chapters ask for them, in the session's zoo, and the settings that made
+    them: what the tests of `reprolib.experiments` run the chapters' loops on."""
+    from reprolib.victims import trained_victim
 
-    zoo = Zoo(tmp_path_factory.mktemp("smoke-zoo"))
-    common = dict(ratio=0.1, target=0, seed=0, profile="smoke", device="cpu", zoo=zoo,
-                  progress=False)
+    common = dict(ratio=0.1, target=0, seed=0, profile="smoke", device="cpu", progress=False)
     return SimpleNamespace(
-        clean=victim("fashion-mnist", attack=None, **common),
-        badnets=victim("fashion-mnist", attack="badnets", **common),
-        blended=victim("fashion-mnist", attack="blended", **common),
-        common=common, zoo=zoo)
+        clean=trained_victim(dataset="fashion-mnist", attack=None, **common),
+        badnets=trained_victim(dataset="fashion-mnist", attack="badnets", **common),
+        blended=trained_victim(dataset="fashion-mnist", attack="blended", **common),
+        common=common)
 
 
 @pytest.fixture(autouse=True)

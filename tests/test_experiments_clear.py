@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from reprolib.attacks.targeted import top_two
+from reprolib.attacks.targeted import hits, mislabelled_copies, top_two
 from reprolib.config import ParameterError, Recipe
 from reprolib.config import profile as profile_of
 from reprolib.experiments import clear as ex
+from reprolib.train import evaluate
 
 matplotlib.use("Agg")
 
@@ -37,11 +38,10 @@ def test_the_draws_and_parameters_are_checked():
 @pytest.fixture(scope="module")
 def runs(smoke_victims):
     clean = smoke_victims.clean
-    found = ex.run_attacks(
-        clean, DRAWS, top_two(clean.model, clean.test), model_name="small_cnn",
-        recipe=profile_of("smoke").recipe, device="cpu", dataset="fashion-mnist",
+    found = ex.run_attacks(ex.attack_args(
+        clean.asked, DRAWS, model_name="small_cnn", recipe=profile_of("smoke").recipe,
         pairing="nearest", copies=30, poisons=5, budget=0.01, eps=8, brew_steps=2, restarts=1,
-        brew_augment=False, pool_size=300, seed=0)
+        brew_augment=False, pool_size=300, seed=0, device="cpu"))
     ex.detect(found, k_transfer=20, k_scratch=40, dim=4)
     return clean, found
 
@@ -52,7 +52,11 @@ def test_each_attack_draws_a_target_poisons_and_an_attacked_model(runs):
     ranked = top_two(clean.model, clean.test)
     for r in found:
         assert r.true == clean.test.labels[r.target] and r.attacker == ranked[r.target, 1]
-        assert r.extractor is (clean.model if r.transfer else r.model)
+        if r.transfer:          # the clean extractor, read back from the zoo
+            assert all(torch.equal(a, b) for a, b in zip(r.extractor.state_dict().values(),
+                                                         clean.model.state_dict().values()))
+        else:
+            assert r.extractor is r.model
         assert 0 <= r.ca <= 100 and r.seconds > 0
     copies, collision, brew = found
     assert len(copies.atk.indices) == 30 and len(copies.atk.data) == len(clean.train) + 30
@@ -64,6 +68,21 @@ def test_each_attack_draws_a_target_poisons_and_an_attacked_model(runs):
     assert list(summary.index) == list(DRAWS) and (summary.draws == 1).all()
 
 
+def test_a_draw_read_back_from_the_zoo_is_the_one_its_job_computed(runs):
+    clean, found = runs
+    copies = found[0]
+    direct = mislabelled_copies(clean.train, clean.test.images[copies.target], copies.true,
+                                copies.attacker, copies=30, seed=0)
+    assert torch.equal(copies.atk.data.images, direct.data.images)
+    assert torch.equal(copies.atk.data.labels, direct.data.labels)
+    for r in found:         # the kept scores were measured on the model the job trained
+        assert r.ca == pytest.approx(100 * evaluate(r.model, clean.test)["ca"])
+        assert r.success == hits(r.model, clean.test, r.target, r.attacker)
+        again = ex.attacked(**r.args)
+        assert torch.equal(again.atk.data.images, r.atk.data.images)
+        assert torch.equal(again.atk.indices, r.atk.indices)
+
+
 def test_detection_scores_every_run_and_the_clean_references(runs, smoke_victims):
     clean, found = runs
     for r in found:
@@ -72,9 +91,8 @@ def test_detection_scores_every_run_and_the_clean_references(runs, smoke_victims
     copies = found[0]
     flagged = copies.examined.knn.flagged.nonzero().flatten()
     assert copies.knn_r == pytest.approx(torch.isin(copies.atk.indices, flagged).float().mean())
-    common = {k: v for k, v in smoke_victims.common.items() if k not in ("ratio", "target", "seed")}
-    scores = ex.calibrate(clean, pool_size=300, clean_pools=2, clean_models=1, k_transfer=20,
-                          k_scratch=40, dim=4, dataset="fashion-mnist", seed=0, common=common)
+    scores = ex.calibrate(ex.references(clean.asked, pool_size=300, clean_pools=2,
+                                        clean_models=1, k_transfer=20, k_scratch=40, dim=4))
     assert len(scores["transfer"]) == 2 and len(scores["from scratch"]) == 1
     threshold = {s: float(np.percentile(v, 95)) for s, v in scores.items()}
     table = ex.detection_table(found, DRAWS, scores, threshold)
@@ -100,10 +118,12 @@ def test_mitigation_figures_ablation_and_claims(runs):
     assert len(sets["Deep k-NN + FT"]) == len(copies.atk.data) - int(
         copies.examined.knn.flagged.sum())
     recipe = Recipe(epochs=1, lr=0.01, schedule="cosine")
-    per_draw = ex.mitigate(found, plain, clean.test, scratch_recipe=recipe, seed=0)
+    jobs = ex.mitigation_jobs(found, k_transfer=20, k_scratch=40, dim=4, scratch_recipe=recipe,
+                              seed=0)
+    per_draw = ex.mitigate(found, jobs)
     won = [r for r in found if r.success]
-    assert len(per_draw) == len(ex.METHODS) * len(won)
-    assert all(set(r.after) == set(ex.METHODS) for r in won)
+    assert len(jobs) == len(won) and len(per_draw) == len(ex.METHODS) * len(won)
+    assert all(list(r.after) == ["CLEAR relabel + FT"] for r in won)
     table = ex.mitigation_table(per_draw)
     assert table["attack success %"].between(0, 100).all()
     shown = won[0] if won else found[0]

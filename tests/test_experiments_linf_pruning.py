@@ -14,7 +14,8 @@ matplotlib.use("Agg")
 def chapter(smoke_victims):
     s = smoke_victims
     victims = {"badnets": s.badnets, "blended": s.blended}
-    reversal = {name: nc.reverse(v.model, v.clean_subset(200, 0), steps=20, progress=False)
+    reversal = {name: ex.reversed_triggers(victim=v.asked, n=200, seed=0,
+                                           budget=nc.budget(20, 200))
                 for name, v in victims.items()}
     suspect = {name: 0 for name in victims}
     stats = ex.statistics_set(s.clean.test, 0, 100, 0)
@@ -73,9 +74,11 @@ def test_the_norms_tails_and_pruning_of_every_ranking(chapter):
     assert overlap.values.min() >= 0 and overlap.values.max() <= 1
     assert len(ex.pruning_figure(curves, list(victims), 64).axes) == 4
 
-    points = ex.operating_points(victims, curves, orders, n_defender=200, seed=0, device="cpu")
-    tuned = sum(lp.stop_at_asr(curves[n, "linf"]["defender"]) is not None for n in victims)
-    assert len(points) == 2 * 2 * len(lp.RANKINGS) + tuned
+    tuning = ex.tuning_jobs(victims, curves, orders, n_defender=200, seed=0, device="cpu")
+    tuned = [n for n in victims if lp.stop_at_asr(curves[n, "linf"]["defender"]) is not None]
+    assert list(tuning) == tuned
+    points = ex.operating_points(victims, curves, orders, tuning)
+    assert len(points) == 2 * 2 * len(lp.RANKINGS) + len(tuned)
     before = 100 * victims["badnets"].scores()["ca"]
     assert (points["ca before"].xs("badnets") - before).abs().max() < 1e-9
     cam = ex.gradcam_table(vanilla, victims, stats)
@@ -87,6 +90,17 @@ def test_the_norms_tails_and_pruning_of_every_ranking(chapter):
         measured["linf_bias_blended"] - measured["linf_bias_badnets"])
     lines = ex.summary(points, victims, 64)
     assert len(lines) == 2 and lines[0].startswith("**badnets**")
+
+
+def test_the_reversal_kept_in_the_zoo_is_the_one_neural_cleanse_computes(chapter):
+    _, victims, reversal, _, _ = chapter
+    v = victims["badnets"]
+    direct = nc.reverse(v.model, v.clean_subset(200, 0), seed=0, progress=False,
+                        **nc.budget(20, 200))
+    kept = reversal["badnets"]
+    for name in ("labels", "masks", "patterns", "l1", "success"):
+        assert torch.equal(getattr(kept, name), getattr(direct, name)), name
+    assert kept.suspect == direct.suspect and kept.flagged == direct.flagged
 
 
 def test_the_cost_to_remove_a_backdoor_is_read_at_the_first_count_below_the_bar():

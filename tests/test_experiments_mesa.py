@@ -2,6 +2,7 @@
 import matplotlib
 import pandas as pd
 import pytest
+import torch
 
 from reprolib.attacks.patterns import pattern_classes
 from reprolib.defenses import mesa
@@ -26,12 +27,24 @@ def run(smoke_victims):
     clean = smoke_victims.clean
     defender, held_out = mesa.split(clean.test)
     patch = ex.patches(1, 0, channels=1)["170"]
-    done = ex.defend_pattern(
-        clean, "170", patch, defender=defender, held_out=held_out, target=0, inject_rate=0.2,
+    done = ex.defended_pattern(
+        clean=clean.asked, name="170", patch=patch, target=0, inject_rate=0.2,
         inject_recipe=mesa.RETRAIN.replace(epochs=1), settings=SETTINGS,
         reverse_settings=mesa.ReverseSettings(rounds=2, epochs=1, batches=2),
         retrain_recipe=mesa.RETRAIN.replace(epochs=1), rate=0.01, seed=0)
     return clean, defender, held_out, patch, done
+
+
+def test_a_patterns_run_read_back_from_the_zoo_is_the_one_computed(run):
+    clean, defender, held_out, patch, done = run
+    again = ex.defended_pattern(**done.run)                       # from the zoo this time
+    assert again.rows == done.rows and again.samples == done.samples
+    assert torch.equal(again.reversed, done.reversed)
+    for beta, g in done.found.generators.items():
+        kept = again.found.generators[beta]
+        assert not kept.training and all(torch.equal(a, b) for a, b in zip(
+            g.state_dict().values(), kept.state_dict().values()))
+        assert torch.equal(mesa.sample(g, 8), mesa.sample(kept, 8))
 
 
 def test_one_pattern_gets_every_retraining_and_every_sampler_measured(run):
@@ -66,20 +79,18 @@ def test_one_pattern_gets_every_retraining_and_every_sampler_measured(run):
 def test_the_sweeps_detection_and_claims(run):
     clean, defender, held_out, patch, done = run
     results, samples = pd.DataFrame(done.rows), pd.DataFrame(done.samples)
-    by_alpha, alphas = ex.alpha_sweep(done.victim, done.found, [0.1, 0.0], defender=defender,
-                                      held_out=held_out, target=0, settings=SETTINGS, seed=0)
+    by_alpha, alphas = ex.alpha_sweep(done, [0.1, 0.0], held_out=held_out, target=0,
+                                      settings=SETTINGS, seed=0)
     assert by_alpha[0.1] is done.found.generators[0.9]           # reused, not searched again
     assert list(alphas.index) == [0.1, 0.0]
     assert len(ex.alpha_figure(by_alpha, "svd", 0, 1).axes) == 2
-    rates = ex.rate_sensitivity(done, "170", patch, results, [0.5], rate=0.01, defender=defender,
-                                held_out=held_out, target=0,
-                                retrain_recipe=mesa.RETRAIN.replace(epochs=1), seed=0)
+    rates = ex.rate_sensitivity(done, results, [0.5])
     assert list(rates.index) == [0.01, 0.5]
     worst = int(results[results.method == "baseline"].set_index("round")["ASR %"].idxmax())
     assert list(rates.columns) == ["MESA ensemble", f"baseline round {worst}", "clean fine-tune"]
     assert rates.loc[0.01, "MESA ensemble"] == results[
         results.method == "MESA ensemble"]["ASR %"].item()
-    detected = ex.detection(done.victim.model, defender, held_out, SETTINGS, seed=0)
+    detected = ex.detection(done)
     assert list(detected.index) == list(range(10))
     assert len(ex.detection_figure(detected, 0).axes) == 1
     measured = ex.claims(results, samples, detected, alphas, 90.0, 0)

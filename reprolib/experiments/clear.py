@@ -3,6 +3,7 @@ CLEAR's and Deep k-NN's detection on every poisoned training set, the mitigation
 input and in feature space, and the neighbourhood and dimension ablation."""
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 
@@ -12,16 +13,17 @@ import pandas as pd
 import torch
 from matplotlib.colors import ListedColormap
 from scipy.spatial import ConvexHull
-from tqdm.auto import tqdm
 
 from ..attacks.feature_collision import feature_collision
 from ..attacks.gradient_matching import gradient_matching
-from ..attacks.targeted import PAIRINGS, Targeted, draw_target, hits, mislabelled_copies
+from ..attacks.targeted import (PAIRINGS, Targeted, draw_target, hits, mislabelled_copies,
+                                top_two)
 from ..config import Recipe, check_choice, check_range
 from ..defenses import clear
+from ..jobs import Job, Kept, pack, step, unpack
 from ..metrics import auroc, precision_recall
 from ..train import evaluate, linear_transfer, trained
-from ..victims import victim
+from ..victims import sizes, trained_victim
 
 ATTACKS = ("mislabelled copies", "feature collision", "gradient matching")
 SETTING = {"mislabelled copies": "from scratch", "feature collision": "transfer",
@@ -73,6 +75,7 @@ class Run:
     knn_r: float = float("nan")
     oracle_enclosure: float = float("nan")
     after: dict = field(default_factory=dict)   # per mitigation, the defended model
+    args: dict = field(default_factory=dict)    # the arguments of its job (`attacked`)
 
     @property
     def transfer(self) -> bool:
@@ -80,50 +83,132 @@ class Run:
 
 
 
-def run_attacks(clean, draws: dict[str, int], ranked: torch.Tensor, *, model_name: str,
-                recipe: Recipe, device, dataset: str, pairing: str, copies: int, poisons: int,
-                budget: float, eps: float, brew_steps: int, restarts: int, brew_augment: bool,
-                pool_size: int, seed: int) -> list[Run]:
-    """Every attack's `draws`: a target and attacker class, the poisons, and the attacked model
-    (the head retrained on the clean extractor in the transfer setting, a model trained from
-    scratch otherwise, through the zoo)."""
-    test, train_set = clean.test, clean.train
-    runs = []
-    bar = tqdm(total=sum(draws.values()), desc="attacks", disable=None)
-    for attack_no, name in enumerate(draws):
-        for i in range(draws[name]):
-            idx, true, attacker = draw_target(ranked, test.labels, len(test.classes),
-                                              pairing=pairing,
-                                              seed=10_000 * seed + 100 * attack_no + i)
-            target_image = test.images[idx]
-            start = time.perf_counter()
-            if name == "feature collision":
-                pool = train_set.sample(pool_size, 1000 + i)
-                atk = feature_collision(clean.model, pool, target_image, true, attacker,
-                                        n=poisons, eps=eps / 255, steps=500, seed=seed + i)
-                model = linear_transfer(clean.model, atk.data, seed=seed + i)
-                before = linear_transfer(clean.model, pool, seed=seed + i)
-            else:
-                if name == "mislabelled copies":
-                    atk = mislabelled_copies(train_set, target_image, true, attacker,
-                                             copies=copies, seed=seed + i)
-                else:
-                    atk = gradient_matching(clean.model, train_set, target_image, true, attacker,
-                                            budget=budget, eps=eps / 255, steps=brew_steps,
-                                            restarts=restarts, augment=brew_augment,
-                                            seed=seed + i)
-                model, _ = trained(model_name, atk.data, recipe, seed=seed, device=device,
-                                   about={"dataset": dataset, "attack": name, "target": idx,
-                                          "attacker_class": attacker}, progress=False)
-                model.eval()
-                before = clean.model
-            extractor = clean.model if SETTING[name] == "transfer" else model
-            runs.append(Run(name, i, idx, true, attacker, atk, model, before, extractor,
-                            hits(model, test, idx, attacker), 100 * evaluate(model, test)["ca"],
-                            time.perf_counter() - start))
-            bar.update()
-    bar.close()
-    return runs
+def attack_args(clean, draws: dict[str, int], *, model_name: str, recipe: Recipe, pairing: str,
+                copies: int, poisons: int, budget: float, eps: float, brew_steps: int,
+                restarts: int, brew_augment: bool, pool_size: int, seed: int,
+                device="auto") -> list[dict]:
+    """The arguments of every draw's `attacked` job, on the clean model asked for by `clean`."""
+    how = dict(model_name=model_name, recipe=recipe, pairing=pairing, copies=copies,
+               poisons=poisons, budget=budget, eps=eps, brew_steps=brew_steps,
+               restarts=restarts, brew_augment=brew_augment, pool_size=pool_size, seed=seed,
+               device=device)
+    return [dict(clean=clean, name=name, draw=i, attack_no=attack_no, **how)
+            for attack_no, name in enumerate(draws) for i in range(draws[name])]
+
+
+def _base(clean, name: str, draw: int, pool_size: int):
+    """The set an attack poisons: a fine-tuning pool for the transfer setting, else the whole
+    training set."""
+    return (clean.train.sample(pool_size, 1000 + draw) if SETTING[name] == "transfer"
+            else clean.train)
+
+
+def _poisoned(base, kept: Kept):
+    """`base` with the kept poisons put back: images changed in place, copies appended."""
+    t = kept.tensors
+    grow = kept.record["size"] - len(base)
+    images = torch.cat([base.images, t["images"][len(t["images"]) - grow:].to(
+        base.images.device)]) if grow else base.images.clone()
+    labels = torch.cat([base.labels, t["labels"][len(t["labels"]) - grow:].to(
+        base.labels.device)]) if grow else base.labels.clone()
+    where = t["indices"].to(images.device)
+    images[where], labels[where] = t["images"].to(images.device), t["labels"].to(labels.device)
+    return base.with_images(images, labels)
+
+
+def _with_head(model, head: dict):
+    net = copy.deepcopy(model).eval()
+    net.head.load_state_dict(head)
+    return net
+
+
+def _heads(kept: Kept, prefix: str) -> dict:
+    return {k[len(prefix):]: t for k, t in kept.tensors.items() if k.startswith(prefix)}
+
+
+def _run(kept: Kept, a: dict) -> Run:
+    clean, r = trained_victim(**a["clean"]), kept.record
+    data = _poisoned(_base(clean, a["name"], a["draw"], a["pool_size"]), kept)
+    atk = Targeted(data, kept.tensors["indices"], kept.tensors["target"],
+                   kept.tensors["true_label"], r["attacker"])
+    if SETTING[a["name"]] == "transfer":
+        model = _with_head(clean.model, _heads(kept, "model.head."))
+        before = _with_head(clean.model, _heads(kept, "before.head."))
+    else:
+        model = _scratch(a, data, r["target"], r["attacker"]).eval()
+        before = clean.model
+    extractor = clean.model if SETTING[a["name"]] == "transfer" else model
+    return Run(a["name"], a["draw"], r["target"], r["true"], r["attacker"], atk, model, before,
+               extractor, r["success"], r["ca"], r["seconds"], args=a)
+
+
+def _scratch(a: dict, data, target: int, attacker: int):
+    """The model trained from scratch on the poisoned `data` (through the zoo)."""
+    model, _ = trained(a["model_name"], data, a["recipe"], seed=a["seed"], device=a["device"],
+                       about={"dataset": a["clean"]["dataset"], "attack": a["name"],
+                              "target": target, "attacker_class": attacker}, progress=False)
+    return model
+
+
+def _attack_passes(a: dict) -> float:
+    """Crafting (feature collision's 500 steps per poison; gradient matching's steps per
+    restart over its poisons, three passes each) and training from scratch."""
+    n = sizes(a["clean"])[0]
+    if a["name"] == "feature collision":
+        return a["pool_size"] * 2 + 500 * a["poisons"]
+    crafting = a["brew_steps"] * a["restarts"] * 3 * a["budget"] * n if (
+        a["name"] == "gradient matching") else 0
+    return n * a["recipe"].epochs + crafting
+
+
+@step("clear.attack", read=_run, needs=lambda a: [trained_victim.job(**a["clean"])],
+      work=_attack_passes, describe=lambda a: f"CLEAR {a['name']} draw {a['draw']}")
+def attacked(clean: dict, name: str, draw: int, attack_no: int, *, model_name: str,
+             recipe: Recipe, pairing: str, copies: int, poisons: int, budget: float, eps: float,
+             brew_steps: int, restarts: int, brew_augment: bool, pool_size: int, seed: int,
+             device="auto") -> Kept:
+    """One draw of attack `name` against the clean model asked for by `clean`: a target and an
+    attacker class, the poisons, and the attacked model (the head retrained on the clean
+    extractor in the transfer setting, a model trained from scratch otherwise). Keeps the
+    poisons (not the whole set) and, in the transfer setting, the two heads."""
+    base_victim = trained_victim(**clean)
+    test, train_set = base_victim.test, base_victim.train
+    idx, true, attacker = draw_target(top_two(base_victim.model, test), test.labels,
+                                      len(test.classes), pairing=pairing,
+                                      seed=10_000 * seed + 100 * attack_no + draw)
+    target_image = test.images[idx]
+    start = time.perf_counter()
+    heads = {}
+    if name == "feature collision":
+        pool = _base(base_victim, name, draw, pool_size)
+        atk = feature_collision(base_victim.model, pool, target_image, true, attacker,
+                                n=poisons, eps=eps / 255, steps=500, seed=seed + draw)
+        model = linear_transfer(base_victim.model, atk.data, seed=seed + draw)
+        before = linear_transfer(base_victim.model, pool, seed=seed + draw)
+        heads = {**{f"model.head.{k}": t for k, t in model.head.state_dict().items()},
+                 **{f"before.head.{k}": t for k, t in before.head.state_dict().items()}}
+    else:
+        if name == "mislabelled copies":
+            atk = mislabelled_copies(train_set, target_image, true, attacker, copies=copies,
+                                     seed=seed + draw)
+        else:
+            atk = gradient_matching(base_victim.model, train_set, target_image, true, attacker,
+                                    budget=budget, eps=eps / 255, steps=brew_steps,
+                                    restarts=restarts, augment=brew_augment, seed=seed + draw)
+        model = _scratch(dict(clean=clean, name=name, model_name=model_name, recipe=recipe,
+                              seed=seed, device=device), atk.data, idx, attacker).eval()
+    where = atk.indices.to(atk.data.labels.device)
+    return Kept({"indices": atk.indices, "images": atk.data.images[where],
+                 "labels": atk.data.labels[where], "target": atk.target,
+                 "true_label": atk.true_label, **heads},
+                {"size": len(atk.data), "target": int(idx), "true": int(true),
+                 "attacker": int(attacker), "success": hits(model, test, idx, attacker),
+                 "ca": 100 * evaluate(model, test)["ca"], "seconds": time.perf_counter() - start})
+
+
+def run_attacks(args: list[dict]) -> list[Run]:
+    """Every draw of `attack_args`, computed or read back."""
+    return [attacked(**a) for a in args]
 
 
 def attack_table(runs: list[Run]) -> pd.DataFrame:
@@ -141,13 +226,36 @@ def attack_summary(attacks: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def _k(run: dict, k_transfer: int, k_scratch: int) -> int:
+    return k_transfer if SETTING[run["name"]] == "transfer" else k_scratch
+
+
+@step("clear.examine", read=lambda kept, args: unpack(kept),
+      needs=lambda a: [attacked.job(**a["run"])] if a["run"] else [trained_victim.job(**a["clean"])],
+      work=lambda a: 0, describe=lambda a: "CLEAR detection " + (
+          f"{a['run']['name']} draw {a['run']['draw']}" if a["run"] else
+          f"clean pool {a['pool']}" if a.get("pool") is not None else
+          f"clean model seed {a['clean']['seed']}"))
+def examined(run: dict | None, k: int, dim: int, clean: dict | None = None,
+             pool: int | None = None, pool_size: int = 0) -> Kept:
+    """CLEAR's detection (`clear.examine`) on the training set of an attack's draw (`run`, the
+    arguments of its `attacked` job), or with `run` None on a clean reference: fine-tuning pool
+    `pool` of `pool_size` images, or (`pool` None) the clean model's own training set. Its cost
+    is the features (one pass) and the hull LPs, which the plan does not estimate."""
+    if run is not None:
+        r = attacked(**run)
+        return pack(clear.examine(r.extractor, r.atk.data, k=k, dim=dim))
+    v = trained_victim(**clean)
+    data = v.train if pool is None else v.train.sample(pool_size, 5000 + pool)
+    return pack(clear.examine(v.model, data, k=k, dim=dim))
+
+
 def detect(runs: list[Run], *, k_transfer: int, k_scratch: int, dim: int) -> None:
     """CLEAR on each run's training set (with its neighbourhood size), the sample-level
     precision and recall of CLEAR's and Deep k-NN's flags, and the widest-hull diagnosis."""
-    for r in tqdm(runs, desc="detect", disable=None):
+    for r in runs:
         data, poisons = r.atk.data, r.atk.indices
-        r.examined = clear.examine(r.extractor, data, k=k_transfer if r.transfer else k_scratch,
-                                   dim=dim)
+        r.examined = examined(run=r.args, k=_k(r.args, k_transfer, k_scratch), dim=dim)
         n = len(data)
         r.clear_p, r.clear_r = precision_recall(clear.flagged(r.examined.found), poisons, n)
         r.knn_p, r.knn_r = precision_recall(r.examined.knn.flagged.nonzero().flatten(),
@@ -155,19 +263,20 @@ def detect(runs: list[Run], *, k_transfer: int, k_scratch: int, dim: int) -> Non
         r.oracle_enclosure = clear.widest_hull_share(r.examined.z, data.labels, poisons, r.true)
 
 
-def calibrate(clean, *, pool_size: int, clean_pools: int, clean_models: int, k_transfer: int,
-              k_scratch: int, dim: int, dataset: str, seed: int,
-              common: dict) -> dict[str, list[float]]:
-    """Model scores of clean references: clean fine-tuning sets for the transfer setting, clean
-    models (`clean` and more seeds) for training from scratch."""
-    scores = {"transfer": [clear.examine(clean.model, clean.train.sample(pool_size, 5000 + j),
-                                         k=k_transfer, dim=dim).score
-                           for j in range(clean_pools)]}
-    models = [clean] + [victim(dataset, attack=None, seed=seed + j, **common)
-                        for j in range(1, clean_models)]
-    scores["from scratch"] = [clear.examine(v.model, v.train, k=k_scratch, dim=dim).score
-                              for v in models]
-    return scores
+def references(clean: dict, *, clean_pools: int, clean_models: int, pool_size: int,
+               k_transfer: int, k_scratch: int, dim: int) -> dict[str, list[dict]]:
+    """The arguments of the clean references' `examined` jobs: per setting, clean fine-tuning
+    pools, and clean models from scratch (`clean` and more seeds)."""
+    seeds = [clean["seed"] + j for j in range(clean_models)]
+    return {"transfer": [dict(run=None, k=k_transfer, dim=dim, clean=clean, pool=j,
+                              pool_size=pool_size) for j in range(clean_pools)],
+            "from scratch": [dict(run=None, k=k_scratch, dim=dim, clean={**clean, "seed": s})
+                             for s in seeds]}
+
+
+def calibrate(refs: dict[str, list[dict]]) -> dict[str, list[float]]:
+    """Model scores of the clean references of `references`."""
+    return {setting: [examined(**a).score for a in args] for setting, args in refs.items()}
 
 
 def _mean(values) -> float:
@@ -250,21 +359,94 @@ def mitigation_sets(r: Run, plain) -> dict:
             "oracle relabel + FT": data.with_images(data.images, oracle)}
 
 
-def mitigate(runs: list[Run], plain, test, *, scratch_recipe: Recipe,
-             seed: int) -> pd.DataFrame:
-    """Every successful attack through every mitigation: whether the target still goes to the
-    attacker's class, and the CA (one row per attack, draw and method)."""
+def _mitigated(kept: Kept, a: dict) -> dict:
+    r = attacked(**a["run"])
+    if r.transfer:
+        relabel = _with_head(r.model, _heads(kept, "head."))
+    else:
+        relabel = copy.deepcopy(r.model).eval()
+        relabel.load_state_dict(kept.tensors)
+    return {"rows": kept.record["rows"], "relabelled": relabel}
+
+
+def _mitigation_passes(a: dict) -> float:
+    if SETTING[a["run"]["name"]] == "transfer":
+        return 0
+    return sizes(a["run"]["clean"])[0] * a["scratch_recipe"].epochs * (len(METHODS) - 1)
+
+
+@step("clear.mitigate", read=_mitigated, needs=lambda a: [examined.job(**a["examined_"])],
+      work=_mitigation_passes, describe=lambda a: f"CLEAR mitigation {a['run']['name']} draw "
+                                               f"{a['run']['draw']}")
+def mitigated(run: dict, examined_: dict, scratch_recipe: Recipe, plain_one_in: int,
+              seed: int) -> Kept:
+    """Every mitigation of a successful draw (`run`, with its detection `examined_`): whether
+    the target still goes to the attacker's class, and the CA; keeps the model CLEAR's relabel
+    gives (its head alone in the transfer setting). Plain fine-tuning takes one in
+    `plain_one_in` clean training images, drawn from `seed`."""
+    r = attacked(**run)
+    r.examined = examined(**examined_)
+    train_set = trained_victim(**run["clean"]).train
+    recipe = HEAD_RECIPE if r.transfer else scratch_recipe
+    after = {"no defense": r.model}
+    plain = train_set.sample(max(len(train_set) // plain_one_in, 2), seed)
+    for m, d in mitigation_sets(r, plain).items():
+        after[m] = clear.fine_tuned(r.model, d, recipe, head_only=r.transfer, seed=seed)
+    test = trained_victim(**run["clean"]).test
+    rows = [{"attack": r.attack, "draw": r.draw, "method": m,
+             "still succeeds": hits(net, test, r.target, r.attacker),
+             "CA %": 100 * evaluate(net, test)["ca"]} for m, net in after.items()]
+    relabel = after["CLEAR relabel + FT"]
+    state = ({f"head.{k}": t for k, t in relabel.head.state_dict().items()} if r.transfer
+             else relabel.state_dict())
+    return Kept(state, {"rows": rows})
+
+
+def mitigation_jobs(runs: list[Run], *, k_transfer: int, k_scratch: int, dim: int,
+                    scratch_recipe: Recipe, plain_one_in: int = 20, seed: int) -> list[Job]:
+    """The mitigation of every successful draw."""
+    return [mitigated.job(run=r.args, examined_=dict(run=r.args, k=_k(r.args, k_transfer,
+                                                                      k_scratch), dim=dim),
+                          scratch_recipe=scratch_recipe, plain_one_in=plain_one_in, seed=seed)
+            for r in runs if r.success]
+
+
+def mitigate(runs: list[Run], jobs_: list[Job]) -> pd.DataFrame:
+    """Every successful attack through every mitigation (the jobs of `mitigation_jobs`):
+    whether the target still goes to the attacker's class, and the CA (one row per attack,
+    draw and method)."""
     rows = []
-    for r in tqdm([r for r in runs if r.success], desc="mitigate", disable=None):
-        recipe = HEAD_RECIPE if r.transfer else scratch_recipe
-        r.after = {"no defense": r.model}
-        for m, d in mitigation_sets(r, plain).items():
-            r.after[m] = clear.fine_tuned(r.model, d, recipe, head_only=r.transfer, seed=seed)
-        for m, net in r.after.items():
-            rows.append({"attack": r.attack, "draw": r.draw, "method": m,
-                         "still succeeds": hits(net, test, r.target, r.attacker),
-                         "CA %": 100 * evaluate(net, test)["ca"]})
+    done = iter(jobs_)
+    for r in runs:
+        if r.success:
+            found = next(done)()
+            r.after = {"CLEAR relabel + FT": found["relabelled"]}
+            rows += found["rows"]
     return pd.DataFrame(rows, columns=["attack", "draw", "method", "still succeeds", "CA %"])
+
+
+def jobs(ch, *, pairing="nearest", draws_copies=None, draws_collision=None, draws_brew=None,
+         copies=50, poisons=25, budget=0.01, eps=8, brew_steps=None, restarts=None,
+         pool_size=None, brew_augment=True, dim=8, k_transfer=50, k_scratch=100,
+         **_) -> list[Job]:
+    """The clean models, every attack's draws and CLEAR's detection on each, and the clean
+    references; the mitigations depend on which draws succeed (`mitigation_jobs`)."""
+    scale = ch.scale(draws_copies=draws_copies, draws_collision=draws_collision,
+                     draws_brew=draws_brew, brew_steps=brew_steps, restarts=restarts,
+                     pool_size=pool_size)
+    clean = ch.victim_args(None)
+    args = attack_args(clean, draws(scale), model_name=ch.model, recipe=ch.recipe,
+                       pairing=pairing, copies=copies, poisons=poisons, budget=budget, eps=eps,
+                       brew_steps=scale.brew_steps, restarts=scale.restarts,
+                       brew_augment=brew_augment, pool_size=scale.pool_size, seed=ch.seed,
+                       device=ch.device)
+    refs = references(clean, clean_pools=scale.clean_pools, clean_models=scale.clean_models,
+                      pool_size=scale.pool_size, k_transfer=k_transfer, k_scratch=k_scratch,
+                      dim=dim)
+    return ([trained_victim.job(**r["clean"]) for r in refs["from scratch"]]
+            + [attacked.job(**a) for a in args]
+            + [examined.job(run=a, k=_k(a, k_transfer, k_scratch), dim=dim) for a in args]
+            + [examined.job(**r) for rs in refs.values() for r in rs])
 
 
 def mitigation_table(per_draw: pd.DataFrame) -> pd.DataFrame:

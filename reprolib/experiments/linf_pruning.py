@@ -8,11 +8,67 @@ import pandas as pd
 from ..config import Recipe
 from ..data import ImageSet
 from ..defenses import linf_pruning as lp
+from ..defenses import neural_cleanse as nc
 from ..gradcam import cams, mass_in, trigger_cells
+from ..jobs import Job, Kept, pack, step, unpack
 from ..train import train
+from ..victims import trained_victim
 
 MODELS = ("vanilla", "backdoored")
 TRIGGERS = ("clean", "real", "synthetic")
+TUNE = Recipe(epochs=5, batch_size=64, lr=0.01, schedule="cosine")   # after rule-i pruning
+
+
+@step("nc.reverse", read=lambda kept, args: unpack(kept),
+      needs=lambda a: [trained_victim.job(**a["victim"])],
+      work=lambda a: a["budget"]["steps"] * a["budget"]["batch_size"] * 10,
+      describe=lambda a: f"Neural Cleanse reversal {a['victim']['attack']}")
+def reversed_triggers(victim: dict, n: int, seed: int, budget: dict) -> Kept:
+    """Neural Cleanse's triggers for every label of the victim asked for by `victim`, reversed
+    from `n` of its clean training images (`nc.reverse` with `budget`, see `nc.budget`)."""
+    v = trained_victim(**victim)
+    return pack(nc.reverse(v.model, v.clean_subset(n, seed), seed=seed, progress=False,
+                           **budget))
+
+
+def _tuned_copy(kept: Kept, args: dict):
+    v = trained_victim(**args["victim"])
+    return unpack(kept, {"": lp.prune(v.model, args["pruned"])}).eval()
+
+
+@step("linf.tune", read=_tuned_copy, needs=lambda a: [trained_victim.job(**a["victim"])],
+      work=lambda a: a["n"] * TUNE.epochs,
+      describe=lambda a: f"fine-tune after ℓ∞ pruning {a['victim']['attack']}")
+def pruned_and_tuned(victim: dict, pruned: list[int], n: int, seed: int, device="auto") -> Kept:
+    """The victim with channels `pruned` zeroed, fine-tuned by `TUNE` on `n` of its clean
+    training images."""
+    v = trained_victim(**victim)
+    tuned = lp.prune(v.model, pruned)
+    train(tuned, v.clean_subset(n, seed), TUNE, seed=seed, device=device, progress=False)
+    return pack(tuned)
+
+
+def jobs(ch, *, attacks, ratio=0.1, target=0, n_defender=1000, nc_steps=None, **_) -> list[Job]:
+    """The victims (and the vanilla model) and Neural Cleanse's reversal on each victim; the
+    fine-tuning after pruning depends on the pruning curves (`tuning_jobs`)."""
+    steps = ch.scale(nc_steps=nc_steps).nc_steps
+    asked = [ch.victim_args(a, ratio, target) for a in [None, *attacks]]
+    return [trained_victim.job(**a) for a in asked] + [
+        reversed_triggers.job(victim=a, n=n_defender, seed=ch.seed,
+                              budget=nc.budget(steps, n_defender)) for a in asked[1:]]
+
+
+def tuning_jobs(victims: dict, curves: dict, orders: dict, *, n_defender: int, seed: int,
+                device) -> dict[str, Job]:
+    """Per attack whose ℓ∞ rule i stops, the fine-tuning of its pruned model."""
+    found = {}
+    for name, v in victims.items():
+        n = lp.stop_at_asr(curves[name, "linf"]["defender"])
+        if n is not None:
+            found[name] = pruned_and_tuned.job(victim=v.asked,
+                                               pruned=orders[name]["linf"][:n].tolist(),
+                                               n=n_defender, seed=seed, device=device)
+    return found
 
 
 def statistics_set(test: ImageSet, target: int, n: int, seed: int) -> ImageSet:
@@ -231,11 +287,12 @@ def _at(curve: dict, n: int) -> tuple[float, float]:
     return 100 * curve["ca"][i], 100 * curve["asr"][i]
 
 
-def operating_points(victims: dict, curves: dict, orders: dict, *, n_defender: int, seed: int,
-                     device) -> pd.DataFrame:
+def operating_points(victims: dict, curves: dict, orders: dict, tuning: dict[str, Job]
+                     ) -> pd.DataFrame:
     """Per attack and ranking, the test CA and ASR at the two stopping rules (i: the synthetic
     trigger's ASR on the defender's images below 5 %; ii: at most 2 points of their clean
-    accuracy lost), and the ℓ∞ rule-i model fine-tuned 5 epochs on the defender's images."""
+    accuracy lost), and the ℓ∞ rule-i model fine-tuned 5 epochs on the defender's images (the
+    jobs of `tuning_jobs`)."""
     rows = []
     for name, v in victims.items():
         before = v.scores()
@@ -249,12 +306,8 @@ def operating_points(victims: dict, curves: dict, orders: dict, *, n_defender: i
                              "ca before": common["ca before"], "ca after": ca,
                              "asr before": common["asr before"], "asr after": asr_})
         n = lp.stop_at_asr(curves[name, "linf"]["defender"])
-        if n is not None:
-            tuned = lp.prune(v.model, orders[name]["linf"][:n])
-            recipe = Recipe(epochs=5, batch_size=64, lr=0.01, schedule="cosine")
-            train(tuned, v.clean_subset(n_defender, seed), recipe, seed=seed, device=device,
-                  progress=False)
-            after = v.scores(tuned)
+        if name in tuning:
+            after = v.scores(tuning[name]())
             rows.append({"attack": name, "ranking": "linf + fine-tune", "rule": "i + FT",
                          "pruned": n, "ca before": common["ca before"],
                          "ca after": 100 * after["ca"], "asr before": common["asr before"],

@@ -13,11 +13,13 @@ import torch
 from .. import plots
 from ..attacks.patch import Patch
 from ..attacks.patterns import pattern_classes
-from ..config import Recipe
+from ..config import Recipe, profile
 from ..data import ImageSet
 from ..defenses import mesa
+from ..jobs import Job, Kept, pack, step, unpack
+from ..models import model_device
 from ..train import evaluate
-from ..victims import injected
+from ..victims import datasets, injected, sizes, trained_victim
 
 METHODS = ["MESA β=0.9", "MESA β=0.8", "MESA β=0.5", "MESA ensemble", "baseline",
            "ideal (true patch)", "clean fine-tune", "no defense"]
@@ -53,29 +55,93 @@ def entropy(generator, seed: int, n: int = 1000) -> float:
 
 @dataclasses.dataclass
 class Defended:
-    """One patch's run: its injected victim, MESA's search, the baseline's triggers, and the
-    rows it adds to the defense and samples tables."""
+    """One patch's run: its injected victim, MESA's search, the baseline's triggers, the rows
+    it adds to the defense and samples tables, and the arguments of its job (`run`)."""
     victim: object
     found: mesa.Search
     reversed: torch.Tensor
     rows: list[dict]
     samples: list[dict]
+    run: dict
 
 
-def defend_pattern(clean, name: str, patch: Patch, *, defender: ImageSet, held_out: ImageSet,
-                   target: int, inject_rate: float, inject_recipe: Recipe, settings: mesa.Settings,
-                   reverse_settings: mesa.ReverseSettings, retrain_recipe: Recipe, rate: float,
-                   seed: int) -> Defended:
-    """The backdoor of `patch` injected into `clean`'s model; MESA's generators and the
-    baseline's reversed triggers searched on `defender`; the model retrained on each (and on
-    the true patch, and on nothing); every model scored on `held_out`, and every sampler's
-    entropy and trigger ASR measured."""
-    v = injected(clean, patch, rate=inject_rate, target=target, recipe=inject_recipe, seed=seed,
+def how(ch, scale, *, target: int, rate: float, search_batch: int, reverse_batch: int) -> dict:
+    """How every patch is injected, searched for and retrained on, at the chapter's scale."""
+    return dict(target=target, inject_rate=scale.inject_rate,
+                inject_recipe=mesa.RETRAIN.replace(epochs=scale.inject_epochs),
+                settings=mesa.Settings(epochs=scale.search_epochs, batch_size=search_batch),
+                reverse_settings=mesa.ReverseSettings(rounds=scale.rounds,
+                                                      batch_size=reverse_batch),
+                retrain_recipe=mesa.RETRAIN.replace(epochs=scale.retrain_epochs), rate=rate,
+                seed=ch.seed)
+
+
+def _injected(clean: dict, patch: Patch, target: int, inject_rate: float,
+              inject_recipe: Recipe, seed: int, **_):
+    """The victim of `patch` injected into the clean model asked for by `clean`, and the
+    defender's and held-out parts of the test set."""
+    base = trained_victim(**clean)
+    v = injected(base, patch, rate=inject_rate, target=target, recipe=inject_recipe, seed=seed,
                  progress=False)
+    return (v, *mesa.split(base.test, seed=seed))
+
+
+def _with_generators(kept: Kept, run: dict):
+    """`run`'s injected victim, and what a step kept for it with each generator rebuilt (in
+    eval mode, on the victim's device)."""
+    v = _injected(**run)[0]
+    device = model_device(v.model)
+
+    def generator(path, state):
+        first, last = state["fc.0.weight"], state["fc.3.weight"]
+        return mesa.Generator(first.shape[0], 4 * first.shape[1], last.shape[0]).to(device).eval()
+    return v, unpack(kept, generator)
+
+
+def _defended(kept: Kept, run: dict) -> Defended:
+    v, value = _with_generators(kept, run)
+    return Defended(v, value["found"], value["reversed"], value["rows"], value["samples"], run)
+
+
+def _pattern_passes(a: dict) -> float:
+    """Injection over the training set; per β a search over the defender's part of the test
+    set (the generators' passes counted as one model pass); the retrainings."""
+    n_train, n_test = sizes(a["clean"])
+    defender = 0.8 * n_test
+    s, r = a["settings"], a["reverse_settings"]
+    retrains = 3 + len(s.betas) + r.rounds
+    return (n_train * a["inject_recipe"].epochs + defender * s.epochs * len(s.betas)
+            + defender * a["retrain_recipe"].epochs * retrains + r.rounds * r.steps * r.batch_size)
+
+
+@step("mesa.pattern", read=_defended,
+      needs=lambda a: [trained_victim.job(**a["clean"])], work=_pattern_passes,
+      describe=lambda a: f"MESA pattern {a['name']}")
+def defended_pattern(clean: dict, name: str, patch: Patch, *, target: int, inject_rate: float,
+                     inject_recipe: Recipe, settings: mesa.Settings,
+                     reverse_settings: mesa.ReverseSettings, retrain_recipe: Recipe,
+                     rate: float, seed: int) -> Kept:
+    """`defend_pattern` on the clean model asked for by `clean`, as a job."""
+    run = dict(clean=clean, name=name, patch=patch, target=target, inject_rate=inject_rate,
+               inject_recipe=inject_recipe, settings=settings, reverse_settings=reverse_settings,
+               retrain_recipe=retrain_recipe, rate=rate, seed=seed)
+    d = defend_pattern(run)
+    return pack({"found": d.found, "reversed": d.reversed, "rows": d.rows,
+                 "samples": d.samples})
+
+
+def defend_pattern(run: dict) -> Defended:
+    """The backdoor of `run`'s patch injected into the clean model; MESA's generators and the
+    baseline's reversed triggers searched on the defender's part of the test set; the model
+    retrained on each (and on the true patch, and on nothing); every model scored on the
+    held-out part, and every sampler's entropy and trigger ASR measured."""
+    v, defender, held_out = _injected(**run)
+    patch, target, seed = run["patch"], run["target"], run["seed"]
+    retrain_recipe, rate = run["retrain_recipe"], run["rate"]
     backdoor = patch.triggered(held_out, target)
-    found = mesa.search(v.model, defender, target, settings, seed=seed)
-    reversed_ = mesa.reverse(v.model, defender, target, reverse_settings, seed=seed)
-    row = dict(pattern=name, family=family(name))
+    found = mesa.search(v.model, defender, target, run["settings"], seed=seed)
+    reversed_ = mesa.reverse(v.model, defender, target, run["reverse_settings"], seed=seed)
+    row = dict(pattern=run["name"], family=family(run["name"]))
     rows = [{**row, "method": "no defense", "round": 0,
              **scores(v.model, held_out, backdoor, target)}]
     samplers = {"clean fine-tune": None, "ideal (true patch)": mesa.fixed(patch.tensor())}
@@ -98,7 +164,65 @@ def defend_pattern(clean, name: str, patch: Patch, *, defender: ImageSet, held_o
                  "trigger ASR %": 100 * mesa.trigger_asr(v.model, held_out, mesa.fixed(trigger),
                                                          target, seed=seed)}
                 for r, trigger in enumerate(reversed_)]
-    return Defended(v, found, reversed_, rows, samples)
+    return Defended(v, found, reversed_, rows, samples, run)
+
+
+@step("mesa.search", read=lambda kept, args: _with_generators(kept, args["run"])[1],
+      needs=lambda a: [trained_victim.job(**a["run"]["clean"])],
+      work=lambda a: 0.8 * sizes(a["run"]["clean"])[1] * a["settings"].epochs,
+      describe=lambda a: f"MESA search α={a['settings'].alpha:g} pattern {a['run']['name']}")
+def searched(run: dict, settings: mesa.Settings) -> Kept:
+    """MESA's generators for the injected victim of `run` (a `defended_pattern`'s arguments),
+    searched by `settings` on the defender's images."""
+    v, defender, _ = _injected(**run)
+    return pack(mesa.search(v.model, defender, run["target"], settings, seed=run["seed"]))
+
+
+@step("mesa.detect", read=lambda kept, args: unpack(kept),
+      needs=lambda a: [trained_victim.job(**a["run"]["clean"])],
+      work=lambda a: 8 * sizes(a["run"]["clean"])[1] * a["settings"].epochs,
+      describe=lambda a: f"MESA detection pattern {a['run']['name']}")
+def detected(run: dict, settings: mesa.Settings) -> Kept:
+    """Per candidate class, the held-out ASR of a generator searched for it (`mesa.detect`)."""
+    v, defender, held_out = _injected(**run)
+    return pack(mesa.detect(v.model, defender, held_out, settings, seed=run["seed"]))
+
+
+@step("mesa.retrain", read=lambda kept, args: unpack(kept),
+      needs=lambda a: [defended_pattern.job(**a["run"])],
+      work=lambda a: 0.8 * sizes(a["run"]["clean"])[1] * a["run"]["retrain_recipe"].epochs,
+      describe=lambda a: f"MESA retraining {a['method']} at rate {a['rate']:g}")
+def retrained(run: dict, method: str, rate: float) -> Kept:
+    """The scores of `run`'s victim retrained on triggers from its MESA ensemble (`method`
+    "MESA ensemble") or its baseline's round k ("baseline round k") at `rate`."""
+    d = defended_pattern(**run)
+    _, defender, held_out = _injected(**run)
+    triggers = (mesa.mixture(list(d.found.generators.values())) if method == "MESA ensemble"
+                else mesa.fixed(d.reversed[int(method.rsplit(" ", 1)[1])]))
+    tuned = mesa.retrain(d.victim.model, defender, triggers, run["retrain_recipe"], rate=rate,
+                         seed=run["seed"])
+    return pack(scores(tuned, held_out, run["patch"].triggered(held_out, run["target"]),
+                       run["target"]))
+
+
+def jobs(ch, *, target=0, n_patterns=None, n_random=None, rounds=None, rate=0.01,
+         alphas=(0.0, 0.1, 10.0), search_batch=128, reverse_batch=100, **_) -> list[Job]:
+    """Every patch's run, the α sweep's searches and the detection on pattern 170; the rate
+    sensitivity's retrainings depend on the baseline's results (`rate_jobs`)."""
+    scale = ch.scale(n_patterns=n_patterns, n_random=n_random, rounds=rounds)
+    clean = ch.victim_args(None)
+    p = profile(ch.profile)
+    channels = datasets(ch.dataset, ch.data_dir, p.n_train, p.n_test, ch.seed)[1].images.shape[1]
+    way = how(ch, scale, target=target, rate=rate, search_batch=search_batch,
+              reverse_batch=reverse_batch)
+    runs = [dict(clean=clean, name=name, patch=patch, **way)
+            for name, patch in patches(scale.n_patterns, scale.n_random, channels).items()]
+    run170 = runs[0]
+    s = way["settings"]
+    return ([trained_victim.job(**clean)] + [defended_pattern.job(**r) for r in runs]
+            + [searched.job(run=run170, settings=dataclasses.replace(s, betas=(0.9,), alpha=a))
+               for a in alphas if a != s.alpha]
+            + [detected.job(run=run170, settings=dataclasses.replace(s, betas=(0.9,)))])
 
 
 def attack_table(results: pd.DataFrame, clean_ca: float) -> pd.DataFrame:
@@ -176,17 +300,18 @@ def beta_table(samples: pd.DataFrame) -> pd.DataFrame:
         index="sampler", values=["entropy (nats)", "trigger ASR %"], aggfunc="mean")
 
 
-def alpha_sweep(v, found: mesa.Search, alphas, *, defender: ImageSet, held_out: ImageSet,
-                target: int, settings: mesa.Settings, seed: int) -> tuple[dict, pd.DataFrame]:
-    """A β = 0.9 generator per entropy weight α (the one at `settings.alpha` is `found`'s), and
-    each one's entropy and trigger ASR."""
+def alpha_sweep(defended: Defended, alphas, *, held_out: ImageSet, target: int,
+                settings: mesa.Settings, seed: int) -> tuple[dict, pd.DataFrame]:
+    """A β = 0.9 generator per entropy weight α (the one at `settings.alpha` is the patch's
+    run's), and each one's entropy and trigger ASR."""
+    v, found, run = defended.victim, defended.found, defended.run
     by_alpha = {}
     for a in alphas:
         if a == settings.alpha:
             by_alpha[a] = found.generators[0.9]
         else:
             swept = dataclasses.replace(settings, betas=(0.9,), alpha=a)
-            by_alpha[a] = mesa.search(v.model, defender, target, swept, seed=seed).generators[0.9]
+            by_alpha[a] = searched(run=run, settings=swept).generators[0.9]
     table = pd.DataFrame([
         {"α": a, "entropy (nats)": entropy(g, seed),
          "trigger ASR %": 100 * mesa.trigger_asr(v.model, held_out, mesa.from_generator(g),
@@ -233,35 +358,44 @@ def distribution_figure(runs: dict, patches_: dict, embedding: str, seed: int, c
     return fig
 
 
-def rate_sensitivity(run: Defended, name: str, patch: Patch, results: pd.DataFrame, rates, *,
-                     rate: float, defender: ImageSet, held_out: ImageSet, target: int,
-                     retrain_recipe: Recipe, seed: int) -> pd.DataFrame:
-    """For pattern `name`, the ensemble and the baseline's worst restart retrained with a
-    trigger on each share `rates` of the images (the chapter's own `rate` read from `results`),
+def worst_round(defended: Defended) -> int:
+    """The baseline's restart with the highest ASR after retraining."""
+    rounds = [r for r in defended.rows if r["method"] == "baseline"]
+    return max(rounds, key=lambda r: r["ASR %"])["round"]
+
+
+def rate_jobs(defended: Defended, rates) -> list[Job]:
+    """The retrainings of `rate_sensitivity`: the ensemble and the worst baseline restart at
+    each of `rates`."""
+    return [retrained.job(run=defended.run, method=m, rate=r) for r in rates
+            for m in ("MESA ensemble", f"baseline round {worst_round(defended)}")]
+
+
+def rate_sensitivity(defended: Defended, results: pd.DataFrame, rates) -> pd.DataFrame:
+    """For `defended`'s pattern, the ensemble and the baseline's worst restart retrained with
+    a trigger on each share `rates` of the images (the run's own rate read from `results`),
     and clean fine-tuning for reference."""
-    backdoor = patch.triggered(held_out, target)
-    mine = results[results.pattern == name]
+    run = defended.run
+    mine = results[results.pattern == run["name"]]
     at_rate = mine.set_index(["method", "round"])["ASR %"]
-    worst = int(at_rate["baseline"].idxmax())
-    rows = [{"rate": rate, "method": "MESA ensemble", "ASR %": at_rate["MESA ensemble", 0]},
-            {"rate": rate, "method": f"baseline round {worst}", "ASR %": at_rate["baseline", worst]}]
-    for r in rates:
-        for m, triggers in (("MESA ensemble", mesa.mixture(list(run.found.generators.values()))),
-                            (f"baseline round {worst}", mesa.fixed(run.reversed[worst]))):
-            tuned = mesa.retrain(run.victim.model, defender, triggers, retrain_recipe, rate=r,
-                                 seed=seed)
-            rows.append({"rate": r, "method": m, **scores(tuned, held_out, backdoor, target)})
+    worst = worst_round(defended)
+    rows = [{"rate": run["rate"], "method": "MESA ensemble",
+             "ASR %": at_rate["MESA ensemble", 0]},
+            {"rate": run["rate"], "method": f"baseline round {worst}",
+             "ASR %": at_rate["baseline", worst]}]
+    rows += [{"rate": job.args["rate"], "method": job.args["method"], **job()}
+             for job in rate_jobs(defended, rates)]
     table = pd.DataFrame(rows).pivot_table(index="rate", columns="method", values="ASR %")
     table["clean fine-tune"] = mine[mine.method == "clean fine-tune"]["ASR %"].item()
     return table
 
 
-def detection(model, defender: ImageSet, held_out: ImageSet, settings: mesa.Settings, *,
-              seed: int) -> pd.DataFrame:
+def detection(defended: Defended) -> pd.DataFrame:
     """Per candidate class, the held-out ASR of a β = 0.9 generator searched for it."""
-    found = mesa.detect(model, defender, held_out, dataclasses.replace(settings, betas=(0.9,)),
-                        seed=seed)
-    return pd.DataFrame({"class": list(found), "name": [held_out.classes[k] for k in found],
+    run = defended.run
+    found = detected(run=run, settings=dataclasses.replace(run["settings"], betas=(0.9,)))
+    classes = defended.victim.test.classes
+    return pd.DataFrame({"class": list(found), "name": [classes[k] for k in found],
                          "generated-trigger ASR %": [100 * a for a in found.values()]}
                         ).set_index("class")
 

@@ -10,15 +10,57 @@ import pandas as pd
 import torch
 
 from ..chapter import score_row
-from ..config import Recipe
+from ..config import Recipe, check_range, profile
 from ..data import ImageSet
 from ..defenses import linf_pruning as lp
 from ..defenses import neural_polarizer as npd_
 from ..defenses.fine_tuning import fine_prune, ft
-from ..victims import victim
+from ..jobs import Job, Kept, step
+from ..victims import datasets, sizes, trained_victim
 
 METRICS = ["CA %", "ASR %", "RA %", "DER %"]
 DEFENSES = ["none", "FT", "FP", "FP held-out", "NPD"]
+
+
+def setup(ch, *, npd_epochs=None, ft_epochs=None, clean_ratios=None, clean_ratio=0.05,
+          poison_ratios=()) -> tuple[dict, list[float]]:
+    """The chapter's parameters checked and resolved at its profile: how every defense runs
+    (NPD's settings, FT's recipe, the seed) and the clean-data shares of its sweep."""
+    scale = ch.scale(npd_epochs=npd_epochs, ft_epochs=ft_epochs, clean_ratios=clean_ratios)
+    for name, value in [("clean_ratio", clean_ratio),
+                        *(("clean_ratios", r) for r in scale.clean_ratios),
+                        *(("poison_ratios", r) for r in poison_ratios)]:
+        check_range(name, value, low=0, high=1, low_open=True)
+    settings = npd_.Settings(warm_epochs=scale.warm_epochs, epochs=scale.npd_epochs)
+    ft_recipe = Recipe(epochs=scale.ft_epochs, batch_size=256, lr=0.01, schedule="cosine")
+    return dict(settings=settings, ft_recipe=ft_recipe, seed=ch.seed), list(scale.clean_ratios)
+
+
+def jobs(ch, *, attacks, ratio=0.1, target=0, clean_ratio=0.05, clean_ratios=None,
+         poison_ratios=(0.1, 0.05, 0.01), sweep_attacks=("badnets", "blended"), npd_epochs=None,
+         ft_epochs=None, **_) -> list[Job]:
+    """Every job of the chapter, as its notebook runs them: the victims, the main table's
+    defenses, the clean-data and poisoning sweeps, the ablation."""
+    how, shares = setup(ch, npd_epochs=npd_epochs, ft_epochs=ft_epochs,
+                        clean_ratios=clean_ratios, clean_ratio=clean_ratio,
+                        poison_ratios=poison_ratios)
+    main = [ch.victim_args(a, ratio, target) for a in attacks]
+    others = [ch.victim_args(a, r, target) for a in sweep_attacks for r in poison_ratios if r != ratio]
+    found = [trained_victim.job(**v) for v in main + others]
+    p = profile(ch.profile)
+    image = datasets(ch.dataset, ch.data_dir, p.n_train, p.n_test, ch.seed)[1].images[0]
+    for v in main:
+        found += [defended.job(victim=v, defense=d, share=clean_ratio, **how)
+                  for d in DEFENSES if d != "none"]
+        if v["attack"] in sweep_attacks:
+            found += [defended.job(victim=v, defense=d, share=share, **how)
+                      for share in shares if share != clean_ratio for d in ("FT", "NPD")]
+            found += [defended.job(victim=v, defense="NPD", share=clean_ratio,
+                                   **{**how, "settings": s})
+                      for name, s in variants(how["settings"], image).items()
+                      if name != "reference"]
+    found += [defended.job(victim=v, defense="NPD", share=clean_ratio, **how) for v in others]
+    return found
 
 
 def defender(v, share: float, seed: int) -> ImageSet:
@@ -51,13 +93,59 @@ def run(defense: str, v, clean: ImageSet, *, settings: npd_.Settings, ft_recipe:
     return (row | {"pruned": len(result.pruned)} if defense.startswith("FP") else row), result
 
 
+def _rebuilt(kept: Kept, args: dict) -> tuple[dict, object]:
+    """The row, and for NPD its result with the polarizer's kept weights in a fresh
+    `Polarized` of the victim's model."""
+    row = kept.record["row"]
+    if args["defense"] != "NPD":
+        return row, None
+    net = npd_.Polarized(trained_victim(**args["victim"]).model)
+    net.polarizer.load_state_dict(kept.tensors)
+    r = kept.record
+    return row, npd_.Result(net.eval(), r["trainable"], r["seconds"], r["loss"])
+
+
+def _passes(args: dict) -> float:
+    """Image passes: FT and FP one per image and epoch (FP adds its ranking and sweep); NPD
+    its warm-up epochs, then per epoch one clean pass, its inner steps and three outer ones."""
+    n = args["share"] * sizes(args["victim"])[0]
+    s = args["settings"]
+    if args["defense"] == "NPD":
+        return n * (s.warm_epochs + s.epochs * (1 + s.inner_steps + 3))
+    return n * (args["ft_recipe"].epochs + (2 if args["defense"].startswith("FP") else 0))
+
+
+def _named(args: dict) -> str:
+    v = args["victim"]
+    s = args["settings"]
+    return (f"{args['defense']} {v['attack']} {v['ratio']:g} on {args['share']:g} clean"
+            + ("" if s.warm_epochs else ", no warm-up") + ("" if s.radius == 3.0 else
+                                                           f", radius {s.radius:.2f}"))
+
+
+@step("npd.defense", read=_rebuilt, work=_passes, describe=_named,
+      needs=lambda args: [trained_victim.job(**args["victim"])])
+def defended(victim: dict, defense: str, share: float, settings: npd_.Settings,
+             ft_recipe: Recipe, seed: int) -> Kept:
+    """`run(defense, ...)` on the victim asked for by `victim` with `share` of its training set
+    as the defender's clean data; keeps the row, and NPD's polarizer and losses."""
+    v = trained_victim(**victim)
+    row, result = run(defense, v, defender(v, share, seed), settings=settings,
+                      ft_recipe=ft_recipe, seed=seed)
+    if defense != "NPD":
+        return Kept(record={"row": row})
+    return Kept(result.model.polarizer.state_dict(),
+                {"row": row, "loss": result.loss, "trainable": result.trainable,
+                 "seconds": result.seconds})
+
+
 def main_table(victims: dict, clean_ratio: float, **how) -> tuple[pd.DataFrame, dict]:
     """Every defense against every attack on `clean_ratio` of clean data, and NPD's results."""
     rows, polarized = [], {}
     for name, v in victims.items():
-        clean = defender(v, clean_ratio, how["seed"])
         for d in DEFENSES:
-            row, result = run(d, v, clean, **how)
+            row, result = (run(d, v, None, **how) if d == "none" else
+                           defended(victim=v.asked, defense=d, share=clean_ratio, **how))
             rows.append({"attack": name, **row})
             if d == "NPD":
                 polarized[name] = result
@@ -109,8 +197,8 @@ def clean_data_sweep(victims: dict, attacks, shares, main: pd.DataFrame, clean_r
             if share == clean_ratio:
                 found = [main.loc[(name, d)].to_dict() | {"defense": d} for d in ("FT", "NPD")]
             else:
-                clean = defender(v, share, how["seed"])
-                found = [run(d, v, clean, **how)[0] for d in ("FT", "NPD")]
+                found = [defended(victim=v.asked, defense=d, share=share, **how)[0]
+                         for d in ("FT", "NPD")]
             rows += [{"attack": name, "clean %": 100 * share, **r} for r in found]
     return pd.DataFrame(rows).set_index(["attack", "clean %", "defense"])[METRICS]
 
@@ -143,9 +231,9 @@ def poisoning_sweep(victims: dict, attacks, ratios, main: pd.DataFrame, *, ratio
     for name in attacks:
         for share in ratios:
             v = (victims[name] if share == ratio
-                 else victim(dataset, attack=name, ratio=share, **common))
+                 else trained_victim(dataset=dataset, attack=name, ratio=share, **common))
             row = (main.loc[(name, "NPD")].to_dict() if share == ratio
-                   else run("NPD", v, defender(v, clean_ratio, how["seed"]), **how)[0])
+                   else defended(victim=v.asked, defense="NPD", share=clean_ratio, **how)[0])
             before = v.scores()
             rows.append({"attack": name, "poisoned %": 100 * share,
                          "CA before %": 100 * before["ca"], "ASR before %": 100 * before["asr"],
@@ -216,10 +304,10 @@ def ablation(victims: dict, attacks, main: pd.DataFrame, clean_ratio: float, *,
     rows = []
     for name in attacks:
         v = victims[name]
-        clean = defender(v, clean_ratio, how["seed"])
         for variant, s in variants(settings, v.test.images[0]).items():
             row = (main.loc[(name, "NPD")].to_dict() if variant == "reference"
-                   else run("NPD", v, clean, settings=s, **how)[0])
+                   else defended(victim=v.asked, defense="NPD", share=clean_ratio,
+                                 settings=s, **how)[0])
             rows.append({"attack": name, "variant": variant, **{k: row[k] for k in METRICS}})
     return pd.DataFrame(rows).set_index(["attack", "variant"])
 

@@ -3,6 +3,7 @@ ASR ratio, the filtering quality, the linearity picture, the ablation, and natur
 measured by a bounded REASR scan."""
 from __future__ import annotations
 
+import copy
 import math
 
 import matplotlib.pyplot as plt
@@ -11,12 +12,101 @@ import pandas as pd
 import torch
 
 from ..chapter import score_row
-from ..config import ParameterError, check_range
+from .. import models
+from ..config import ParameterError, check_range, resolve_device
 from ..defenses import abl as abl_
 from ..defenses import none as none_
 from ..defenses import reasr
+from ..jobs import Job, Kept, pack, step, unpack
+from ..victims import sizes, trained_victim
 
 DEFENSES = ["no defense", "ABL", "NONE"]
+
+
+def _needs_victim(args: dict) -> list[Job]:
+    return [trained_victim.job(**args["victim"])]
+
+
+def _repaired_copy(kept: Kept, args: dict) -> none_.Result:
+    return unpack(kept, {".model": copy.deepcopy(trained_victim(**args["victim"]).model)})
+
+
+@step("none.repair", read=_repaired_copy, needs=_needs_victim,
+      work=lambda a: sizes(a["victim"])[0] * a["settings"].rounds * (a["settings"].epochs + 1),
+      describe=lambda a: f"NONE {a['victim']['attack']} (f = {a['settings'].fraction:g})")
+def repaired_by_none(victim: dict, settings: none_.Settings, augment: bool, seed: int) -> Kept:
+    """NONE's repair of the victim asked for by `victim` (`none_.none`)."""
+    v = trained_victim(**victim)
+    return pack(none_.none(v.model, v.train, settings, augment=augment, seed=seed,
+                           progress=False))
+
+
+def _abl_model(kept: Kept, args: dict) -> abl_.Result:
+    v = trained_victim(**args["victim"])
+    skeleton = models.build(args["model_name"], len(v.train.classes), v.train.images.shape[1],
+                            seed=args["seed"]).to(resolve_device(args.get("device", "auto")),
+                                                  memory_format=torch.channels_last)
+    return unpack(kept, {".model": skeleton.eval()})
+
+
+def _abl_passes(args: dict) -> float:
+    s = args["settings"]
+    return sizes(args["victim"])[0] * (s.isolation_epochs + sum(s.finetune_epochs) + 1)
+
+
+@step("none.abl", read=_abl_model, needs=_needs_victim, work=_abl_passes,
+      describe=lambda a: f"ABL {a['victim']['attack']}")
+def trained_by_abl(victim: dict, settings: abl_.Settings, model_name: str, seed: int,
+             device="auto") -> Kept:
+    """ABL trained on the victim's poisoned training set (`abl_.abl`)."""
+    v = trained_victim(**victim)
+    return pack(abl_.abl(model_name, v.train, settings, seed=seed, device=device,
+                         progress=False))
+
+
+def _previous_round(args: dict) -> list[Job]:
+    if args["index"] == 1:
+        return _needs_victim(args)
+    return [natural_round.job(**{**args, "index": args["index"] - 1})]
+
+
+@step("none.natural", read=_repaired_copy, needs=_previous_round,
+      work=lambda a: sizes(a["victim"])[0] * (a["settings"].epochs + 1),
+      describe=lambda a: f"NONE natural round {a['index']}")
+def natural_round(victim: dict, settings: none_.Settings, index: int, augment: bool,
+                  seed: int) -> Kept:
+    """Round `index` (from 1) of NONE's natural setting on the clean model asked for by
+    `victim`: one repair of the previous round's model, seeded `seed + index - 1`."""
+    v = trained_victim(**victim)
+    model = v.model if index == 1 else natural_round(
+        victim=victim, settings=settings, index=index - 1, augment=augment, seed=seed).model
+    return pack(none_.none(model, v.train, settings, augment=augment, seed=seed + index - 1,
+                           progress=False))
+
+
+def jobs(ch, *, attacks, ratio=0.1, target=0, none_lr=0.01, none_epochs=None, abl_epochs=None,
+         fractions=(0.01, 0.03, 0.05, 0.1, 0.2), natural_schedule=None, areas=(0.02,),
+         scan_steps=None, **_) -> list[Job]:
+    """Every repair and ABL run of the chapter: the main table's, the ablation's (on BadNets,
+    or the first attack) and the natural rounds on the clean model."""
+    scale = ch.scale(none_epochs=none_epochs, abl_epochs=abl_epochs,
+                     natural_schedule=natural_schedule, scan_steps=scan_steps)
+    augment = ch.recipe.augment
+    repair, isolation, natural, rounds = settings(scale, none_lr=none_lr, augment=augment,
+                                                  fractions=fractions, areas=areas)
+    asked = {name: ch.victim_args(name, ratio, target) for name in attacks}
+    found = [trained_victim.job(**a) for a in asked.values()]
+    for a in asked.values():
+        found += [trained_by_abl.job(victim=a, settings=isolation, model_name=ch.model, seed=ch.seed,
+                               device=ch.device),
+                  repaired_by_none.job(victim=a, settings=repair, augment=augment, seed=ch.seed)]
+    probe = asked["badnets" if "badnets" in asked else attacks[0]]
+    kind = models.build(ch.model, 10, 3)          # variants() looks only at the model's type
+    found += [repaired_by_none.job(victim=probe, settings=s, augment=augment, seed=ch.seed)
+              for s in none_.variants(repair, fractions, kind).values()]
+    clean = ch.victim_args(None, target=target)
+    return found + [natural_round.job(victim=clean, settings=natural, index=r + 1,
+                                      augment=augment, seed=ch.seed) for r in range(rounds)]
 
 
 def settings(scale, *, none_lr: float, augment: bool, fractions, areas):
@@ -54,12 +144,12 @@ def main_table(victims: dict, *, settings: none_.Settings, abl_settings: abl_.Se
     rows, filter_rows, repaired, isolated = [], [], {}, {}
     for name, v in victims.items():
         rows.append({"attack": name, **row(v, v.model, "no defense")})
-        isolated[name] = abl_.abl(model_name, v.train, abl_settings, seed=seed, device=device,
-                                  progress=False)
+        isolated[name] = trained_by_abl(victim=v.asked, settings=abl_settings,
+                                               model_name=model_name, seed=seed, device=device)
         rows.append({"attack": name, **row(v, isolated[name].model, "ABL",
                                            isolated[name].seconds)})
-        repaired[name] = none_.none(v.model, v.train, settings, augment=augment, seed=seed,
-                                    progress=False)
+        repaired[name] = repaired_by_none(victim=v.asked, settings=settings,
+                                               augment=augment, seed=seed)
         rows.append({"attack": name, **row(v, repaired[name].model, "NONE",
                                            repaired[name].seconds, repaired[name].diverged)})
         n = len(v.train)
@@ -172,7 +262,7 @@ def ablation(v, variants: dict, done: none_.Result, settings: none_.Settings, *,
     rows = []
     for variant, s in variants.items():
         result = (done if s == settings else
-                  none_.none(v.model, v.train, s, augment=augment, seed=seed, progress=False))
+                  repaired_by_none(victim=v.asked, settings=s, augment=augment, seed=seed))
         scores = {k: x for k, x in row(v, result.model, "NONE", diverged=result.diverged).items()
                   if k != "defense"}
         rows.append({"variant": variant, "fraction": s.fraction, **scores,
@@ -216,10 +306,10 @@ def natural(clean, settings: none_.Settings, *, rounds: int, areas, scan_steps: 
     scans = scanned(clean.model, "standard")
     accuracy = [{"model": "standard", "BA %": 100 * clean.scores()["ca"], "seconds": 0.0,
                  "diverged": False}]
-    model, spent = clean.model, 0.0
+    spent = 0.0
     for r in range(rounds):
-        result = none_.none(model, clean.train, settings, augment=augment, seed=seed + r,
-                            progress=False)
+        result = natural_round(victim=clean.asked, settings=settings, index=r + 1,
+                               augment=augment, seed=seed)
         model, spent = result.model, spent + result.seconds
         scans += scanned(model, f"NONE round {r + 1}")
         accuracy.append({"model": f"NONE round {r + 1}", "BA %": 100 * clean.scores(model)["ca"],

@@ -1,0 +1,358 @@
+"""Expensive steps as jobs: computed once, kept in the zoo, run wherever the executor says.
+
+A *step* is a function of plain arguments (numbers, strings, lists, dicts, dataclasses such as a
+`Recipe`, a defense's `Settings` or an `Attack`) whose result is kept in the zoo under a key of
+its kind, version and arguments: tensors as safetensors, the rest as JSON in the card.
+
+    @step("npd-defense", read=rebuild, work=passes)
+    def defended(victim: dict, defense: str, ...) -> Kept: ...
+
+Calling `defended(...)` computes the result under the key's claim and stores it, or reads it back
+when any process sharing the zoo folder computed it before; either way `read` turns what was kept
+into the value, so a computed and a cached call give the same result. `defended.job(...)` is the
+same call as a *job*; `ensure(jobs)` computes the missing ones through an executor, in this
+process by default, or as Ray tasks (`REPRO_EXECUTOR=ray`, `RAY_ADDRESS`; see `RayExecutor`).
+A chapter declares its jobs up front, so that a cluster works on all of them at once, then
+reads the results by calling the same steps.
+
+Arguments named in `NOT_KEYED` (where the work runs, whether it shows a bar) are not part of
+the key. Bump a step's `version` when a change to its code changes its results.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import inspect
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from safetensors.torch import load as load_safetensors
+from tqdm import tqdm
+
+from . import config
+from .zoo import Zoo, key as zoo_key
+
+NOT_KEYED = ("device", "data_dir", "progress", "zoo")
+EXECUTORS = ("local", "ray")
+STEPS: dict[str, "Step"] = {}
+DECLARED: set[str] = set()     # keys ensured in this process
+COMPUTED: list[str] = []       # keys computed in this process, in order
+
+
+@dataclass
+class Kept:
+    """What a step stores: tensors (safetensors) and a JSON-able record."""
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    record: dict = field(default_factory=dict)
+
+
+def pack(value: Any) -> Kept:
+    """`value` (a result: dataclasses, dicts, lists, tensors, models, numbers) as what a step
+    keeps: every tensor and every model's state in `tensors` under its path, the rest as JSON
+    that names them. `unpack` inverts it."""
+    tensors: dict[str, torch.Tensor] = {}
+
+    def encode(v, path):
+        if isinstance(v, torch.nn.Module):
+            tensors.update({f"{path}/{k}": t for k, t in v.state_dict().items()})
+            return {"$module": path}
+        if isinstance(v, torch.Tensor):
+            tensors[path] = v
+            return {"$tensor": path}
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            return {"$dataclass": f"{type(v).__module__}:{type(v).__qualname__}",
+                    "fields": {f.name: encode(getattr(v, f.name), f"{path}.{f.name}")
+                               for f in dataclasses.fields(v)}}
+        if isinstance(v, dict):      # as pairs, so that a float or int key stays one
+            return {"$dict": [[k, encode(x, f"{path}.{k}")] for k, x in v.items()]}
+        if isinstance(v, (list, tuple)):
+            return [encode(x, f"{path}[{i}]") for i, x in enumerate(v)]
+        if v is None or isinstance(v, (bool, int, float, str)):
+            return v
+        raise TypeError(f"a step's result cannot hold a {type(v).__name__} (at {path or 'top'})")
+
+    return Kept(tensors, {"value": encode(value, "")})
+
+
+def unpack(kept: Kept, modules: dict | Callable | None = None) -> Any:
+    """The value `pack` kept; each model is loaded into its skeleton: `modules[path]` ("" for
+    a model returned alone, ".model" for a dataclass's `model` field), or `modules(path,
+    state)` when `modules` is a function of the path and the kept state."""
+    def decode(v):
+        if isinstance(v, list):
+            return [decode(x) for x in v]
+        if not isinstance(v, dict):
+            return v
+        if "$tensor" in v:
+            return kept.tensors[v["$tensor"]]
+        if "$module" in v:
+            path = v["$module"]
+            state = {k[len(path) + 1:]: t for k, t in kept.tensors.items()
+                     if k.startswith(path + "/")}
+            if callable(modules):
+                model = modules(path, state)
+            elif path in (modules or {}):
+                model = modules[path]
+            else:
+                raise KeyError(f"no skeleton given for the kept model at {path!r}")
+            model.load_state_dict(state)
+            return model
+        if "$dict" in v:
+            return {k: decode(x) for k, x in v["$dict"]}
+        where, name = v["$dataclass"].split(":")
+        if not where.startswith("reprolib."):
+            raise ValueError(f"a kept result names {where}:{name}; only reprolib's dataclasses "
+                             f"are rebuilt")
+        cls = getattr(importlib.import_module(where), name)
+        return cls(**{k: decode(x) for k, x in v["fields"].items()})
+
+    return decode(kept.record["value"])
+
+
+def canonical(value: Any) -> Any:
+    """`value` as plain JSON data for a key: dataclasses by type and fields (an Attack by its
+    `settings()`), tuples as lists, tensors by their digest."""
+    if hasattr(value, "settings") and dataclasses.is_dataclass(value):
+        return canonical(value.settings())
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {"type": type(value).__name__,
+                **{f.name: canonical(getattr(value, f.name)) for f in dataclasses.fields(value)}}
+    if isinstance(value, dict):
+        return {str(k): canonical(v) for k, v in value.items() if k not in NOT_KEYED}
+    if isinstance(value, (list, tuple)):
+        return [canonical(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu().contiguous()
+        return {"tensor": hashlib.sha256(t.numpy().tobytes()).hexdigest()[:16],
+                "shape": list(t.shape), "dtype": str(t.dtype)}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"a step argument of type {type(value).__name__} cannot be part of a key")
+
+
+@dataclass(frozen=True)
+class Job:
+    """A step with its arguments."""
+    step: "Step"
+    args: dict
+
+    @property
+    def key(self) -> str:
+        return zoo_key(self.step.spec(self.args))
+
+    @property
+    def needs(self) -> list["Job"]:
+        return self.step.needs(self.args) if self.step.needs else []
+
+    def cached(self, zoo: Zoo | None = None) -> bool:
+        return (zoo or Zoo()).get(self.step.spec(self.args)) is not None
+
+    def card(self, zoo: Zoo | None = None) -> dict | None:
+        entry = (zoo or Zoo()).get(self.step.spec(self.args))
+        return entry[0] if entry else None
+
+    def work(self) -> float:
+        """Image passes (forward and backward of one image) the job costs, roughly."""
+        return self.step.work(self.args) if self.step.work else 0.0
+
+    def describe(self) -> str:
+        return self.step.describe(self.args) if self.step.describe else self.step.kind
+
+    def __call__(self):
+        return self.step(**self.args)
+
+
+class Step:
+    """A function whose results are kept in the zoo (see the module's docstring)."""
+
+    def __init__(self, compute: Callable[..., Kept], kind: str, version: str,
+                 read: Callable[[Kept, dict], Any] | None, work, describe, needs, gpu: float,
+                 signature: Callable | None):
+        self.compute, self.kind, self.version, self.read = compute, kind, version, read
+        self.work, self.describe, self.needs, self.gpu = work, describe, needs, gpu
+        self.signature = inspect.signature(signature or compute)
+        self.module = compute.__module__
+        self.__doc__ = compute.__doc__
+
+    def spec(self, args: dict) -> dict:
+        """What the key covers: the kind, the version and every argument, defaults filled in
+        (so that leaving one out and giving its default are the same job)."""
+        try:
+            bound = self.signature.bind(**args)
+        except TypeError as err:
+            raise config.ParameterError(f"{self.kind}: {err}") from None
+        bound.apply_defaults()
+        return {"job": self.kind, "version": self.version, "args": canonical(bound.arguments)}
+
+    def job(self, **args) -> Job:
+        return Job(self, args)
+
+    def __call__(self, **args):
+        kept = self.keep(**args)
+        return self.read(kept, args) if self.read else kept
+
+    def keep(self, **args) -> Kept:
+        """What the step keeps for `args`: read from the zoo, or computed under the key's claim
+        and stored."""
+        zoo, spec = Zoo(), self.spec(args)
+        k = zoo_key(spec)
+        kept = self._kept(zoo.get(spec))
+        if kept is None:
+            with zoo.claim(k, self.kind):
+                kept = self._kept(zoo.get(spec))       # computed meanwhile by the claim's holder
+                if kept is None:
+                    start = time.perf_counter()
+                    kept = self.compute(**args)
+                    zoo.put(spec, kept.tensors, {**kept.record, "wall_time_s": round(
+                        time.perf_counter() - start, 2), "device": _device_of(args)})
+                    COMPUTED.append(k)
+        return kept
+
+    @staticmethod
+    def _kept(entry) -> Kept | None:
+        if entry is None:
+            return None
+        card, payload = entry
+        return Kept(load_safetensors(payload), card)
+
+
+def step(kind: str, *, version: str = "1", read=None, work=None, describe=None, needs=None,
+         gpu: float = 0.25, signature: Callable | None = None):
+    """Make a function returning `Kept` a `Step` of `kind`. `read(kept, args)` turns what was
+    kept into the value a call returns; `work(args)` estimates its image passes;
+    `describe(args)` names it in a plan; `needs(args)` lists the jobs it reads (a victim);
+    `gpu` is the share of a GPU a Ray task of it asks for; `signature`: the function whose
+    parameters and defaults the arguments are checked against (default: the step's own)."""
+    def wrap(compute):
+        made = Step(compute, kind, version, read, work, describe, needs, gpu, signature)
+        if kind in STEPS and STEPS[kind].module != made.module:
+            raise ValueError(f"two steps are named {kind!r}")
+        STEPS[kind] = made
+        return made
+    return wrap
+
+
+def _device_of(args: dict) -> str:
+    return config.device_name(config.resolve_device(args.get("device", "auto")))
+
+
+def in_order(jobs: list[Job]) -> list[Job]:
+    """`jobs` and what they need, each once, every job after the jobs it needs."""
+    seen, order = set(), []
+
+    def visit(job):
+        if job.key in seen:
+            return
+        seen.add(job.key)
+        for need in job.needs:
+            visit(need)
+        order.append(job)
+    for job in jobs:
+        visit(job)
+    return order
+
+
+def ensure(jobs: list[Job], executor: str | None = None, *, address: str | None = None,
+           progress: bool = True) -> dict[str, int]:
+    """Compute the missing `jobs` (and what they need) through `executor` (default
+    `$REPRO_EXECUTOR`, else "local"); returns the counts of jobs cached and done. A bar counts
+    them, with the jobs running and failed."""
+    name = config.check_choice("executor", executor or os.environ.get("REPRO_EXECUTOR") or "local",
+                               EXECUTORS)
+    order = in_order(jobs)
+    DECLARED.update(j.key for j in order)
+    missing = [j for j in order if not j.cached()]
+    counts = {"cached": len(order) - len(missing), "done": 0, "running": 0, "failed": 0}
+    bar = tqdm(total=len(order), desc="jobs", unit="job", disable=not progress or not missing,
+               file=sys.stderr, mininterval=5)
+    bar.update(counts["cached"])
+    bar.set_postfix(counts)
+    try:
+        if name == "ray":
+            RayExecutor(address).run(missing, counts, bar)
+        else:
+            for job in missing:
+                counts["running"] = 1
+                bar.set_postfix(counts, refresh=False)
+                bar.set_description(f"jobs ({job.describe()})")
+                job.step.keep(**job.args)
+                counts["running"], counts["done"] = 0, counts["done"] + 1
+                bar.update()
+                bar.set_postfix(counts)
+    finally:
+        bar.set_description("jobs")
+        bar.close()
+    return counts
+
+
+class RayExecutor:
+    """Missing jobs as Ray tasks: each asks for one CPU, and a share of a GPU (the step's `gpu`)
+    when the cluster has GPUs; a task whose worker dies is retried (`max_retries`); a job's task
+    waits for the tasks of the jobs it needs. Every worker uses the same zoo folder (the
+    driver's `$REPRO_CACHE_DIR`, which must be a shared filesystem on a cluster) and reads the
+    data from the driver's `$REPRO_DATA_DIR` when set. `address`: a running cluster's (else
+    `$RAY_ADDRESS`; with neither, a Ray instance on this machine, stopped with the process)."""
+
+    max_retries = 3
+
+    def __init__(self, address: str | None = None):
+        import ray
+        self.ray = ray
+        if not ray.is_initialized():
+            env = {"REPRO_CACHE_DIR": str(Zoo().root)}
+            for name in ("REPRO_DATA_DIR", "REPRO_OFFLINE", "PYTHONPATH"):
+                if os.environ.get(name):
+                    env[name] = os.environ[name]
+            ray.init(address=address or os.environ.get("RAY_ADDRESS"), include_dashboard=False,
+                     log_to_driver=False, runtime_env={"env_vars": env})
+
+    def run(self, jobs: list[Job], counts: dict, bar) -> None:
+        ray = self.ray
+        gpus = ray.cluster_resources().get("GPU", 0) > 0
+        task = ray.remote(work_on)
+        refs, job_of = {}, {}
+        for job in jobs:                       # in_order: a job's needs are submitted first
+            after = [refs[n.key] for n in job.needs if n.key in refs]
+            ref = task.options(num_cpus=1, num_gpus=job.step.gpu if gpus else 0,
+                               max_retries=self.max_retries, name=job.step.kind).remote(
+                job.step.module, job.step.kind, job.args, *after)
+            refs[job.key], job_of[ref] = ref, job
+        pending, errors = list(job_of), []
+        counts["running"] = len(pending)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1, timeout=5)
+            for ref in ready:
+                try:
+                    ray.get(ref)
+                    counts["done"] += 1
+                except Exception as err:     # a job's own error, or a worker that kept dying
+                    counts["failed"] += 1
+                    errors.append(f"{job_of[ref].describe()} ({job_of[ref].key}): {err}")
+                bar.update()
+            counts["running"] = len(pending)
+            bar.set_postfix(counts)
+        if errors:
+            raise RuntimeError(f"{len(errors)} of {len(jobs)} jobs failed on Ray; the first: "
+                               f"{errors[0]}")
+
+
+def work_on(module: str, kind: str, args: dict, *_needed) -> str:
+    """A Ray task: compute one job (unless another worker did) with the worker's own device and
+    as many torch threads as the task was given CPUs."""
+    import ray
+    importlib.import_module(module)
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+    torch.set_num_threads(max(1, int(cpus)))
+    STEPS[kind].keep(**{**args, "device": "auto"} if "device" in args else args)
+    return kind
+
+
+def undeclared() -> list[str]:
+    """Keys computed in this process that no `ensure` declared: a chapter whose list of jobs
+    misses some of what it computes."""
+    return [k for k in COMPUTED if k not in DECLARED]
