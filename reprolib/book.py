@@ -1,15 +1,17 @@
 """Running chapters with papermill and building the Jupyter Book.
 
 `run` executes notebooks/PAPER.ipynb into book/runs/PAPER.ipynb and the chapter's tables into
-book/results/PAPER.json. Both are written under book/.partial first and moved into place only
-when the whole notebook has run, so an interrupted run leaves no half-written page; its models
-are already in the zoo, so the next run picks up where this one stopped. `build` runs what is
-missing, writes the scorecard page from every results file and builds _build/html.
+book/results/PAPER.json. Both are written under book/.partial first, under a name of the run's
+own (two runs of one chapter at once do not share a file), and moved into place only when the
+whole notebook has run, so an interrupted run leaves no half-written page; its jobs are already
+in the zoo, so the next run picks up where this one stopped. `build` runs what is missing,
+writes the scorecard page from every results file and builds _build/html.
 """
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -75,6 +77,47 @@ def check_run(papers: list[str], *, profile: str, dataset: str, device: str,
             for paper in papers}
 
 
+def planned_jobs(paper: str, *, profile: str = "quick", model: str = "auto",
+                 dataset: str = "auto", device: str = "auto", params: dict | None = None,
+                 root: Path = ROOT) -> tuple[object, list]:
+    """The chapter a run of `paper` would set up, and every job it would declare: the
+    experiments module's `jobs(ch, **parameters)`, with the notebook's defaults and `params`."""
+    import ast
+    import importlib
+
+    from .chapter import Chapter
+    from .jobs import in_order
+    defaults = {k: ast.literal_eval(v)
+                for k, v in notebook_parameters(root / "notebooks" / f"{paper}.ipynb").items()}
+    given = {**defaults, **(params or {})}
+    ch = Chapter(paper, profile=profile, model=model, dataset=dataset, device=device,
+                 seed=given.get("seed", 0))
+    jobs = importlib.import_module(f"reprolib.experiments.{paper}").jobs
+    return ch, in_order(jobs(ch, **{k: v for k, v in given.items() if k not in RESERVED}))
+
+
+def plan(paper: str, *, throughput: float | None = None, **how) -> dict:
+    """Every job of a run of `paper` (see `planned_jobs`): what it is, its key, whether the zoo
+    holds it, and for a missing one an estimated time, its image passes divided by `throughput`
+    (images per second; default: measured now, `train.throughput` of the chapter's model on
+    its device). A cached job shows the time it took."""
+    from .train import throughput as measure
+    from .victims import datasets
+    ch, jobs = planned_jobs(paper, **how)
+    if throughput is None:
+        p = config.profile(ch.profile)
+        train_set = datasets(ch.dataset, ch.data_dir, p.n_train, p.n_test, ch.seed)[0]
+        throughput = measure(ch.model, len(train_set.classes), train_set.images.shape[1],
+                             device=ch.device)
+    rows = []
+    for job in jobs:
+        card = job.card()
+        rows.append({"kind": job.step.kind, "what": job.describe(), "key": job.key,
+                     "status": "cached" if card else "missing", "passes": job.work(),
+                     "seconds": card.get("wall_time_s") if card else job.work() / throughput})
+    return {"chapter": ch, "throughput": throughput, "rows": rows}
+
+
 def run(paper: str, *, profile: str = "quick", model: str = "auto", dataset: str = "auto",
         device: str = "auto", params: dict | None = None, root: Path = ROOT,
         progress: bool = True) -> Path:
@@ -83,7 +126,8 @@ def run(paper: str, *, profile: str = "quick", model: str = "auto", dataset: str
     partial, runs, results = root / "book" / ".partial", root / "book" / "runs", root / "book" / "results"
     for folder in (partial, runs, results):
         folder.mkdir(parents=True, exist_ok=True)
-    page, table = partial / f"{paper}.ipynb", partial / f"{paper}.json"
+    own = f"{paper}.{socket.gethostname()}.{os.getpid()}"
+    page, table = partial / f"{own}.ipynb", partial / f"{own}.json"
     table.unlink(missing_ok=True)
     try:
         papermill.execute_notebook(

@@ -65,7 +65,8 @@ class Chapter:
         self.tables: dict[str, pd.DataFrame] = {}
         self.comparison: pd.DataFrame | None = None
         self.jobs: dict[str, int] = {}          # the chapter's jobs: how many, cached, computed
-        self._jobs: dict[str, str] = {}         # each job's key: "cached" or "computed"
+        self._keys: set[str] = set()
+        self._computed: set[str] = set()
         self.started = datetime.now(timezone.utc)
         self._clock = time.perf_counter()
 
@@ -155,16 +156,16 @@ class Chapter:
 
     def ensure(self, declared: list) -> None:
         """Compute the chapter's missing jobs through the run's executor (`$REPRO_EXECUTOR`,
-        default in this process) and say how many were cached."""
+        default in this process) and say how many were cached. The run record counts the
+        chapter's jobs and those this run computed (not another run sharing the zoo)."""
         order = jobs.in_order(declared)
-        for job in order:
-            self._jobs.setdefault(job.key, "cached" if job.cached() else "computed")
         counts = jobs.ensure(order)
-        statuses = list(self._jobs.values())
-        self.jobs = {"jobs": len(statuses), "cached": statuses.count("cached"),
-                     "computed": statuses.count("computed")}
+        self._keys.update(j.key for j in order)
+        self._computed.update(counts["keys"])
+        self.jobs = {"jobs": len(self._keys), "computed": len(self._computed),
+                     "cached": len(self._keys) - len(self._computed)}
         display(Markdown(f"**Jobs:** {len(order)}, of which {counts['cached']} read from the "
-                         f"cache and {counts['done']} computed now "
+                         f"cache and {counts['computed']} computed now "
                          f"({os.environ.get('REPRO_EXECUTOR') or 'local'} executor)."))
 
     def table(self, name: str, frame: pd.DataFrame) -> pd.DataFrame:

@@ -4,17 +4,22 @@
   repro train [options]         train one clean model through the zoo and report its accuracy
   repro demo [options]          train a clean and backdoored models, print CA / ASR / RA
   repro zoo                     list the trained models in the cache
+  repro plan PAPER... [options] list every job a run would do: cached or missing, est. time
   repro run PAPER... [options]  execute chapters into book/runs/ and book/results/
   repro book [--rerun]          run the chapters not yet run, then build _build/html
+
+`run` and `book` take --executor local|ray (default $REPRO_EXECUTOR, else local) and --address
+(a Ray cluster's, default $RAY_ADDRESS; none: a Ray instance on this machine).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import torch
 
-from . import book, config, data, models
+from . import book, config, data, jobs, models
 from .attacks import ATTACKS, attack as make_attack
 from .train import evaluate, trained
 from .victims import datasets, victim
@@ -79,7 +84,12 @@ def cmd_demo(args) -> None:
 def cmd_zoo(args) -> None:
     zoo = Zoo(args.cache_dir)
     cards = zoo.entries()
-    print(f"{len(cards)} models in {zoo.root}")
+    results = [c for c in cards if "job" in c["spec"]]
+    cards = [c for c in cards if "job" not in c["spec"]]
+    print(f"{len(cards)} models and {len(results)} job results in {zoo.root}")
+    for c in results:
+        print(f"{c['key']}  job {c['spec']['job']:<16} ({c['wall_time_s']:.0f} s on "
+              f"{c['device']}, {c['created']})")
     for c in cards:
         spec, m = c["spec"], c.get("metrics", {})
         about = ", ".join(f"{k}={v}" for k, v in spec.get("about", {}).items())
@@ -88,9 +98,61 @@ def cmd_zoo(args) -> None:
               f"({c['wall_time_s']:.0f} s on {c['device']}, {c['created']})")
 
 
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else (f"{seconds / 60:.1f} min" if seconds < 5400
+                                                      else f"{seconds / 3600:.1f} h")
+
+
+def cmd_plan(args) -> None:
+    params = book.check_run(args.papers, profile=args.profile, model=args.model,
+                            dataset=args.dataset, device=args.device, pairs=args.p)
+    if args.throughput is not None:
+        config.check_range("--throughput", args.throughput, low=0, low_open=True)
+    total = 0.0
+    for paper in args.papers:
+        found = book.plan(paper, profile=args.profile, model=args.model, dataset=args.dataset,
+                          device=args.device, params=params[paper], throughput=args.throughput)
+        ch, rows = found["chapter"], found["rows"]
+        print(f"{paper} · profile {ch.profile} · {ch.dataset} · {ch.model} · "
+              f"{config.device_name(ch.device)}")
+        print(f"  {'status':<8} {'time':>9}  {'kind':<14} {'key':<24}  what")
+        for r in rows:
+            when = _minutes(r["seconds"]) if r["seconds"] is not None else "?"
+            shown = f"({when})" if r["status"] == "cached" else f"~{when}"
+            print(f"  {r['status']:<8} {shown:>9}  {r['kind']:<14} {r['key']:<24}  {r['what']}")
+        missing = [r for r in rows if r["status"] == "missing"]
+        left = sum(r["seconds"] for r in missing)
+        total += left
+        print(f"  {len(rows)} jobs: {len(rows) - len(missing)} cached, {len(missing)} missing, "
+              f"about {_minutes(left)} of training here\n")
+    how = ("given by --throughput" if args.throughput is not None else
+           "measured now over 3 s of training steps of each chapter's model on its device")
+    print(f"Missing jobs: about {_minutes(total)} in all. A job's time is its image passes "
+          f"(forward and backward through the chapter's model, over the images it trains or "
+          f"searches on) divided by the training throughput, {how}; crafting loops, hull LPs "
+          f"and the chapters' own evaluation are not counted, so it is a lower bound. A cached "
+          f"job shows the time it took.")
+
+
+def _use_executor(args) -> None:
+    """The run's executor, for the chapters' kernels (which read $REPRO_EXECUTOR)."""
+    name = config.check_choice("--executor", args.executor or os.environ.get("REPRO_EXECUTOR")
+                               or "local", jobs.EXECUTORS)
+    if name == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise config.ParameterError("--executor ray needs Ray: pip install "
+                                        "'reprolib[cluster]' (or pip install ray)") from None
+    os.environ["REPRO_EXECUTOR"] = name
+    if args.address:
+        os.environ["RAY_ADDRESS"] = args.address
+
+
 def cmd_run(args) -> None:
     params = book.check_run(args.papers, profile=args.profile, model=args.model,
                             dataset=args.dataset, device=args.device, pairs=args.p)
+    _use_executor(args)
     for paper in args.papers:
         page = book.run(paper, profile=args.profile, model=args.model, dataset=args.dataset,
                         device=args.device, params=params[paper])
@@ -98,6 +160,7 @@ def cmd_run(args) -> None:
 
 
 def cmd_book(args) -> None:
+    _use_executor(args)
     html = book.build(rerun=args.rerun, profile=args.profile, model=args.model,
                       dataset=args.dataset, device=args.device)
     print(f"the book is in {html}; open {html / 'index.html'}")
@@ -147,15 +210,32 @@ def parser() -> argparse.ArgumentParser:
                        "downloaded, else Fashion-MNIST), " + ", ".join(data.DATASETS))
         p.add_argument("--device", default="auto", help="auto, cpu or cuda")
 
+    def executor_options(p):
+        p.add_argument("--executor", default=None, help="where jobs run: local (this process, "
+                       "the default) or ray (Ray tasks; default $REPRO_EXECUTOR)")
+        p.add_argument("--address", default=None, help="the Ray cluster's address (default "
+                       "$RAY_ADDRESS; none: a Ray instance on this machine)")
+
+    p = sub.add_parser("plan", help="list the jobs a run would do, cached or missing")
+    p.add_argument("papers", nargs="*", help="chapters: " + ", ".join(book.chapters()))
+    chapter_options(p)
+    p.add_argument("-p", action="append", default=[], metavar="KEY=VALUE",
+                   help="a notebook parameter, its value read as YAML (repeatable)")
+    p.add_argument("--throughput", type=float, default=None, metavar="IMAGES_PER_S",
+                   help="training images per second to estimate with (default: measured now)")
+    p.set_defaults(func=cmd_plan)
+
     p = sub.add_parser("run", help="execute chapters with papermill")
     p.add_argument("papers", nargs="*", help="chapters: " + ", ".join(book.chapters()))
     chapter_options(p)
+    executor_options(p)
     p.add_argument("-p", action="append", default=[], metavar="KEY=VALUE",
                    help="a notebook parameter, its value read as YAML (repeatable)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("book", help="run missing chapters and build the HTML book")
     chapter_options(p)
+    executor_options(p)
     p.add_argument("--rerun", action="store_true", help="run every chapter again")
     p.set_defaults(func=cmd_book)
 

@@ -197,20 +197,21 @@ class Step:
         return self.read(kept, args) if self.read else kept
 
     def keep(self, **args) -> Kept:
-        """What the step keeps for `args`: read from the zoo, or computed under the key's claim
-        and stored."""
+        """What the step keeps for `args`, as read from the zoo: computed first, under the
+        key's claim, if the zoo does not hold it. (Read back even when just computed, so that
+        a fresh and a cached call hand `read` the same thing.)"""
         zoo, spec = Zoo(), self.spec(args)
-        k = zoo_key(spec)
         kept = self._kept(zoo.get(spec))
         if kept is None:
+            k = zoo_key(spec)
             with zoo.claim(k, self.kind):
-                kept = self._kept(zoo.get(spec))       # computed meanwhile by the claim's holder
-                if kept is None:
+                if zoo.get(spec) is None:       # else computed meanwhile by the claim's holder
                     start = time.perf_counter()
-                    kept = self.compute(**args)
-                    zoo.put(spec, kept.tensors, {**kept.record, "wall_time_s": round(
+                    made = self.compute(**args)
+                    zoo.put(spec, made.tensors, {**made.record, "wall_time_s": round(
                         time.perf_counter() - start, 2), "device": _device_of(args)})
                     COMPUTED.append(k)
+            kept = self._kept(zoo.get(spec))
         return kept
 
     @staticmethod
@@ -258,36 +259,45 @@ def in_order(jobs: list[Job]) -> list[Job]:
 
 
 def ensure(jobs: list[Job], executor: str | None = None, *, address: str | None = None,
-           progress: bool = True) -> dict[str, int]:
+           progress: bool = True) -> dict:
     """Compute the missing `jobs` (and what they need) through `executor` (default
-    `$REPRO_EXECUTOR`, else "local"); returns the counts of jobs cached and done. A bar counts
-    them, with the jobs running and failed."""
+    `$REPRO_EXECUTOR`, else "local"). Returns the counts of jobs cached (found in the zoo, at
+    the start or computed meanwhile by another process) and computed by this call, and the keys
+    it computed. A bar counts them, with the jobs running and failed."""
     name = config.check_choice("executor", executor or os.environ.get("REPRO_EXECUTOR") or "local",
                                EXECUTORS)
     order = in_order(jobs)
     DECLARED.update(j.key for j in order)
     missing = [j for j in order if not j.cached()]
-    counts = {"cached": len(order) - len(missing), "done": 0, "running": 0, "failed": 0}
+    counts = {"cached": len(order) - len(missing), "computed": 0, "running": 0, "failed": 0}
+    computed: list[str] = []
     bar = tqdm(total=len(order), desc="jobs", unit="job", disable=not progress or not missing,
                file=sys.stderr, mininterval=5)
     bar.update(counts["cached"])
     bar.set_postfix(counts)
+
+    def finished(job: Job, here: bool) -> None:
+        counts["computed" if here else "cached"] += 1
+        if here:
+            computed.append(job.key)
+        bar.update()
+        bar.set_postfix(counts)
+
     try:
         if name == "ray":
-            RayExecutor(address).run(missing, counts, bar)
+            RayExecutor(address).run(missing, counts, finished)
         else:
             for job in missing:
                 counts["running"] = 1
-                bar.set_postfix(counts, refresh=False)
                 bar.set_description(f"jobs ({job.describe()})")
+                before = len(COMPUTED)
                 job.step.keep(**job.args)
-                counts["running"], counts["done"] = 0, counts["done"] + 1
-                bar.update()
-                bar.set_postfix(counts)
+                counts["running"] = 0
+                finished(job, job.key in COMPUTED[before:])
     finally:
         bar.set_description("jobs")
         bar.close()
-    return counts
+    return {**counts, "keys": computed}
 
 
 class RayExecutor:
@@ -311,7 +321,7 @@ class RayExecutor:
             ray.init(address=address or os.environ.get("RAY_ADDRESS"), include_dashboard=False,
                      log_to_driver=False, runtime_env={"env_vars": env})
 
-    def run(self, jobs: list[Job], counts: dict, bar) -> None:
+    def run(self, jobs: list[Job], counts: dict, finished: Callable[[Job, bool], None]) -> None:
         ray = self.ray
         gpus = ray.cluster_resources().get("GPU", 0) > 0
         task = ray.remote(work_on)
@@ -326,30 +336,30 @@ class RayExecutor:
         counts["running"] = len(pending)
         while pending:
             ready, pending = ray.wait(pending, num_returns=1, timeout=5)
+            counts["running"] = len(pending)
             for ref in ready:
                 try:
-                    ray.get(ref)
-                    counts["done"] += 1
+                    here = ray.get(ref)
                 except Exception as err:     # a job's own error, or a worker that kept dying
                     counts["failed"] += 1
                     errors.append(f"{job_of[ref].describe()} ({job_of[ref].key}): {err}")
-                bar.update()
-            counts["running"] = len(pending)
-            bar.set_postfix(counts)
+                    continue
+                finished(job_of[ref], here)
         if errors:
             raise RuntimeError(f"{len(errors)} of {len(jobs)} jobs failed on Ray; the first: "
                                f"{errors[0]}")
 
 
-def work_on(module: str, kind: str, args: dict, *_needed) -> str:
-    """A Ray task: compute one job (unless another worker did) with the worker's own device and
-    as many torch threads as the task was given CPUs."""
+def work_on(module: str, kind: str, args: dict, *_needed) -> bool:
+    """A Ray task: compute one job unless another worker did (then False), with the worker's
+    own device and as many torch threads as the task was given CPUs."""
     import ray
     importlib.import_module(module)
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
     torch.set_num_threads(max(1, int(cpus)))
+    before = len(COMPUTED)
     STEPS[kind].keep(**{**args, "device": "auto"} if "device" in args else args)
-    return kind
+    return len(COMPUTED) > before
 
 
 def undeclared() -> list[str]:

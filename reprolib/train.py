@@ -231,3 +231,37 @@ def linear_transfer(model: nn.Module, data: ImageSet, *, epochs: int = 40, lr: f
             optimizer.step()
             schedule.step()
     return net
+
+
+def throughput(model_name: str, classes: int, channels: int, *, device: str | torch.device = "auto",
+               batch_size: int = 128, seconds: float = 3.0) -> float:
+    """Training images per second of `model_name` on `device`: SGD steps on a random batch, as
+    `train` runs them (channels_last, bf16 autocast on CUDA), one warm-up step and then as many
+    as fit in `seconds` (at least two). What `repro plan` divides a job's image passes by."""
+    device = resolve_device(device)
+    model = models.build(model_name, classes, channels).to(device,
+                                                           memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x = torch.randn(batch_size, channels, 32, 32, device=device).contiguous(
+        memory_format=torch.channels_last)
+    y = torch.randint(classes, (batch_size,), device=device)
+
+    def step():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = F.cross_entropy(model(x).float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def done():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
+
+    step()
+    start = done()
+    n = 0
+    while n < 2 or done() - start < seconds:
+        step()
+        n += 1
+    return n * batch_size / (done() - start)

@@ -231,7 +231,8 @@ def _k(run: dict, k_transfer: int, k_scratch: int) -> int:
 
 
 @step("clear.examine", read=lambda kept, args: unpack(kept),
-      needs=lambda a: [attacked.job(**a["run"])] if a["run"] else [trained_victim.job(**a["clean"])],
+      needs=lambda a: ([attacked.job(**a["run"])] if a["run"]
+                       else [trained_victim.job(**a["clean"])]),
       work=lambda a: 0, describe=lambda a: "CLEAR detection " + (
           f"{a['run']['name']} draw {a['run']['draw']}" if a["run"] else
           f"clean pool {a['pool']}" if a.get("pool") is not None else

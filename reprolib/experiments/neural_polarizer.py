@@ -45,7 +45,8 @@ def jobs(ch, *, attacks, ratio=0.1, target=0, clean_ratio=0.05, clean_ratios=Non
                         clean_ratios=clean_ratios, clean_ratio=clean_ratio,
                         poison_ratios=poison_ratios)
     main = [ch.victim_args(a, ratio, target) for a in attacks]
-    others = [ch.victim_args(a, r, target) for a in sweep_attacks for r in poison_ratios if r != ratio]
+    others = [ch.victim_args(a, r, target) for a in sweep_attacks for r in poison_ratios
+              if r != ratio]
     found = [trained_victim.job(**v) for v in main + others]
     p = profile(ch.profile)
     image = datasets(ch.dataset, ch.data_dir, p.n_train, p.n_test, ch.seed)[1].images[0]

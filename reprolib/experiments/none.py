@@ -97,8 +97,8 @@ def jobs(ch, *, attacks, ratio=0.1, target=0, none_lr=0.01, none_epochs=None, ab
     asked = {name: ch.victim_args(name, ratio, target) for name in attacks}
     found = [trained_victim.job(**a) for a in asked.values()]
     for a in asked.values():
-        found += [trained_by_abl.job(victim=a, settings=isolation, model_name=ch.model, seed=ch.seed,
-                               device=ch.device),
+        found += [trained_by_abl.job(victim=a, settings=isolation, model_name=ch.model,
+                                     seed=ch.seed, device=ch.device),
                   repaired_by_none.job(victim=a, settings=repair, augment=augment, seed=ch.seed)]
     probe = asked["badnets" if "badnets" in asked else attacks[0]]
     kind = models.build(ch.model, 10, 3)          # variants() looks only at the model's type
