@@ -108,7 +108,7 @@ def cmd_plan(args) -> None:
                             dataset=args.dataset, device=args.device, pairs=args.p)
     if args.throughput is not None:
         config.check_range("--throughput", args.throughput, low=0, low_open=True)
-    total = 0.0
+    left_in_all: dict[str, float] = {}       # a job two chapters share counts once
     for paper in args.papers:
         found = book.plan(paper, profile=args.profile, model=args.model, dataset=args.dataset,
                           device=args.device, params=params[paper], throughput=args.throughput)
@@ -122,12 +122,13 @@ def cmd_plan(args) -> None:
             print(f"  {r['status']:<8} {shown:>9}  {r['kind']:<14} {r['key']:<24}  {r['what']}")
         missing = [r for r in rows if r["status"] == "missing"]
         left = sum(r["seconds"] for r in missing)
-        total += left
+        left_in_all.update((r["key"], r["seconds"]) for r in missing)
         print(f"  {len(rows)} jobs: {len(rows) - len(missing)} cached, {len(missing)} missing, "
               f"about {_minutes(left)} of training here\n")
     how = ("given by --throughput" if args.throughput is not None else
            "measured now over 3 s of training steps of each chapter's model on its device")
-    print(f"Missing jobs: about {_minutes(total)} in all. A job's time is its image passes "
+    print(f"Missing jobs: {len(left_in_all)}, about {_minutes(sum(left_in_all.values()))} in "
+          f"all (a job two chapters share counted once). A job's time is its image passes "
           f"(forward and backward through the chapter's model, over the images it trains or "
           f"searches on) divided by the training throughput, {how}; crafting loops, hull LPs "
           f"and the chapters' own evaluation are not counted, so it is a lower bound. A cached "

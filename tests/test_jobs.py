@@ -147,7 +147,7 @@ def test_repro_plan_lists_every_job_missing_then_cached(capsys):
     out = capsys.readouterr().out
     assert "3 jobs: 0 cached, 3 missing" in out and "victim clean seed 0" in out
     # 3 victims of 2,000 images × 3 epochs at 1,000 images/s: 6 s each
-    assert out.count("~6 s") == 3 and "Missing jobs: about 18 s in all" in out
+    assert out.count("~6 s") == 3 and "Missing jobs: 3, about 18 s in all" in out
     ch, planned = book.planned_jobs("attacks", profile="smoke", dataset="fashion-mnist",
                                     device="cpu", params={"attacks": ["badnets", "blended"]})
     assert [j.describe() for j in planned] == ["victim clean seed 0", "victim badnets 0.1 seed 0",

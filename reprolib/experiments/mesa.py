@@ -111,7 +111,8 @@ def _pattern_passes(a: dict) -> float:
     s, r = a["settings"], a["reverse_settings"]
     retrains = 3 + len(s.betas) + r.rounds
     return (n_train * a["inject_recipe"].epochs + defender * s.epochs * len(s.betas)
-            + defender * a["retrain_recipe"].epochs * retrains + r.rounds * r.steps * r.batch_size)
+            + defender * a["retrain_recipe"].epochs * retrains
+            + r.rounds * r.epochs * r.batches * r.batch_size)
 
 
 @step("mesa.pattern", read=_defended,
