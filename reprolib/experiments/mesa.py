@@ -13,7 +13,7 @@ import torch
 from .. import plots
 from ..attacks.patch import Patch
 from ..attacks.patterns import pattern_classes
-from ..config import Recipe, profile
+from ..config import Recipe, check_choice, check_range, profile
 from ..data import ImageSet
 from ..defenses import mesa
 from ..jobs import Job, Kept, pack, step, unpack
@@ -63,6 +63,18 @@ class Defended:
     rows: list[dict]
     samples: list[dict]
     run: dict
+
+
+def check_parameters(scale, *, rate: float, rates, alphas, embedding: str) -> None:
+    """The chapter's parameters, checked before any work."""
+    check_range("n_patterns", scale.n_patterns, low=1, high=len(pattern_classes()), integer=True)
+    check_range("n_random", scale.n_random, low=0, integer=True)
+    check_range("rounds", scale.rounds, low=2, integer=True)
+    for r in [rate, *rates]:
+        check_range("rate", r, low=0, high=1, low_open=True)
+    for a in alphas:
+        check_range("alphas", a, low=0)
+    check_choice("embedding", embedding, plots.EMBEDDINGS)
 
 
 def how(ch, scale, *, target: int, rate: float, search_batch: int, reverse_batch: int) -> dict:
@@ -207,13 +219,16 @@ def retrained(run: dict, method: str, rate: float) -> Kept:
 
 
 def jobs(ch, *, target=0, n_patterns=None, n_random=None, rounds=None, rate=0.01,
-         alphas=(0.0, 0.1, 10.0), search_batch=128, reverse_batch=100, **_) -> list[Job]:
+         rates=(0.1, 0.5), alphas=(0.0, 0.1, 10.0), embedding="svd", search_batch=128,
+         reverse_batch=100, **_) -> list[Job]:
     """Every patch's run, the α sweep's searches and the detection on pattern 170; the rate
     sensitivity's retrainings depend on the baseline's results (`rate_jobs`)."""
     scale = ch.scale(n_patterns=n_patterns, n_random=n_random, rounds=rounds)
+    check_parameters(scale, rate=rate, rates=rates, alphas=alphas, embedding=embedding)
     clean = ch.victim_args(None)
     p = profile(ch.profile)
-    channels = datasets(ch.dataset, ch.data_dir, p.n_train, p.n_test, ch.seed)[1].images.shape[1]
+    test_set = datasets(ch.dataset, ch.data_dir, p.n_train, p.n_test, ch.seed)[1]
+    channels = test_set.images.shape[1]
     way = how(ch, scale, target=target, rate=rate, search_batch=search_batch,
               reverse_batch=reverse_batch)
     runs = [dict(clean=clean, name=name, patch=patch, **way)
