@@ -167,7 +167,27 @@ def scorecard(root: Path = ROOT) -> str:
                      _num(row["paper"]), _num(row["ours"]), verdict, row["tolerance"],
                      r["profile"], r["dataset"]]
             lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
-    return "\n".join(lines + [""])
+    return "\n".join(lines + [""] + findings(files))
+
+
+def findings(files: list[Path]) -> list[str]:
+    """The measured findings of the chapters that state some (the comparison), as a section of
+    their own: they are ours, not a paper's claims, and have no verdict."""
+    rows = []
+    for f in files:
+        result = json.loads(f.read_text())
+        r = result["record"]
+        for x in result.get("findings", []):
+            cells = [f"[{r['chapter']}](runs/{f.stem})", x["finding"], _num(x["value"]),
+                     r["profile"], r["dataset"]]
+            rows.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
+    if not rows:
+        return []
+    return ["## Measured findings", "",
+            "What a chapter measured and states as its own finding, not as any paper's claim: "
+            "nothing to reproduce, so no verdict.", "",
+            "| chapter | finding | value | profile | dataset |", "|---|---|---|---|---|",
+            *rows, ""]
 
 
 def _num(value) -> str:

@@ -64,6 +64,7 @@ class Chapter:
         self.results = Path(results) if results else None
         self.tables: dict[str, pd.DataFrame] = {}
         self.comparison: pd.DataFrame | None = None
+        self.found: list[dict] = []             # measured findings: no paper's claims
         self.jobs: dict[str, int] = {}          # the chapter's jobs: how many, cached, computed
         self._keys: set[str] = set()
         self._computed: set[str] = set()
@@ -179,6 +180,16 @@ class Chapter:
         self.comparison = reference.compare(self.reference, measured, self.run_setting)
         return self.comparison
 
+    def findings(self, found: list[dict]) -> list[dict]:
+        """Keep what this run found (each a "finding" sentence and its measured "value"),
+        stated as ours: the scorecard lists findings apart from the papers' claims."""
+        for f in found:
+            if set(f) != {"finding", "value"}:
+                raise config.ParameterError(f"a finding has the keys 'finding' and 'value', "
+                                            f"not {sorted(f)}")
+        self.found = [{"finding": f["finding"], "value": float(f["value"])} for f in found]
+        return self.found
+
     def verdict_line(self, noun: str = "rows") -> str:
         """"Of N rows, a reproduced, b not comparable.": the comparison's verdicts counted."""
         counts = self.comparison["verdict"].value_counts()
@@ -206,7 +217,8 @@ class Chapter:
         display(Markdown(f"**Run record:** {self._record_line(wall=True)}"))
         payload = {"record": self.record(),
                    "tables": {k: _records(v) for k, v in self.tables.items()},
-                   "comparison": _records(self.comparison) if self.comparison is not None else []}
+                   "comparison": _records(self.comparison) if self.comparison is not None else [],
+                   "findings": self.found}
         if self.results:
             atomic_write(self.results, json.dumps(payload, indent=1).encode())
         return payload
@@ -214,8 +226,11 @@ class Chapter:
 
 def score_row(v, model=None, *, der: bool = True, accuracy: str = "CA %") -> dict[str, float]:
     """The scores of `model` (default: the victim `v`'s own) in percent: clean accuracy (under
-    the name `accuracy`), ASR and RA, and with `der` the DER against `v`'s undefended model."""
+    the name `accuracy`), ASR and RA, and with `der` the DER against `v`'s undefended model.
+    A clean twin (no attack) has only its clean accuracy."""
     s = v.scores(model)
+    if "asr" not in s:
+        return {accuracy: 100 * s["ca"]}
     row = {accuracy: 100 * s["ca"], "ASR %": 100 * s["asr"], "RA %": 100 * s["ra"]}
     if der:
         before = v.scores()

@@ -174,6 +174,11 @@ SCALES = {
         "search_epochs":    (1, 3, 10),           # the generators' epochs (the code's 10)
         "retrain_epochs":   (1, 5, 10),           # the retraining's epochs (the code's 10)
     },
+    "comparison": {
+        "nc_steps":         (100, 600, None),     # as the ℓ∞ chapter's Neural Cleanse
+        "search_batch":     (32, 128, 128),       # MESA's generators (the code's 128); the
+                                                  # smoke defender holds 100 images
+    },
     "clear": {
         "draws_copies":     (1, 2, 10),           # (target, class) draws per attack
         "draws_collision":  (2, 8, 20),

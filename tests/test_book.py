@@ -106,6 +106,22 @@ def test_scorecard_has_one_row_per_claim_with_profile_and_dataset(tmp_path):
     assert "not comparable (ran fashion-mnist/small_cnn" in table[1]
 
 
+def test_scorecard_lists_measured_findings_apart_from_the_claims(tmp_path):
+    (tmp_path / "book" / "results").mkdir(parents=True)
+    record = {"chapter": "comparison", "profile": "quick", "dataset": "fashion-mnist"}
+    (tmp_path / "book" / "results" / "comparison.json").write_text(json.dumps(
+        {"record": record, "comparison": [],
+         "findings": [{"finding": "highest mean DER: NPD | NONE", "value": 91.234}]}))
+    page = book.scorecard(tmp_path)
+    assert "Measured findings" not in page.split("| chapter | finding")[0].split("# Scorecard")[0]
+    section = page.split("## Measured findings")[1]
+    assert ("| [comparison](runs/comparison) | highest mean DER: NPD \\| NONE | 91.23 | quick | "
+            "fashion-mnist |") in section
+    (tmp_path / "book" / "results" / "comparison.json").write_text(json.dumps(
+        {"record": record, "comparison": []}))
+    assert "Measured findings" not in book.scorecard(tmp_path)
+
+
 @pytest.fixture(scope="module")
 def smoke_book(tmp_path_factory):
     """The whole book built at the smoke profile from a copy of the sources."""
@@ -149,6 +165,7 @@ def test_every_page_opens_in_a_browser_with_its_title_tables_and_images(smoke_bo
              "book/runs/none.html": ("NONE", 8, 4),
              "book/runs/mesa.html": ("MESA", 8, 6),
              "book/runs/clear.html": ("CLEAR", 6, 4),
+             "book/runs/comparison.html": ("Every defense against every attack", 7, 2),
              "book/scorecard.html": ("Scorecard", 1, 0)}
     shots = ROOT / "_build" / "browser-check"
     shots.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import pandas as pd
+import torch
 
 from ..config import Recipe
 from ..data import ImageSet
@@ -226,15 +227,37 @@ def tails(maps: dict, attacks) -> tuple[pd.DataFrame, object]:
     return pd.DataFrame(rows).set_index(["attack", "model", "trigger"]), fig
 
 
+def defender_sets(v, reversal: nc.Reversal, label: int, *, n_defender: int, seed: int
+                  ) -> tuple[ImageSet, ImageSet, ImageSet]:
+    """The defender's `n_defender` clean images, those not of `label`, and the latter stamped
+    with `label`'s reversed trigger."""
+    defender = v.clean_subset(n_defender, seed)
+    others = defender.subset((defender.labels != label).nonzero().flatten())
+    return defender, others, others.with_images(reversal.stamp(others.images, label))
+
+
+def linf_curve(v, reversal: nc.Reversal, label: int, *, n_defender: int, seed: int
+               ) -> tuple[torch.Tensor, dict]:
+    """The ℓ∞ ranking of `v`'s last-conv channels (the defender's images against the same with
+    `label`'s reversed trigger) and its pruning curve on them: `pruning`'s ℓ∞ row alone."""
+    defender, others, syn_set = defender_sets(v, reversal, label, n_defender=n_defender,
+                                              seed=seed)
+    order = lp.rank_by_change(lp.feature_maps(v.model, others),
+                              lp.feature_maps(v.model, syn_set), "linf")
+    curve = lp.sweep(v.model, order, lp.Pooled.of(v.model, defender),
+                     lp.Pooled.of(v.model, syn_set), label,
+                     lp.counts_up_to(v.model.head.in_features))
+    return order, curve
+
+
 def pruning(victims: dict, reversal: dict, suspect: dict, *, n_defender: int, seed: int,
             target: int) -> tuple[dict, dict]:
     """Per attack, every ranking's channel order (decided on the defender's images) and its
     pruning curves on the defender's images (synthetic trigger) and on the test set (real)."""
     curves, orders = {}, {}
     for name, v in victims.items():
-        defender = v.clean_subset(n_defender, seed)
-        others = defender.subset((defender.labels != suspect[name]).nonzero().flatten())
-        syn_set = others.with_images(reversal[name].stamp(others.images, suspect[name]))
+        defender, others, syn_set = defender_sets(v, reversal[name], suspect[name],
+                                                  n_defender=n_defender, seed=seed)
         real_set = others.with_images(v.attack.apply(others.images))
         orders[name] = lp.rankings(lp.feature_maps(v.model, others),
                                    lp.feature_maps(v.model, syn_set),

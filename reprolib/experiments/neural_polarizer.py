@@ -11,6 +11,7 @@ import torch
 
 from ..chapter import score_row
 from ..config import Recipe, check_range, profile
+from ..config import scale as scale_of
 from ..data import ImageSet
 from ..defenses import linf_pruning as lp
 from ..defenses import neural_polarizer as npd_
@@ -25,8 +26,10 @@ DEFENSES = ["none", "FT", "FP", "FP held-out", "NPD"]
 def setup(ch, *, npd_epochs=None, ft_epochs=None, clean_ratios=None, clean_ratio=0.05,
           poison_ratios=()) -> tuple[dict, list[float]]:
     """The chapter's parameters checked and resolved at its profile: how every defense runs
-    (NPD's settings, FT's recipe, the seed) and the clean-data shares of its sweep."""
-    scale = ch.scale(npd_epochs=npd_epochs, ft_epochs=ft_epochs, clean_ratios=clean_ratios)
+    (NPD's settings, FT's recipe, the seed) and the clean-data shares of its sweep. Any
+    chapter may ask (the comparison runs these defenses as this chapter does)."""
+    scale = scale_of("neural_polarizer", ch.profile, npd_epochs=npd_epochs, ft_epochs=ft_epochs,
+                     clean_ratios=clean_ratios)
     for name, value in [("clean_ratio", clean_ratio),
                         *(("clean_ratios", r) for r in scale.clean_ratios),
                         *(("poison_ratios", r) for r in poison_ratios)]:

@@ -1,0 +1,346 @@
+"""The comparison chapter: every defense of the book against every attack, on the same victims,
+with what each costs and what each assumes the defender has.
+
+The defenses run as their own chapters run them, through the same jobs (so a victim, an FT run or
+a NONE repair another chapter computed is read from the zoo): FT, FP (the defender-legal,
+held-out variant) and NPD as the Neural Polarizer chapter runs them, NONE and ABL as the NONE
+chapter does, Neural Cleanse's reversal as the ℓ∞ chapter does. Three are new here: NC's
+unlearning, ℓ∞ pruning aimed at NC's suspect label, and MESA's retraining on a victim it did not
+inject itself.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from ..chapter import score_row
+from ..config import Recipe, check_range
+from ..config import scale as scale_of
+from ..defenses import linf_pruning as lp
+from ..defenses import mesa
+from ..defenses import neural_cleanse as nc
+from ..jobs import Job, Kept, pack, step, unpack
+from ..victims import sizes, trained_victim
+from . import linf_pruning as linf_ex
+from . import neural_polarizer as npd_ex
+from . import none as none_ex
+
+DEFENSES = ["FT", "FP", "NC", "ℓ∞ + FT", "NPD", "NONE", "ABL", "MESA"]
+METRICS = ["CA %", "ASR %", "RA %", "DER %"]
+FROM_NPD = {"FT": "FT", "FP": "FP held-out", "NPD": "NPD"}   # our name: the NPD chapter's
+
+# What each defense assumes the defender has, as the chapter runs it.
+NEEDS = pd.DataFrame([
+    ("FT", "5 %", "no", "no", "clean labels", "none", "no"),
+    ("FP", "5 % (a fifth held out for its stopping rule)", "no", "no", "clean labels", "none",
+     "no"),
+    ("NC", "5 %, and 1,000 images for the reversal", "no", "no", "clean labels",
+     "a mask-and-pattern stamp", "no: it ranks every label"),
+    ("ℓ∞ + FT", "1,000 images", "no", "no", "clean labels",
+     "NC's reversed stamp of its suspect label", "no: NC's suspect"),
+    ("NPD", "5 %", "no", "no", "clean labels", "none (a targeted perturbation stands in)",
+     "no: estimated per image"),
+    ("NONE", "none", "yes: it retrains", "yes", "the training set's", "none", "no"),
+    ("ABL", "none", "yes: it trains from scratch", "yes", "the training set's", "none", "no"),
+    ("MESA", "5 %", "no", "no", "clean labels", "a 3×3 patch, anywhere", "yes"),
+], columns=["defense", "clean data", "training", "poisoned training set", "labels",
+            "trigger family", "target label"]).set_index("defense")
+
+
+def setup(ch, *, clean_ratio: float, nc_images: int, nc_steps: int | None = None,
+          search_batch: int | None = None) -> dict:
+    """How every defense runs at the chapter's profile: the NPD chapter's settings for FT, FP and
+    NPD, the NONE chapter's for NONE and ABL, the ℓ∞ chapter's Neural Cleanse budget, MESA's
+    chapter's search and retraining."""
+    check_range("clean_ratio", clean_ratio, low=0, high=1, low_open=True)
+    check_range("nc_images", nc_images, low=1, integer=True)
+    scale = ch.scale(nc_steps=nc_steps, search_batch=search_batch)
+    check_range("search_batch", scale.search_batch, low=2, integer=True)
+    npd, _ = npd_ex.setup(ch, clean_ratio=clean_ratio)
+    repair, isolation, *_ = none_ex.settings(scale_of("none", ch.profile), none_lr=0.01,
+                                             augment=ch.recipe.augment, fractions=[0.03],
+                                             areas=[0.02])
+    m = scale_of("mesa", ch.profile)
+    return dict(
+        share=clean_ratio, seed=ch.seed, npd=npd,
+        nc=dict(n=nc_images, seed=ch.seed,
+                budget=nc.budget(scale.nc_steps, nc_images)),
+        none=dict(settings=repair, augment=ch.recipe.augment, seed=ch.seed),
+        abl=dict(settings=isolation, model_name=ch.model, seed=ch.seed, device=ch.device),
+        mesa=dict(settings=mesa.Settings(epochs=m.search_epochs, batch_size=scale.search_batch),
+                  recipe=mesa.RETRAIN.replace(epochs=m.retrain_epochs), rate=0.01))
+
+
+def _copy_of_victim(kept: Kept, args: dict):
+    return unpack(kept, {"": copy.deepcopy(trained_victim(**args["victim"]).model)}).eval()
+
+
+def _reversal(args: dict) -> Job:
+    return linf_ex.reversed_triggers.job(victim=args["victim"], n=args["n"], seed=args["seed"],
+                                         budget=args["budget"])
+
+
+@step("comparison.nc", read=_copy_of_victim, needs=lambda a: [_reversal(a)],
+      work=lambda a: a["share"] * sizes(a["victim"])[0] * a["recipe"].epochs,
+      describe=lambda a: f"NC unlearning {a['victim']['attack']}")
+def unlearned(victim: dict, n: int, seed: int, budget: dict, share: float,
+              recipe: Recipe) -> Kept:
+    """Neural Cleanse's mitigation of the victim asked for by `victim`: its flagged labels'
+    reversed triggers (the ℓ∞ chapter's reversal job) unlearned on `share` of the training set
+    as the defender's clean data, by FT's recipe (BackdoorBench's nc.py does the same)."""
+    v = trained_victim(**victim)
+    reversal = linf_ex.reversed_triggers(victim=victim, n=n, seed=seed, budget=budget)
+    return pack(nc.unlearn(v.model, npd_ex.defender(v, share, seed), reversal, recipe,
+                           seed=seed, progress=False))
+
+
+@step("comparison.mesa", read=_copy_of_victim,
+      needs=lambda a: [trained_victim.job(**a["victim"])],
+      work=lambda a: a["share"] * sizes(a["victim"])[0] * (
+          a["settings"].epochs * len(a["settings"].betas) + a["recipe"].epochs),
+      describe=lambda a: f"MESA retraining {a['victim']['attack']}")
+def retrained_by_mesa(victim: dict, share: float, target: int, settings: mesa.Settings,
+                      recipe: Recipe, rate: float, seed: int) -> Kept:
+    """MESA on the victim asked for by `victim`: its generators searched for `target` on `share`
+    of the training set as the defender's clean data, then the model retrained there with
+    triggers sampled from their staircase ensemble."""
+    v = trained_victim(**victim)
+    clean = npd_ex.defender(v, share, seed)
+    found = mesa.search(v.model, clean, target, settings, seed=seed)
+    return pack(mesa.retrain(v.model, clean, mesa.mixture(list(found.generators.values())),
+                             recipe, rate=rate, seed=seed))
+
+
+def defense_jobs(defense: str, asked: dict, how: dict) -> list[Job]:
+    """The jobs `defense` of the victim `asked` is made of (ℓ∞'s fine-tuning aside: its
+    arguments depend on the reversal, see `tuning_jobs`)."""
+    if defense in FROM_NPD:
+        return [npd_ex.defended.job(victim=asked, defense=FROM_NPD[defense], share=how["share"],
+                                    **how["npd"])]
+    if defense == "NC":
+        return [linf_ex.reversed_triggers.job(victim=asked, **how["nc"]),
+                unlearned.job(victim=asked, share=how["share"], recipe=how["npd"]["ft_recipe"],
+                              **how["nc"])]
+    if defense == "ℓ∞ + FT":
+        return [linf_ex.reversed_triggers.job(victim=asked, **how["nc"])]
+    if defense == "NONE":
+        return [none_ex.repaired_by_none.job(victim=asked, **how["none"])]
+    if defense == "ABL":
+        return [none_ex.trained_by_abl.job(victim=asked, **how["abl"])]
+    return [retrained_by_mesa.job(victim=asked, share=how["share"], target=asked["target"],
+                                  seed=how["seed"], **how["mesa"])]
+
+
+def jobs(ch, *, attacks, ratio=0.1, target=0, clean_ratio=0.05, nc_images=1000,
+         nc_steps=None, search_batch=None, **_) -> list[Job]:
+    """The victims (and the clean twin) and every defense's jobs on each."""
+    how = setup(ch, clean_ratio=clean_ratio, nc_images=nc_images, nc_steps=nc_steps,
+                search_batch=search_batch)
+    asked = [ch.victim_args(a, ratio, target) for a in [*attacks, None]]
+    return [trained_victim.job(**a) for a in asked] + [
+        j for a in asked for d in DEFENSES for j in defense_jobs(d, a, how)]
+
+
+def tuning_jobs(victims: dict, how: dict, device) -> dict[str, tuple[Job, int, str]]:
+    """Per victim, ℓ∞ pruning aimed at NC's suspect label, as the ℓ∞ chapter prunes (rule i:
+    the fewest channels at which the suspect's reversed trigger works on under 5 % of the
+    defender's images; rule ii, at most 2 points of their accuracy lost, where rule i is not
+    reached within half the layer), then its fine-tuning job; with the count and the rule."""
+    found = {}
+    for name, v in victims.items():
+        reversal = linf_ex.reversed_triggers(victim=v.asked, **how["nc"])
+        order, curve = linf_ex.linf_curve(v, reversal, reversal.suspect,
+                                          n_defender=how["nc"]["n"], seed=how["seed"])
+        n, rule = lp.stop_at_asr(curve), "i"
+        if n is None:
+            n, rule = lp.stop_at_ca_drop(curve), "ii"
+        found[name] = (linf_ex.pruned_and_tuned.job(victim=v.asked, pruned=order[:n].tolist(),
+                                                    n=how["nc"]["n"], seed=how["seed"],
+                                                    device=device), n, rule)
+    return found
+
+
+def defended_model(defense: str, name: str, v, how: dict, tuning: dict):
+    """The model `defense` leaves of the victim `v` called `name` (FT, FP and NPD keep only
+    their row: None)."""
+    if defense in FROM_NPD:
+        return None
+    if defense == "ℓ∞ + FT":
+        return tuning[name][0]()
+    if defense in ("NONE", "ABL"):
+        return defense_jobs(defense, v.asked, how)[0]().model
+    return defense_jobs(defense, v.asked, how)[-1]()
+
+
+def main_table(victims: dict, how: dict, tuning: dict) -> pd.DataFrame:
+    """Per victim, no defense and every defense: CA, ASR, RA and DER in percent; the wall time of
+    the jobs that computed it (as their cards record it), the parameters it trains, and its
+    cost in passes over the training set (image passes / training images)."""
+    rows = []
+    for name, v in victims.items():
+        n_train = len(v.train)
+        rows.append({"attack": name, "defense": "none", **score_row(v)})
+        for d in DEFENSES:
+            parts = defense_jobs(d, v.asked, how)
+            if d == "ℓ∞ + FT":
+                parts.append(tuning[name][0])
+            if d in FROM_NPD:
+                row, _ = parts[0]()
+                scores = {k: row[k] for k in METRICS if k in row}
+                trained = row["trained parameters"]
+            else:
+                model = defended_model(d, name, v, how, tuning)
+                scores = score_row(v, model)
+                trained = sum(p.numel() for p in model.parameters())
+            rows.append({"attack": name, "defense": d, **scores,
+                         "seconds": sum(j.card()["wall_time_s"] for j in parts),
+                         "trained parameters": trained,
+                         "passes": sum(j.work() for j in parts) / n_train})
+    return pd.DataFrame(rows).set_index(["attack", "defense"])
+
+
+def main_view(main: pd.DataFrame, attacks) -> pd.DataFrame:
+    """CA / ASR / DER with one column per attack, one row per defense."""
+    view = main[["CA %", "ASR %", "DER %"]].unstack("attack")
+    return view.reindex(["none", *DEFENSES]).reindex(columns=list(attacks), level="attack")
+
+
+def ranking(main: pd.DataFrame, attacks) -> pd.DataFrame:
+    """Per defense: its mean DER over the attacks, its rank (1: best), its worst ASR and its
+    largest CA loss against the undefended models, and its CA loss on the clean twin."""
+    attacked = main.loc[list(attacks)].drop("none", level="defense")
+    before = main.xs("none", level="defense")["CA %"]
+    loss = before.reindex(attacked.index.get_level_values("attack")).values - attacked["CA %"]
+    table = pd.DataFrame({
+        "mean DER %": attacked["DER %"].groupby("defense").mean(),
+        "worst ASR %": attacked["ASR %"].groupby("defense").max(),
+        "largest CA loss": loss.groupby("defense").max()})
+    if "clean" in main.index.get_level_values("attack"):
+        clean = main.loc["clean"]
+        table["CA loss, clean twin"] = clean.loc["none", "CA %"] - clean["CA %"].drop("none")
+    table.insert(1, "rank", table["mean DER %"].rank(ascending=False, method="min").astype(int))
+    return table.reindex(DEFENSES).sort_values("rank", kind="stable")
+
+
+def cost_table(main: pd.DataFrame, attacks) -> pd.DataFrame:
+    """Per defense, its mean wall time, trained parameters and passes over the training set
+    across the attacked victims."""
+    attacked = main.loc[list(attacks)].drop("none", level="defense")
+    return (attacked[["seconds", "trained parameters", "passes"]].groupby("defense").mean()
+            .reindex(DEFENSES).rename(columns={"seconds": "seconds (mean)",
+                                               "passes": "passes over the training set"}))
+
+
+def nc_table(victims: dict, how: dict, tuning: dict) -> pd.DataFrame:
+    """Per victim: the label NC suspects, its anomaly index, the labels it flags (and so
+    unlearns), and the channels ℓ∞ pruning then removed, by which rule."""
+    rows = []
+    for name, v in victims.items():
+        r = linf_ex.reversed_triggers(victim=v.asked, **how["nc"])
+        _, n, rule = tuning[name]
+        rows.append({"attack": name, "NC suspect": r.suspect,
+                     "anomaly index": float(r.anomaly.max()),
+                     "flagged (unlearned)": ", ".join(map(str, r.flagged)) or "none",
+                     "ℓ∞ pruned": n, "rule": rule})
+    return pd.DataFrame(rows).set_index("attack")
+
+
+def tradeoff_figure(main: pd.DataFrame, attacks):
+    """CA against ASR per attack: one point per defense, an arrow from the undefended model."""
+    fig, axes = plt.subplots(1, len(attacks), figsize=(3.3 * len(attacks), 3.4), squeeze=False,
+                             sharey=True)
+    colors = {d: f"C{i}" for i, d in enumerate(DEFENSES)}
+    for ax, name in zip(axes[0], attacks):
+        part = main.loc[name]
+        x0, y0 = part.loc["none", "ASR %"], part.loc["none", "CA %"]
+        ax.scatter([x0], [y0], c="k", marker="x", s=30, label="no defense")
+        for d in DEFENSES:
+            x, y = part.loc[d, "ASR %"], part.loc[d, "CA %"]
+            ax.annotate("", (x, y), (x0, y0), arrowprops=dict(arrowstyle="->", color=colors[d],
+                                                              alpha=0.5, lw=0.8))
+            ax.scatter([x], [y], color=colors[d], s=22, label=d, zorder=3)
+        ax.set_title(name)
+        ax.set_xlabel("ASR %")
+        ax.set_xlim(-5, 105)
+    axes[0, 0].set_ylabel("CA %")
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), fontsize=7, ncol=9, loc="upper center")
+    fig.tight_layout(rect=(0, 0, 1, 0.88))
+    return fig
+
+
+def der_figure(main: pd.DataFrame, attacks):
+    """DER (%) per defense and attack, as a heat map."""
+    grid = main["DER %"].unstack("attack").reindex(index=DEFENSES, columns=list(attacks))
+    fig, ax = plt.subplots(figsize=(1.2 * len(attacks) + 2.2, 0.42 * len(DEFENSES) + 1))
+    image = ax.imshow(grid.values, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
+    for (i, j), value in np.ndenumerate(grid.values):
+        ax.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(len(grid.columns)), grid.columns, rotation=30, ha="right")
+    ax.set_yticks(range(len(grid.index)), grid.index)
+    fig.colorbar(image, ax=ax, label="DER %")
+    fig.tight_layout()
+    return fig
+
+
+def clear_row(results: Path, setting: dict | None = None) -> tuple[pd.DataFrame | None, str]:
+    """The CLEAR chapter's result in one row (CLEAR's relabel + FT against no defense, over its
+    successful sample-targeted draws), read from its results file, and where it came from (and
+    how it differs from `setting`, this chapter's profile, dataset and model)."""
+    if not results.is_file():
+        return None, ("The CLEAR chapter has not been run here, so its row is missing: "
+                      "`repro run clear` writes it.")
+    found = json.loads(results.read_text())
+    r = found["record"]
+    table = pd.DataFrame(found["tables"]["mitigation"])
+    if table.empty:
+        return None, "No sample-targeted draw succeeded in the CLEAR chapter's run: nothing to mitigate."
+    by_method = {m: t for m, t in table.groupby("method")}
+    before, after = by_method["no defense"], by_method["CLEAR relabel + FT"]
+
+    def mean(t, column):
+        return float((t[column] * t["attacks"]).sum() / t["attacks"].sum())
+    row = pd.DataFrame([{"defense": "CLEAR (relabel + FT)", "threat": "sample-targeted",
+                         "successful draws": int(before["attacks"].sum()),
+                         "attack success before %": mean(before, "attack success %"),
+                         "attack success after %": mean(after, "attack success %"),
+                         "CA before %": mean(before, "CA %"), "CA after %": mean(after, "CA %")}
+                        ]).set_index("defense")
+    differs = [f"{k} {r.get(k)}" for k, v in (setting or {}).items() if r.get(k) != v]
+    return row, (f"From the CLEAR chapter's run of {r['started'][:10]} (profile {r['profile']}, "
+                 f"{r['dataset']}, model {r['model']}, code {r['code_version']})"
+                 + (f"; unlike this chapter it ran {', '.join(differs)}." if differs else "."))
+
+
+def claims(main: pd.DataFrame, attacks) -> dict[str, float]:
+    """BackdoorBench's rows (none, FT, NC, ABL) as ids of reference/comparison.yaml."""
+    names = {"none": "none", "FT": "ft", "NC": "nc", "ABL": "abl"}
+    measured = {}
+    for (attack, defense), row in main.loc[list(attacks)].iterrows():
+        if defense in names:
+            for metric in ("CA", "ASR", "RA"):
+                measured[f"{names[defense]}.{attack}.{metric.lower()}"] = row[f"{metric} %"]
+    return measured
+
+
+def findings(main: pd.DataFrame, ranked: pd.DataFrame, attacks) -> list[dict]:
+    """What this run measured, stated as findings of ours (not a paper's claims)."""
+    best = ranked.index[ranked["rank"] == 1].tolist()
+    low = ranked.index[ranked["worst ASR %"] < 10].tolist()
+    cheap = ranked.index[ranked["largest CA loss"] <= 2].tolist()
+    found = [
+        {"finding": f"highest mean DER over {len(attacks)} attacks: {', '.join(best)}",
+         "value": ranked.loc[best[0], "mean DER %"]},
+        {"finding": "defenses with ASR below 10 % on every attack: " + (", ".join(low) or "none"),
+         "value": float(len(low))},
+        {"finding": "defenses losing at most 2 CA points on every attack: "
+                    + (", ".join(cheap) or "none"), "value": float(len(cheap))}]
+    if "CA loss, clean twin" in ranked:
+        worst = ranked["CA loss, clean twin"].idxmax()
+        found.append({"finding": f"largest CA loss on the clean twin: {worst}",
+                      "value": ranked.loc[worst, "CA loss, clean twin"]})
+    return found
