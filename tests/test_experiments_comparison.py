@@ -71,6 +71,10 @@ def test_the_views_and_figures_cover_every_defense(main):
     assert view[("CA %", "clean")].notna().all() and view[("ASR %", "clean")].isna().all()
     fig = ex.tradeoff_figure(main, ["a", "b"])
     assert len(fig.axes) == 2 and len(fig.axes[0].collections) == len(ex.DEFENSES) + 1
+    five = table({(a, d): (80, 50, 60) for a in "cdefg" for d in ["none", *ex.DEFENSES]})
+    fig = ex.tradeoff_figure(five, list("cdefg"))             # 2 rows of 3: the spare holds
+    assert len(fig.axes) == 6 and not fig.axes[5].axison     # the legend
+    assert len(fig.axes[5].get_legend().get_texts()) == len(ex.DEFENSES) + 1
     heat = ex.der_figure(main, ["a", "b"])
     assert heat.axes[0].images[0].get_array().shape == (len(ex.DEFENSES), 2)
 
@@ -114,3 +118,24 @@ def test_bad_parameters_are_named():
         ex.setup(ch, clean_ratio=0.05, nc_images=0)
     how = ex.setup(ch, clean_ratio=0.05, nc_images=100)
     assert how["mesa"]["settings"].batch_size == 32 and how["nc"]["budget"]["steps"] == 100
+
+
+@pytest.mark.parametrize("profile", ["smoke", "quick"])
+def test_the_defenses_other_chapters_run_are_their_jobs(profile, fashion):
+    # on the attacked victims the comparison declares the same FT, FP, NPD, NONE, ABL and
+    # NC-reversal jobs as the chapters it borrows them from, so a run of either computes them
+    # for both (the clean twin's defenses are the comparison's own)
+    from reprolib.experiments import linf_pruning, neural_polarizer, none
+    attacks = ["badnets", "blended", "sig", "wanet", "badnets_all2all"]
+
+    def keys(chapter, module):
+        ch = Chapter(chapter, profile=profile, dataset="fashion-mnist", device="cpu")
+        return {(j.step.kind, j.key) for j in module.jobs(ch, attacks=attacks)
+                if (j.args.get("victim") or j.args).get("attack") is not None}
+    ours = keys("comparison", ex)
+    borrowed = (keys("neural_polarizer", neural_polarizer) | keys("none", none)
+                | keys("linf_pruning", linf_pruning))
+    for kind, count in (("victim", 5), ("npd.defense", 15), ("none.repair", 5),
+                        ("none.abl", 5), ("nc.reverse", 5)):
+        mine = {key for k, key in ours if k == kind}
+        assert len(mine) == count and mine <= {key for k, key in borrowed if k == kind}, kind

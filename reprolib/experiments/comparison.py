@@ -251,14 +251,17 @@ def nc_table(victims: dict, how: dict, tuning: dict) -> pd.DataFrame:
 
 
 def tradeoff_figure(main: pd.DataFrame, attacks):
-    """CA against ASR per attack: one point per defense, an arrow from the undefended model."""
-    fig, axes = plt.subplots(1, len(attacks), figsize=(3.3 * len(attacks), 3.4), squeeze=False,
-                             sharey=True)
+    """CA against ASR per attack: one point per defense, an arrow from the undefended model;
+    three panels a row, the legend in a spare panel (or above)."""
+    cols = min(3, len(attacks))
+    rows = -(-len(attacks) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.2 * rows), squeeze=False,
+                             sharex=True)
     colors = {d: f"C{i}" for i, d in enumerate(DEFENSES)}
-    for ax, name in zip(axes[0], attacks):
+    for ax, name in zip(axes.flat, attacks):
         part = main.loc[name]
         x0, y0 = part.loc["none", "ASR %"], part.loc["none", "CA %"]
-        ax.scatter([x0], [y0], c="k", marker="x", s=30, label="no defense")
+        ax.scatter([x0], [y0], c="k", marker="x", s=30, label="no defense", zorder=4)
         for d in DEFENSES:
             x, y = part.loc[d, "ASR %"], part.loc[d, "CA %"]
             ax.annotate("", (x, y), (x0, y0), arrowprops=dict(arrowstyle="->", color=colors[d],
@@ -266,10 +269,18 @@ def tradeoff_figure(main: pd.DataFrame, attacks):
             ax.scatter([x], [y], color=colors[d], s=22, label=d, zorder=3)
         ax.set_title(name)
         ax.set_xlabel("ASR %")
+        ax.set_ylabel("CA %")
         ax.set_xlim(-5, 105)
-    axes[0, 0].set_ylabel("CA %")
-    fig.legend(*axes[0, 0].get_legend_handles_labels(), fontsize=7, ncol=9, loc="upper center")
-    fig.tight_layout(rect=(0, 0, 1, 0.88))
+    spare = list(axes.flat)[len(attacks):]
+    for ax in spare:
+        ax.axis("off")
+    handles = axes.flat[0].get_legend_handles_labels()
+    if spare:
+        spare[0].legend(*handles, loc="center", fontsize=8)
+        fig.tight_layout()
+    else:
+        fig.legend(*handles, fontsize=7, ncol=9, loc="upper center")
+        fig.tight_layout(rect=(0, 0, 1, 0.9))
     return fig
 
 
@@ -278,6 +289,7 @@ def der_figure(main: pd.DataFrame, attacks):
     grid = main["DER %"].unstack("attack").reindex(index=DEFENSES, columns=list(attacks))
     fig, ax = plt.subplots(figsize=(1.2 * len(attacks) + 2.2, 0.42 * len(DEFENSES) + 1))
     image = ax.imshow(grid.values, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
+    ax.grid(False)
     for (i, j), value in np.ndenumerate(grid.values):
         ax.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=8)
     ax.set_xticks(range(len(grid.columns)), grid.columns, rotation=30, ha="right")
