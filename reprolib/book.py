@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from . import config, data, models
+from . import config, data, models, reference, seeds as seeding
 
 ROOT = Path(__file__).resolve().parent.parent
 RESERVED = ("profile", "model", "dataset", "device", "results")   # set by run()'s own arguments
@@ -72,16 +72,20 @@ def check_run(papers: list[str], *, profile: str, dataset: str, device: str,
     config.resolve_device(device)
     # a missing or damaged data file ends the run here, in one line, not in a kernel traceback
     data.load(data.default_dataset()[0] if dataset == "auto" else dataset)
-    return {paper: parse_params(pairs, notebook_parameters(root / "notebooks" / f"{paper}.ipynb"),
-                                paper)
-            for paper in papers}
+    params = {paper: parse_params(pairs, notebook_parameters(root / "notebooks" / f"{paper}.ipynb"),
+                                  paper)
+              for paper in papers}
+    for given in params.values():
+        seeding.resolve(given.get("seed"), given.get("seeds"), 1)
+    return params
 
 
 def planned_jobs(paper: str, *, profile: str = "quick", model: str = "auto",
                  dataset: str = "auto", device: str = "auto", params: dict | None = None,
                  root: Path = ROOT) -> tuple[object, list]:
     """The chapter a run of `paper` would set up, and every job it would declare: the
-    experiments module's `jobs(ch, **parameters)`, with the notebook's defaults and `params`."""
+    experiments module's `jobs(ch, **parameters)` at each of its seeds, with the notebook's
+    defaults and `params`."""
     import ast
     import importlib
 
@@ -91,9 +95,10 @@ def planned_jobs(paper: str, *, profile: str = "quick", model: str = "auto",
                 for k, v in notebook_parameters(root / "notebooks" / f"{paper}.ipynb").items()}
     given = {**defaults, **(params or {})}
     ch = Chapter(paper, profile=profile, model=model, dataset=dataset, device=device,
-                 seed=given.get("seed", 0))
+                 seed=given.get("seed"), seeds=given.get("seeds"))
     jobs = importlib.import_module(f"reprolib.experiments.{paper}").jobs
-    return ch, in_order(jobs(ch, **{k: v for k, v in given.items() if k not in RESERVED}))
+    return ch, in_order(ch.each_seed(jobs, **{k: v for k, v in given.items()
+                                              if k not in (*RESERVED, "seed", "seeds")}))
 
 
 def plan(paper: str, *, throughput: float | None = None, **how) -> dict:
@@ -151,20 +156,23 @@ def scorecard(root: Path = ROOT) -> str:
     """The scorecard page: one row per number and claim of every chapter that has results."""
     lines = ["# Scorecard", "",
              "Every claim and published number the chapters check, with the verdict of the last "
-             "run and the profile and dataset it ran on. Numbers are compared only in the paper's "
-             "own setting; claims are checked on whatever dataset the chapter ran.", ""]
+             "run, the mean over its seeds (\"ours\") and their 95 % Student's t interval (\"1 "
+             "seed\" when the chapter ran one), and the profile and dataset it ran on. Numbers "
+             "are compared only in the paper's own setting; claims are checked on whatever "
+             "dataset the chapter ran.", ""]
     files = sorted((root / "book" / "results").glob("*.json"))
     if not files:
         return "\n".join(lines + ["No chapter has been run yet: `repro book` runs them.", ""])
-    lines += ["| chapter | kind | what | paper | ours | verdict | tolerance | profile | dataset |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["| chapter | kind | what | paper | ours | 95 % interval | verdict | tolerance | "
+              "profile | dataset |", "|---|---|---|---|---|---|---|---|---|---|"]
     for f in files:
         result = json.loads(f.read_text())
         r = result["record"]
         for row in result["comparison"]:
             verdict = row["verdict"] + (f" ({row['why']})" if row.get("why") else "")
             cells = [f"[{r['chapter']}](runs/{f.stem})", row["kind"], row["what"],
-                     _num(row["paper"]), _num(row["ours"]), verdict, row["tolerance"],
+                     _num(row["paper"]), _num(row["ours"]), reference.interval_text(row),
+                     verdict, row["tolerance"],
                      r["profile"], r["dataset"]]
             lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines + [""] + findings(files))
@@ -195,17 +203,17 @@ def _num(value) -> str:
 
 
 def build(root: Path = ROOT, *, rerun: bool = False, profile: str = "quick", model: str = "auto",
-          dataset: str = "auto", device: str = "auto", progress: bool = True) -> Path:
-    """Run every chapter whose page is missing (all with `rerun`), write the scorecard and build
-    the HTML book; returns _build/html."""
+          dataset: str = "auto", device: str = "auto", seeds: list[int] | None = None,
+          progress: bool = True) -> Path:
+    """Run every chapter whose page is missing (all with `rerun`) at `seeds` (default: each
+    chapter's), write the scorecard and build the HTML book; returns _build/html."""
     todo = [p for p in chapters(root) if rerun or not (root / "book" / "runs" / f"{p}.ipynb").is_file()]
-    if todo:
-        check_run(todo, profile=profile, model=model, dataset=dataset, device=device, pairs=[],
-                  root=root)
+    params = check_run(todo, profile=profile, model=model, dataset=dataset, device=device,
+                       pairs=[f"seeds={seeds}"] if seeds else [], root=root) if todo else {}
     for paper in todo:
         print(f"repro book: running {paper} ({profile} profile)", flush=True)
-        run(paper, profile=profile, model=model, dataset=dataset, device=device, root=root,
-            progress=progress)
+        run(paper, profile=profile, model=model, dataset=dataset, device=device,
+            params=params[paper], root=root, progress=progress)
     (root / "book" / "scorecard.md").write_text(scorecard(root))
     jupyter_book = Path(sys.executable).with_name("jupyter-book")
     done = subprocess.run([str(jupyter_book), "build", str(root), "--warningiserror",

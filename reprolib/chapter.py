@@ -7,10 +7,17 @@
     ...experiments...
     ch.table("no_defense", frame)    # kept as data for book/results/attacks.json
     ch.compare(measured)             # paper vs reproduced, from reference/attacks.yaml
+    ch.over_seeds()                  # the other seeds' runs, pooled: means and 95 % intervals
+    ch.show_comparison()
     ch.finish()                      # run record with wall time; writes the JSON for `repro run`
+
+A chapter runs `seeds` (default: `config.SEEDS` of the chapter at its profile) or `seed` alone.
+The page tells the story at the first seed; `over_seeds` runs the notebook again at each other
+seed (`seeds.run_at`) and every verdict reads the interval of all of them.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import platform
@@ -20,10 +27,12 @@ from importlib.metadata import version
 from pathlib import Path
 from types import SimpleNamespace
 
+import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import Markdown, display
+from tqdm import tqdm
 
-from . import config, data, jobs, metrics, models, reference
+from . import config, data, jobs, metrics, models, plots, reference, seeds as seeding
 from .zoo import atomic_write
 
 LIBRARIES = ("torch", "torchvision", "numpy", "pandas", "papermill", "jupyter-book")
@@ -43,8 +52,9 @@ class Chapter:
     """The parameters a chapter runs with, resolved and checked, and what it reports."""
 
     def __init__(self, name: str, *, profile: str | None = None, model: str | None = None,
-                 dataset: str = "auto", device: str = "auto", seed: int = 0,
-                 results: str | None = None, data_dir: str | None = None):
+                 dataset: str = "auto", device: str = "auto", seed: int | None = None,
+                 seeds: list[int] | None = None, results: str | None = None,
+                 data_dir: str | None = None):
         self.name = name
         self.profile = profile or os.environ.get("REPRO_PROFILE") or "quick"
         config.profile(self.profile)
@@ -59,12 +69,17 @@ class Chapter:
             self.dataset = config.check_choice("dataset", dataset, ["auto", *data.DATASETS])
             self.dataset_why = "named by the run's parameters"
         self.device = config.resolve_device(device)
-        self.seed = config.check_range("seed", seed, low=0, integer=True)
+        self.seeds = seeding.resolve(seed, seeds, config.seeds(name, self.profile))
+        self.seed = self.seeds[0]
+        self.parameters = _notebook_parameters(name)
         self.data_dir = data_dir
         self.results = Path(results) if results else None
         self.tables: dict[str, pd.DataFrame] = {}
         self.comparison: pd.DataFrame | None = None
         self.found: list[dict] = []             # measured findings: no paper's claims
+        self.measured: dict[str, float | None] = {}   # this seed's, for the comparison
+        self.by_seed: dict[int, dict] = {}      # the other seeds' tables and measures
+        self.other_seconds = 0.0                # the other seeds' runs
         self.jobs: dict[str, int] = {}          # the chapter's jobs: how many, cached, computed
         self._keys: set[str] = set()
         self._computed: set[str] = set()
@@ -75,6 +90,7 @@ class Chapter:
         return {"chapter": self.name, "profile": self.profile, "dataset": self.dataset,
                 "dataset_why": self.dataset_why, "model": self.model, "model_why": self.model_why,
                 "device": config.device_name(self.device), "seed": self.seed,
+                "seeds": self.seeds,
                 "code_version": config.code_version(),
                 "started": self.started.isoformat(timespec="seconds"),
                 "wall_time_s": round(time.perf_counter() - self._clock, 1),
@@ -85,7 +101,7 @@ class Chapter:
         r = self.record()
         line = (f"profile **{r['profile']}** · dataset **{r['dataset']}** ({r['dataset_why']}) · "
                 f"model **{r['model']}** ({r['model_why']}) · device {r['device']} · "
-                f"seed {r['seed']} · code {r['code_version']}")
+                f"{_seeds_text(r['seeds'])} · code {r['code_version']}")
         return line + (f" · wall time {r['wall_time_s']:.0f} s" if wall else "")
 
     @property
@@ -147,6 +163,17 @@ class Chapter:
     def run_setting(self) -> dict:
         return {"profile": self.profile, "dataset": self.dataset, "model": self.model}
 
+    def at(self, seed: int) -> "Chapter":
+        """This chapter at one other `seed`: what its jobs and victims are asked with."""
+        other = copy.copy(self)
+        other.seed, other.seeds = seed, [seed]
+        return other
+
+    def each_seed(self, declare, **params) -> list:
+        """`declare(ch, **params)` (an experiments module's `jobs`) at every seed of the run,
+        in one list: the seeds' jobs are computed together, in parallel on a Ray cluster."""
+        return [job for s in self.seeds for job in declare(self.at(s), **params)]
+
     def scale(self, **given) -> SimpleNamespace:
         """This chapter's scale knobs at its profile (`config.SCALES`), each replaced by its
         value in `given` unless that is None."""
@@ -176,9 +203,60 @@ class Chapter:
 
     def compare(self, measured: dict[str, float]) -> pd.DataFrame:
         """The paper-vs-reproduced table for `measured` (ids of reference numbers, measures of
-        claims), against reference/<chapter>.yaml."""
-        self.comparison = reference.compare(self.reference, measured, self.run_setting)
+        claims) at this run's seed, against reference/<chapter>.yaml; `over_seeds` adds the
+        other seeds' measures."""
+        self.measured = {k: (None if v is None else float(v)) for k, v in measured.items()}
+        return self._compare()
+
+    def _compare(self) -> pd.DataFrame:
+        runs = [self.measured] + [r["measured"] for r in self.by_seed.values()]
+        pooled = {k: [r.get(k) for r in runs] for k in self.measured}
+        self.comparison = reference.compare(self.reference, pooled, self.run_setting)
         return self.comparison
+
+    def over_seeds(self) -> pd.DataFrame:
+        """Run this chapter's notebook at each other seed (`seeds.run_at`), keep what each
+        measured, and say so; returns the comparison over all seeds."""
+        others = self.seeds[1:]
+        if not others:
+            default = config.seeds(self.name, self.profile)
+            why = (f"the default at `{self.profile}` for this chapter, for its cost (this run's "
+                   f"wall time is in the run record below)" if default == 1 else "as asked")
+            display(Markdown(f"**Seeds:** one, seed {self.seed} ({why}): every number on this "
+                             f"page is that run's, and a verdict reads the one value (\"1 "
+                             f"seed\"). `-p seeds=[0,1,2]` runs three and gives intervals."))
+            return self.comparison
+        if not self.parameters:
+            raise RuntimeError("over_seeds runs the chapter's notebook again, so the chapter "
+                               "must run in its notebook (its parameters are read from there)")
+        clock = time.perf_counter()
+        notebook = book_root() / "notebooks" / f"{self.name}.ipynb"
+        for s in tqdm(others, desc=f"{self.name}: the other seeds", unit="seed"):
+            done = seeding.run_at(notebook, s, self.parameters, os.getcwd())
+            self.by_seed[s] = {"tables": done["tables"], "measured": done["measured"]}
+        self.other_seconds = time.perf_counter() - clock
+        display(Markdown(
+            f"**Seeds:** {len(self.seeds)} ({', '.join(map(str, self.seeds))}). The page above "
+            f"is seed {self.seed}'s run; {_seeds_text(others)} ran the same "
+            f"notebook with the same parameters, each with its own victims and draws, in "
+            f"{self.other_seconds:.0f} s. From here on a number is the mean over seeds with its "
+            f"95 % Student's t interval."))
+        return self._compare()
+
+    def seed_tables(self) -> dict[str, pd.DataFrame]:
+        """Each kept table over every seed (`seeds.over_seeds`); empty with one seed."""
+        if not self.by_seed:
+            return {}
+        return {name: seeding.over_seeds(
+                    {self.seed: frame, **{s: pd.DataFrame(r["tables"][name])
+                                          for s, r in self.by_seed.items()}})
+                for name, frame in self.tables.items()}
+
+    def show_seed_tables(self) -> None:
+        """The kept tables over seeds, each cell "mean ± half-width of the 95 % interval"."""
+        for name, table in self.seed_tables().items():
+            display(Markdown(f"**{name.replace('_', ' ')}**, over {len(self.seeds)} seeds"))
+            display(seeding.shown(table).style.hide(axis="index"))
 
     def findings(self, found: list[dict]) -> list[dict]:
         """Keep what this run found (each a "finding" sentence and its measured "value"),
@@ -197,28 +275,50 @@ class Chapter:
                 + ", ".join(f"{n} {v}" for v, n in counts.items()) + ".")
 
     def show_comparison(self) -> None:
-        """The comparison as two tables, the paper's numbers and its claims."""
-        c = self.comparison
+        """The comparison as two tables, the paper's numbers and its claims, each value with
+        its interval over seeds (or "1 seed"); with several seeds, a figure of every checked
+        row's seeds."""
+        c = self.comparison.assign(interval=[reference.interval_text(r)
+                                             for _, r in self.comparison.iterrows()])
         numbers = c[c.kind == "number"]
         if len(numbers):
             display(Markdown("**The paper's numbers**"))
-            display(_plain(numbers[["what", "paper", "ours", "delta", "tolerance", "verdict"]]))
+            display(_plain(numbers[["what", "paper", "ours", "interval", "delta", "tolerance",
+                                    "verdict"]]))
             reasons = sorted(set(numbers.why) - {""})
             if reasons:
                 display(Markdown("Not comparable because: " + "; ".join(reasons) + "."))
         claims = c[c.kind == "claim"]
         if len(claims):
             display(Markdown("**The paper's claims**"))
-            display(_plain(claims[["what", "ours", "tolerance", "verdict"]]
+            display(_plain(claims[["what", "ours", "interval", "tolerance", "verdict"]]
                            .rename(columns={"what": "claim", "tolerance": "checked as"})))
+        if self.by_seed:
+            fig = plots.seeds_figure(self.comparison, self.reference, self.seed_measures())
+            if fig is not None:
+                display(fig)
+                plt.close(fig)
+
+    def seed_measures(self) -> dict[int, dict]:
+        """What each seed measured, by seed."""
+        return {self.seed: self.measured, **{s: r["measured"] for s, r in self.by_seed.items()}}
 
     def finish(self) -> dict:
-        """Show the run record with its wall time; write everything to `results` if given."""
+        """Show the run record with its wall time; write everything to `results` if given:
+        the first seed's tables, the comparison over seeds, and each seed's own tables and
+        measures."""
+        if self.seeds[1:] and not self.by_seed:
+            raise RuntimeError(f"the run asked for {_seeds_text(self.seeds)} but over_seeds() "
+                               f"did not run them: its results would be seed {self.seed}'s alone")
         display(Markdown(f"**Run record:** {self._record_line(wall=True)}"))
-        payload = {"record": self.record(),
-                   "tables": {k: _records(v) for k, v in self.tables.items()},
+        first = {"tables": {k: _records(v) for k, v in self.tables.items()},
+                 "measured": self.measured}
+        payload = {"record": self.record(), **first,
                    "comparison": _records(self.comparison) if self.comparison is not None else [],
-                   "findings": self.found}
+                   "findings": self.found,
+                   "seeds": {str(self.seed): first,
+                             **{str(s): r for s, r in self.by_seed.items()}},
+                   "over_seeds": {k: _records(v) for k, v in self.seed_tables().items()}}
         if self.results:
             atomic_write(self.results, json.dumps(payload, indent=1).encode())
         return payload
@@ -236,6 +336,32 @@ def score_row(v, model=None, *, der: bool = True, accuracy: str = "CA %") -> dic
         before = v.scores()
         row["DER %"] = 100 * metrics.der(before["ca"], before["asr"], s["ca"], s["asr"])
     return row
+
+
+def _seeds_text(seeds: list[int]) -> str:
+    return f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
+
+
+def book_root() -> Path:
+    from .book import ROOT
+    return ROOT
+
+
+def _notebook_parameters(name: str) -> dict:
+    """The values of the chapter notebook's parameters in the running kernel, read when the
+    chapter starts (before any cell can rebind a name): what `over_seeds` runs the other seeds
+    with. Empty outside a notebook."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return {}
+    shell = get_ipython()
+    if shell is None:
+        return {}
+    from .book import notebook_parameters
+    names = notebook_parameters(book_root() / "notebooks" / f"{name}.ipynb")
+    return {k: shell.user_ns[k] for k in names
+            if k in shell.user_ns and k not in ("seed", "seeds", "results")}
 
 
 def _plain(frame: pd.DataFrame):

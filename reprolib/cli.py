@@ -105,7 +105,7 @@ def _minutes(seconds: float) -> str:
 
 def cmd_plan(args) -> None:
     params = book.check_run(args.papers, profile=args.profile, model=args.model,
-                            dataset=args.dataset, device=args.device, pairs=args.p)
+                            dataset=args.dataset, device=args.device, pairs=_with_seeds(args))
     if args.throughput is not None:
         config.check_range("--throughput", args.throughput, low=0, low_open=True)
     left_in_all: dict[str, float] = {}       # a job two chapters share counts once
@@ -150,9 +150,18 @@ def _use_executor(args) -> None:
         os.environ["RAY_ADDRESS"] = args.address
 
 
+def _with_seeds(args) -> list[str]:
+    """The run's -p pairs, with --seeds as the notebooks' `seeds` parameter."""
+    if args.seeds is None:
+        return args.p
+    if any(p.partition("=")[0] in ("seed", "seeds") for p in args.p):
+        raise config.ParameterError("--seeds and -p seed/seeds: give the seeds one way")
+    return [*args.p, f"seeds={args.seeds}"]
+
+
 def cmd_run(args) -> None:
     params = book.check_run(args.papers, profile=args.profile, model=args.model,
-                            dataset=args.dataset, device=args.device, pairs=args.p)
+                            dataset=args.dataset, device=args.device, pairs=_with_seeds(args))
     _use_executor(args)
     for paper in args.papers:
         page = book.run(paper, profile=args.profile, model=args.model, dataset=args.dataset,
@@ -163,7 +172,7 @@ def cmd_run(args) -> None:
 def cmd_book(args) -> None:
     _use_executor(args)
     html = book.build(rerun=args.rerun, profile=args.profile, model=args.model,
-                      dataset=args.dataset, device=args.device)
+                      dataset=args.dataset, device=args.device, seeds=args.seeds)
     print(f"the book is in {html}; open {html / 'index.html'}")
 
 
@@ -210,6 +219,9 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--dataset", default="auto", help="auto (CIFAR-10 when it can be read or "
                        "downloaded, else Fashion-MNIST), " + ", ".join(data.DATASETS))
         p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+        p.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
+                       help="run each chapter at these seeds (default: the chapter's at its "
+                       "profile, config.SEEDS); -p seed=N runs one")
 
     def executor_options(p):
         p.add_argument("--executor", default=None, help="where jobs run: local (this process, "

@@ -193,6 +193,26 @@ SCALES = {
 }
 
 
+# How many seeds a chapter runs by default at smoke, quick and paper. At quick, three where a
+# seed costs minutes on a 2-core CPU (attacks, ℓ∞); one where it costs ten minutes or more
+# (MESA, CLEAR, NONE, the Neural Polarizer, the comparison), which `--seeds 0 1 2` raises.
+SEEDS = {
+    "attacks":          (1, 3, 3),
+    "linf_pruning":     (1, 3, 3),
+    "mesa":             (1, 1, 3),
+    "clear":            (1, 1, 3),
+    "none":             (1, 1, 3),
+    "neural_polarizer": (1, 1, 3),
+    "comparison":       (1, 1, 3),
+}
+
+
+def seeds(chapter: str, profile_name: str) -> int:
+    """How many seeds `chapter` runs by default at `profile_name` (`SEEDS`; 1 if unlisted)."""
+    column = list(PROFILES).index(check_choice("profile", profile_name, PROFILES))
+    return SEEDS.get(chapter, (1, 1, 1))[column]
+
+
 def scale(chapter: str, profile_name: str, **given) -> SimpleNamespace:
     """`chapter`'s scale knobs at `profile_name`, each replaced by its value in `given` unless
     that is None (a notebook parameter left at its default)."""

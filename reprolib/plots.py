@@ -90,3 +90,36 @@ def thumbnails(ax, xy, triggers: torch.Tensor, channels: int, zoom: float = 4.0,
         ax.add_artist(AnnotationBbox(picture, (x, y), xycoords=xycoords, frameon=True, pad=0.05,
                                      annotation_clip=False,
                                      bboxprops={"edgecolor": frame, "lw": 0.6}))
+
+
+def seeds_figure(comparison, ref, by_seed: dict[int, dict]):
+    """One panel per checked row of `comparison` measured at two seeds or more: each seed's
+    value (dots, from `by_seed`), their mean and 95 % interval (bar), and what it is checked
+    against (a claim's threshold as a dashed line; the paper's number with its tolerance as a
+    band)."""
+    rows = comparison[(comparison.verdict != "not comparable") & (comparison.n >= 2)]
+    if not len(rows):
+        return None
+    claims, numbers = {c.id: c for c in ref.claims}, {n.id: n for n in ref.numbers}
+    cols = min(3, len(rows))
+    fig, axes = plt.subplots(-(-len(rows) // cols), cols, figsize=(3.3 * cols, 1.2 * -(-len(rows) // cols)),
+                             squeeze=False)
+    for ax, (_, r) in zip(axes.flat, rows.iterrows()):
+        key = claims[r.id].measure if r.kind == "claim" else r.id
+        values = [m[key] for m in by_seed.values() if m.get(key) is not None]
+        ax.plot(values, [0] * len(values), "o", color="C0", alpha=0.6, ms=4)
+        ax.errorbar(r.ours, 0, xerr=[[r.ours - r.low], [r.high - r.ours]], fmt="s", ms=4,
+                    color="black", capsize=4)
+        if r.kind == "claim":
+            ax.axvline(claims[r.id].value, color="C3", ls="--", lw=1)
+        else:
+            n = numbers[r.id]
+            ax.axvspan(n.value - n.tolerance, n.value + n.tolerance, color="C3", alpha=0.15, lw=0)
+            ax.axvline(n.value, color="C3", lw=1)
+        ax.set_yticks([])
+        ax.grid(False)
+        ax.set_title(f"{r.id}: {r.verdict}", fontsize=8)
+    for ax in axes.flat[len(rows):]:
+        ax.axis("off")
+    fig.tight_layout(pad=0.3)
+    return fig

@@ -7,10 +7,20 @@ is "not comparable", saying which of the three differs. `claims`: what
 the paper asserts in words, each turned into a threshold on one measured quantity, so that a claim
 can be checked on any dataset:
 
+With one seed:
+
     reproduced       the number is within `tolerance`, or the claim's threshold holds
     partly           within twice the tolerance, or the threshold missed by at most `margin`
     not reproduced   anything further off
     not comparable   nothing measured, the paper's value unknown, or another setting
+
+With several seeds the verdict reads their 95 % interval (`seeds.interval`):
+
+    reproduced       the paper's number lies in the interval widened by `tolerance` on each
+                     side, or the whole interval is on the claim's side of its threshold
+    partly           the number lies in the interval widened by twice the tolerance, or the
+                     mean is on the claim's side and the interval straddles the threshold
+    not reproduced   anything else
 """
 from __future__ import annotations
 
@@ -22,6 +32,7 @@ import pandas as pd
 import yaml
 
 from .config import ParameterError, check_choice
+from .seeds import interval, values_of
 
 FOLDER = Path(__file__).with_name("reference")
 VERDICTS = ("reproduced", "partly", "not reproduced", "not comparable")
@@ -87,20 +98,33 @@ def load(paper: str) -> Reference:
     return ref
 
 
-def number_verdict(n: Number, measured: float | None, same_setting: bool) -> str:
-    if measured is None or n.value is None or not same_setting:
+def number_verdict(n: Number, measured, same_setting: bool) -> str:
+    """The verdict on `n` of `measured`: one value, or a list of one per seed."""
+    values = values_of(measured)
+    if not values or n.value is None or not same_setting:
         return "not comparable"
-    delta = abs(measured - n.value)
-    return ("reproduced" if delta <= n.tolerance else
-            "partly" if delta <= 2 * n.tolerance else "not reproduced")
+    mean, low, high = interval(values)
+    if low is None:
+        low = high = mean
+    off = max(low - n.value, n.value - high, 0)   # how far the paper's value is outside
+    return ("reproduced" if off <= n.tolerance else
+            "partly" if off <= 2 * n.tolerance else "not reproduced")
 
 
-def claim_verdict(c: Claim, measured: float | None) -> str:
-    if measured is None:
+def claim_verdict(c: Claim, measured) -> str:
+    """The verdict on `c` of `measured`: one value, or a list of one per seed."""
+    values = values_of(measured)
+    if not values:
         return "not comparable"
-    if OPS[c.op](measured, c.value):
+    mean, low, high = interval(values)
+    holds = OPS[c.op]
+    if low is None:
+        if holds(mean, c.value):
+            return "reproduced"
+        return "partly" if abs(mean - c.value) <= c.margin else "not reproduced"
+    if holds(low, c.value) and holds(high, c.value):
         return "reproduced"
-    return "partly" if abs(measured - c.value) <= c.margin else "not reproduced"
+    return "partly" if holds(mean, c.value) else "not reproduced"
 
 
 def differences(ref: Reference, run: dict) -> list[str]:
@@ -110,31 +134,52 @@ def differences(ref: Reference, run: dict) -> list[str]:
     return [f"{k} {run.get(k)} (paper: {v})" for k, v in wanted.items() if run.get(k) != v]
 
 
-def compare(ref: Reference, measured: dict[str, float], run: dict) -> pd.DataFrame:
-    """One row per number and claim of `ref`: the paper's value, ours (from `measured`, keyed
-    by number id or claim measure), the difference, the tolerance and the verdict. `run` is the
-    run's profile, dataset and model."""
+def compare(ref: Reference, measured: dict, run: dict) -> pd.DataFrame:
+    """One row per number and claim of `ref`: the paper's value, ours (the mean of the values
+    in `measured`, keyed by number id or claim measure: one value, or a list of one per seed),
+    its 95 % interval ("low", "high"; empty with one seed) and how many seeds measured it
+    ("n"), the difference, the tolerance and the verdict. `run` is the run's profile, dataset
+    and model."""
     differs = differences(ref, run)
     rows = []
     for n in ref.numbers:
-        ours = measured.get(n.id)
-        verdict = number_verdict(n, ours, not differs)
+        ours = _pooled(measured.get(n.id))
+        verdict = number_verdict(n, measured.get(n.id), not differs)
         rows.append({
             "kind": "number", "id": n.id, "what": f"{n.table}: {n.row}, {n.column}",
-            "paper": n.value, "ours": ours,
-            "delta": ours - n.value if verdict != "not comparable" else None,
+            "paper": n.value, **ours,
+            "delta": ours["ours"] - n.value if verdict != "not comparable" else None,
             "tolerance": f"± {n.tolerance:g}", "verdict": verdict,
-            "why": _why_not(n, ours, differs)})
+            "why": _why_not(n, ours["ours"], differs)})
     for c in ref.claims:
-        ours = measured.get(c.measure)
+        ours = _pooled(measured.get(c.measure))
         rows.append({
-            "kind": "claim", "id": c.id, "what": c.text, "paper": None, "ours": ours,
+            "kind": "claim", "id": c.id, "what": c.text, "paper": None, **ours,
             "delta": None, "tolerance": f"{c.measure} {c.op} {c.value:g} (partly within "
                                         f"{c.margin:g})",
-            "verdict": claim_verdict(c, ours),
-            "why": "" if ours is not None else "not measured in this run"})
-    return pd.DataFrame(rows, columns=["kind", "id", "what", "paper", "ours", "delta",
-                                       "tolerance", "verdict", "why"])
+            "verdict": claim_verdict(c, measured.get(c.measure)),
+            "why": "" if ours["ours"] is not None else "not measured in this run"})
+    return pd.DataFrame(rows, columns=["kind", "id", "what", "paper", "ours", "low", "high", "n",
+                                       "delta", "tolerance", "verdict", "why"])
+
+
+def _pooled(measured) -> dict:
+    """Mean, interval and count of one row's measured values."""
+    values = values_of(measured)
+    if not values:
+        return {"ours": None, "low": None, "high": None, "n": 0}
+    mean, low, high = interval(values)
+    return {"ours": mean, "low": low, "high": high, "n": len(values)}
+
+
+def interval_text(row) -> str:
+    """A comparison row's interval as the page and the scorecard print it."""
+    n = row.get("n")
+    if not n:
+        return ""
+    if n == 1:
+        return "1 seed"
+    return f"[{row['low']:.2f}, {row['high']:.2f}], n = {n}"
 
 
 def _why_not(n: Number, ours, differs: list[str]) -> str:

@@ -53,7 +53,9 @@ def test_run_rejects_bad_arguments_before_any_work(capsys):
                                                        "'fashion-mnist'"),
             (["run", "attacks", "--device", "tpu"], "device='tpu'"),
             (["run", "attacks", "-p", "ratoi=0.05"], "attacks has no parameter 'ratoi'; allowed: "
-                                                     "seed, ratio, target, attacks"),
+                                                     "seed, seeds, ratio, target, attacks"),
+            (["run", "attacks", "--seeds", "0", "0"], "seeds=[0, 0] repeats a seed"),
+            (["run", "attacks", "-p", "seeds=[]"], "seeds=[] is not allowed"),
             (["run", "attacks", "-p", "ratio"], "expected key=value"),
             (["run", "attacks", "-p", "profile=smoke"], "use --profile instead"),
             (["run", "attacks", "-p", "model=resnet18"], "use --model instead"),
@@ -91,8 +93,10 @@ def test_scorecard_has_one_row_per_claim_with_profile_and_dataset(tmp_path):
     (tmp_path / "book" / "results").mkdir(parents=True)
     assert "No chapter has been run yet" in book.scorecard(tmp_path)
     rows = [{"kind": "claim", "id": "c", "what": "ASR | high", "paper": None, "ours": 97.123,
+             "low": None, "high": None, "n": 1,
              "delta": None, "tolerance": "asr >= 90", "verdict": "reproduced", "why": ""},
             {"kind": "number", "id": "n", "what": "T: BadNets, ASR", "paper": 95.03, "ours": 99.0,
+             "low": 98.0, "high": 100.0, "n": 3,
              "delta": 3.97, "tolerance": "± 3", "verdict": "not comparable",
              "why": "ran fashion-mnist/small_cnn, paper cifar10/preact_resnet18"}]
     (tmp_path / "book" / "results" / "attacks.json").write_text(json.dumps(
@@ -101,9 +105,9 @@ def test_scorecard_has_one_row_per_claim_with_profile_and_dataset(tmp_path):
     page = book.scorecard(tmp_path).splitlines()
     table = [line for line in page if line.startswith("| [attacks]")]
     assert len(table) == 2
-    assert table[0] == ("| [attacks](runs/attacks) | claim | ASR \\| high |  | 97.12 | reproduced | "
-                        "asr >= 90 | quick | fashion-mnist |")
-    assert "not comparable (ran fashion-mnist/small_cnn" in table[1]
+    assert table[0] == ("| [attacks](runs/attacks) | claim | ASR \\| high |  | 97.12 | 1 seed | "
+                        "reproduced | asr >= 90 | quick | fashion-mnist |")
+    assert "| 99.00 | [98.00, 100.00], n = 3 | not comparable (ran fashion-mnist/small_cnn" in table[1]
 
 
 def test_scorecard_lists_measured_findings_apart_from_the_claims(tmp_path):

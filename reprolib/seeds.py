@@ -1,0 +1,132 @@
+"""A chapter over several seeds: Student's t intervals, tables over seeds, and the chapter's
+notebook run again at another seed.
+
+Each seed is a whole run of the chapter: its own victims, poison sets, defender subsets and
+draws, all through the zoo's jobs. The page tells the story at its first seed; the other seeds
+run the same notebook in a kernel of their own (`run_at`), and what every seed measured is
+pooled here. The interval of n values is mean ± t(0.975, n − 1) · s / √n, s the sample
+standard deviation: the 95 % interval of the mean if the seeds' values were normal.
+"""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .config import ParameterError, check_range
+
+LEVEL = 0.95
+
+
+def values_of(measured) -> list[float]:
+    """The finite values in `measured`: a number, None, or a list of them (one per seed)."""
+    items = measured if isinstance(measured, (list, tuple)) else [measured]
+    return [float(v) for v in items if v is not None and math.isfinite(float(v))]
+
+
+def interval(values: list[float], level: float = LEVEL) -> tuple[float, float | None, float | None]:
+    """Mean and Student's t interval at `level` of `values` (one per seed); with one value the
+    interval is unknown (None, None)."""
+    if not values:
+        raise ValueError("an interval needs at least one value")
+    mean = float(np.mean(values))
+    if len(values) < 2:
+        return mean, None, None
+    half = float(stats.t.ppf(0.5 + level / 2, len(values) - 1)
+                 * np.std(values, ddof=1) / math.sqrt(len(values)))
+    return mean, mean - half, mean + half
+
+
+def resolve(seed, seeds, default: int) -> list[int]:
+    """The seeds a chapter runs: `seeds` as given, else `seed` alone, else 0 … `default` − 1."""
+    if seed is not None and seeds is not None:
+        raise ParameterError(f"seed={seed!r} and seeds={seeds!r}: give one of them (seed for "
+                             f"one seed, seeds for several)")
+    if seeds is None:
+        chosen = list(range(default)) if seed is None else [seed]
+    elif isinstance(seeds, (list, tuple)) and seeds:
+        chosen = list(seeds)
+    else:
+        raise ParameterError(f"seeds={seeds!r} is not allowed; expected a non-empty list of "
+                             f"integers ≥ 0, such as [0, 1, 2]")
+    chosen = [check_range("seeds" if seeds is not None else "seed", s, low=0, high=2**32 - 1,
+                          integer=True) for s in chosen]
+    if len(set(chosen)) != len(chosen):
+        raise ParameterError(f"seeds={seeds!r} repeats a seed; each seed is run once")
+    return chosen
+
+
+def over_seeds(frames: dict[int, pd.DataFrame]) -> pd.DataFrame:
+    """One table from the same table of several seeds. A row is matched across seeds by its
+    text columns and named index (and its place among rows with the same text); a numeric
+    column equal in every seed (a label, a ratio) stays as it is, any other becomes its mean,
+    its interval's half-width ("± COLUMN") and how many seeds gave a value ("n COLUMN" when
+    some seed gave none); "n" counts the seeds that have the row."""
+    parts = []
+    for seed, frame in frames.items():
+        f = frame.reset_index() if any(n is not None for n in frame.index.names) else frame
+        f = f.reset_index(drop=True).copy()
+        for c in f.columns[f.dtypes == bool]:
+            f[c] = f[c].astype(float)      # a share over seeds
+        parts.append(f.assign(_seed=seed))
+    every = pd.concat(parts, ignore_index=True)
+    numeric = [c for c in every.columns if c != "_seed" and pd.api.types.is_numeric_dtype(every[c])]
+    text = [c for c in every.columns if c != "_seed" and c not in numeric]
+    every["_row"] = every.groupby(["_seed", *text], dropna=False).cumcount()
+    key = [*text, "_row"]
+    groups = every.groupby(key, dropna=False, sort=False)
+    fixed = [c for c in numeric if (groups[c].nunique(dropna=False) <= 1).all()]
+    rows = []
+    for name, g in groups:
+        row = dict(zip(key, name))
+        row.update({c: g[c].iloc[0] for c in fixed})
+        row["n"] = g["_seed"].nunique()
+        for c in numeric:
+            if c in fixed:
+                continue
+            vals = values_of(list(g[c]))
+            mean, low, high = interval(vals) if vals else (None, None, None)
+            row[c] = mean
+            row[f"± {c}"] = None if low is None else mean - low
+            if len(vals) != row["n"]:
+                row[f"n {c}"] = len(vals)
+        rows.append(row)
+    order = [c for c in every.columns if c not in ("_seed", "_row")]
+    out = pd.DataFrame(rows)
+    columns = [x for c in order for x in (c, f"± {c}", f"n {c}") if x in out.columns]
+    return out[columns + ["n"]]
+
+
+def shown(table: pd.DataFrame, precision: int = 2) -> pd.DataFrame:
+    """`over_seeds`' table for reading: each mean and its half-width as one "mean ± h" cell."""
+    out = table.copy()
+    for c in [c for c in table.columns if f"± {c}" in table.columns]:
+        out[c] = [("" if pd.isna(m) else f"{m:.{precision}f}" if pd.isna(h)
+                   else f"{m:.{precision}f} ± {h:.{precision}f}")
+                  for m, h in zip(table[c], table[f"± {c}"])]
+        out = out.drop(columns=f"± {c}")
+    return out
+
+
+def run_at(notebook: Path, seed: int, params: dict, cwd: str) -> dict:
+    """Execute `notebook` at one `seed` with `params` (the other parameters of the page's run)
+    in a process of its own (its kernel's messages stay out of the page); return what it wrote
+    with `Chapter.finish`. Its page is discarded: the book shows the first seed's."""
+    with tempfile.TemporaryDirectory(prefix=f"seed{seed}-") as tmp:
+        results = Path(tmp) / "results.json"
+        given = {**params, "seed": seed, "seeds": None, "results": str(results)}
+        done = subprocess.run(
+            [sys.executable, "-m", "papermill", str(notebook), str(Path(tmp) / "page.ipynb"),
+             "-y", json.dumps(given), "--cwd", cwd, "--kernel", "python3", "--no-progress-bar"],
+            capture_output=True, text=True)
+        if done.returncode or not results.is_file():
+            raise RuntimeError(f"{notebook.name} at seed {seed} failed:\n"
+                               + "\n".join(done.stderr.strip().splitlines()[-15:]))
+        return json.loads(results.read_text())
