@@ -16,12 +16,15 @@ data: setup
 book: data
 	$(BIN)/repro book
 
-# unit tests and the browser check; every notebook under nbval at the smoke profile; then every
+# unit tests and the browser check; every notebook under nbval at the smoke profile, and the ℓ∞
+# chapter again over two seeds (tests/two_seeds.py); then every
 # notebook again in its paper's setting (the paper's model, the CIFAR-10 reader) over the
 # 200-image fixture in tests/data (tests/paper_setting.py)
 test: data
 	$(BIN)/python -m pytest tests
 	REPRO_PROFILE=smoke $(BIN)/python -m pytest --nbval-lax notebooks/
+	$(BIN)/python tests/two_seeds.py build/two-seeds
+	REPRO_PROFILE=smoke $(BIN)/python -m pytest --nbval-lax build/two-seeds/
 	$(BIN)/python tests/paper_setting.py build/paper-setting
 	REPRO_DATA_DIR=$(CURDIR)/tests/data/cifar10-mini $(BIN)/python -m pytest --nbval-lax build/paper-setting/
 
