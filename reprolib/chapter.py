@@ -247,10 +247,10 @@ class Chapter:
         """Each kept table over every seed (`seeds.over_seeds`); empty with one seed."""
         if not self.by_seed:
             return {}
-        return {name: seeding.over_seeds(
-                    {self.seed: frame, **{s: pd.DataFrame(r["tables"][name])
-                                          for s, r in self.by_seed.items()}})
-                for name, frame in self.tables.items()}
+        every = {self.seed: {k: _records(v) for k, v in self.tables.items()},
+                 **{s: r["tables"] for s, r in self.by_seed.items()}}   # all as the JSON has them
+        return {name: seeding.over_seeds({s: pd.DataFrame(t[name]) for s, t in every.items()})
+                for name in self.tables}
 
     def show_seed_tables(self) -> None:
         """The kept tables over seeds, each cell "mean ± half-width of the 95 % interval"."""

@@ -102,8 +102,8 @@ def seeds_figure(comparison, ref, by_seed: dict[int, dict]):
         return None
     claims, numbers = {c.id: c for c in ref.claims}, {n.id: n for n in ref.numbers}
     cols = min(3, len(rows))
-    fig, axes = plt.subplots(-(-len(rows) // cols), cols, figsize=(3.3 * cols, 1.2 * -(-len(rows) // cols)),
-                             squeeze=False)
+    lines = -(-len(rows) // cols)
+    fig, axes = plt.subplots(lines, cols, figsize=(3.3 * cols, 1.4 * lines), squeeze=False)
     for ax, (_, r) in zip(axes.flat, rows.iterrows()):
         key = claims[r.id].measure if r.kind == "claim" else r.id
         values = [m[key] for m in by_seed.values() if m.get(key) is not None]

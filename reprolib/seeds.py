@@ -67,8 +67,8 @@ def over_seeds(frames: dict[int, pd.DataFrame]) -> pd.DataFrame:
     """One table from the same table of several seeds. A row is matched across seeds by its
     text columns and named index (and its place among rows with the same text); a numeric
     column equal in every seed (a label, a ratio) stays as it is, any other becomes its mean,
-    its interval's half-width ("± COLUMN") and how many seeds gave a value ("n COLUMN" when
-    some seed gave none); "n" counts the seeds that have the row."""
+    its interval's half-width ("± COLUMN") and how many seeds gave a value ("n COLUMN", kept
+    only where some seed gave none); "n" counts the seeds that have the row."""
     parts = []
     for seed, frame in frames.items():
         f = frame.reset_index() if any(n is not None for n in frame.index.names) else frame
@@ -95,11 +95,12 @@ def over_seeds(frames: dict[int, pd.DataFrame]) -> pd.DataFrame:
             mean, low, high = interval(vals) if vals else (None, None, None)
             row[c] = mean
             row[f"± {c}"] = None if low is None else mean - low
-            if len(vals) != row["n"]:
-                row[f"n {c}"] = len(vals)
+            row[f"n {c}"] = len(vals)
         rows.append(row)
     order = [c for c in every.columns if c not in ("_seed", "_row")]
     out = pd.DataFrame(rows)
+    out = out.drop(columns=[c for c in out.columns if c.startswith("n ") and c[2:] in numeric
+                            and (out[c] == out["n"]).all()])
     columns = [x for c in order for x in (c, f"± {c}", f"n {c}") if x in out.columns]
     return out[columns + ["n"]]
 
@@ -107,11 +108,14 @@ def over_seeds(frames: dict[int, pd.DataFrame]) -> pd.DataFrame:
 def shown(table: pd.DataFrame, precision: int = 2) -> pd.DataFrame:
     """`over_seeds`' table for reading: each mean and its half-width as one "mean ± h" cell."""
     out = table.copy()
-    for c in [c for c in table.columns if f"± {c}" in table.columns]:
-        out[c] = [("" if pd.isna(m) else f"{m:.{precision}f}" if pd.isna(h)
-                   else f"{m:.{precision}f} ± {h:.{precision}f}")
-                  for m, h in zip(table[c], table[f"± {c}"])]
-        out = out.drop(columns=f"± {c}")
+    for c in [c for c in table.columns if not c.startswith("± ")]:
+        if f"± {c}" in table.columns:
+            out[c] = [("" if pd.isna(m) else f"{m:.{precision}f}" if pd.isna(h)
+                       else f"{m:.{precision}f} ± {h:.{precision}f}")
+                      for m, h in zip(table[c], table[f"± {c}"])]
+            out = out.drop(columns=f"± {c}")
+        elif pd.api.types.is_float_dtype(table[c]):
+            out[c] = ["" if pd.isna(v) else f"{v:.{precision}f}" for v in table[c]]
     return out
 
 

@@ -87,6 +87,12 @@ def test_a_table_over_seeds_matches_rows_by_their_text_and_keeps_fixed_columns()
     assert out.loc["blended", "ratio"] == 0.1            # equal in every seed: left as it is
     shown = seeds.shown(out.reset_index())
     assert shown.loc[0, "asr"] == "94.00 ± 9.94" and "± asr" not in shown.columns
+    assert shown.loc[0, "ratio"] == "0.10"
+    # a seed that measured nothing (NaN) counts in "n" but not in the column's own count
+    none = pd.DataFrame({"attack": ["badnets"], "asr": [float("nan")]})
+    out = seeds.over_seeds({0: a[["attack", "asr"]], 1: none}).set_index("attack")
+    assert out.loc["badnets", "asr"] == 90.0 and pd.isna(out.loc["badnets", "± asr"])
+    assert (out.loc["badnets", "n"], out.loc["badnets", "n asr"]) == (2, 1)
 
 
 def test_the_seeds_of_a_run_are_resolved_and_checked():
@@ -136,3 +142,13 @@ def test_over_seeds_needs_the_notebook_to_run_the_other_seeds():
         ch.over_seeds()
     with pytest.raises(RuntimeError, match="over_seeds\\(\\) did not run them"):
         ch.finish()
+
+
+@pytest.mark.parametrize("profile", ["smoke", "paper"])
+def test_no_two_seeds_of_a_chapter_share_a_job(profile):
+    # each seed has its own victims, poison sets, defender subsets and draws
+    for paper in book.chapters():
+        keys = [{j.key for j in book.planned_jobs(paper, profile=profile, dataset="fashion-mnist",
+                                                  device="cpu", params={"seed": s})[1]}
+                for s in (0, 1)]
+        assert keys[0] and not keys[0] & keys[1], paper

@@ -96,11 +96,17 @@ def attack_args(clean, draws: dict[str, int], *, model_name: str, recipe: Recipe
             for attack_no, name in enumerate(draws) for i in range(draws[name])]
 
 
-def _base(clean, name: str, draw: int, pool_size: int):
+def own_seed(seed: int, i: int) -> int:
+    """The seed of draw `i` of the chapter's `seed`: seed 0's draws are 0, 1, 2, ..., and no
+    two of the chapter's seeds share a draw (each has fewer than 100,000)."""
+    return 100_000 * seed + i
+
+
+def _base(clean, name: str, draw: int, pool_size: int, seed: int):
     """The set an attack poisons: a fine-tuning pool for the transfer setting, else the whole
     training set."""
-    return (clean.train.sample(pool_size, 1000 + draw) if SETTING[name] == "transfer"
-            else clean.train)
+    return (clean.train.sample(pool_size, 1000 + own_seed(seed, draw))
+            if SETTING[name] == "transfer" else clean.train)
 
 
 def _poisoned(base, kept: Kept):
@@ -128,7 +134,7 @@ def _heads(kept: Kept, prefix: str) -> dict:
 
 def _run(kept: Kept, a: dict) -> Run:
     clean, r = trained_victim(**a["clean"]), kept.record
-    data = _poisoned(_base(clean, a["name"], a["draw"], a["pool_size"]), kept)
+    data = _poisoned(_base(clean, a["name"], a["draw"], a["pool_size"], a["seed"]), kept)
     atk = Targeted(data, kept.tensors["indices"], kept.tensors["target"],
                    kept.tensors["true_label"], r["attacker"])
     if SETTING[a["name"]] == "transfer":
@@ -180,21 +186,22 @@ def attacked(clean: dict, name: str, draw: int, attack_no: int, *, model_name: s
     start = time.perf_counter()
     heads = {}
     if name == "feature collision":
-        pool = _base(base_victim, name, draw, pool_size)
+        pool = _base(base_victim, name, draw, pool_size, seed)
         atk = feature_collision(base_victim.model, pool, target_image, true, attacker,
-                                n=poisons, eps=eps / 255, steps=500, seed=seed + draw)
-        model = linear_transfer(base_victim.model, atk.data, seed=seed + draw)
-        before = linear_transfer(base_victim.model, pool, seed=seed + draw)
+                                n=poisons, eps=eps / 255, steps=500, seed=own_seed(seed, draw))
+        model = linear_transfer(base_victim.model, atk.data, seed=own_seed(seed, draw))
+        before = linear_transfer(base_victim.model, pool, seed=own_seed(seed, draw))
         heads = {**{f"model.head.{k}": t for k, t in model.head.state_dict().items()},
                  **{f"before.head.{k}": t for k, t in before.head.state_dict().items()}}
     else:
         if name == "mislabelled copies":
             atk = mislabelled_copies(train_set, target_image, true, attacker, copies=copies,
-                                     seed=seed + draw)
+                                     seed=own_seed(seed, draw))
         else:
             atk = gradient_matching(base_victim.model, train_set, target_image, true, attacker,
                                     budget=budget, eps=eps / 255, steps=brew_steps,
-                                    restarts=restarts, augment=brew_augment, seed=seed + draw)
+                                    restarts=restarts, augment=brew_augment,
+                                    seed=own_seed(seed, draw))
         model = _scratch(dict(clean=clean, name=name, model_name=model_name, recipe=recipe,
                               seed=seed, device=device), atk.data, idx, attacker).eval()
     where = atk.indices.to(atk.data.labels.device)
@@ -247,7 +254,8 @@ def examined(run: dict | None, k: int, dim: int, clean: dict | None = None,
         r = attacked(**run)
         return pack(clear.examine(r.extractor, r.atk.data, k=k, dim=dim))
     v = trained_victim(**clean)
-    data = v.train if pool is None else v.train.sample(pool_size, 5000 + pool)
+    data = v.train if pool is None else v.train.sample(pool_size,
+                                                        5000 + own_seed(clean["seed"], pool))
     return pack(clear.examine(v.model, data, k=k, dim=dim))
 
 
@@ -268,7 +276,8 @@ def references(clean: dict, *, clean_pools: int, clean_models: int, pool_size: i
                k_transfer: int, k_scratch: int, dim: int) -> dict[str, list[dict]]:
     """The arguments of the clean references' `examined` jobs: per setting, clean fine-tuning
     pools, and clean models from scratch (`clean` and more seeds)."""
-    seeds = [clean["seed"] + j for j in range(clean_models)]
+    seeds = [clean["seed"]] + [own_seed(clean["seed"], 50_000 + j)    # not another chapter
+                               for j in range(1, clean_models)]       # seed's clean model
     return {"transfer": [dict(run=None, k=k_transfer, dim=dim, clean=clean, pool=j,
                               pool_size=pool_size) for j in range(clean_pools)],
             "from scratch": [dict(run=None, k=k_scratch, dim=dim, clean={**clean, "seed": s})
