@@ -79,7 +79,6 @@ class Chapter:
         self.found: list[dict] = []             # measured findings: no paper's claims
         self.measured: dict[str, float | None] = {}   # this seed's, for the comparison
         self.by_seed: dict[int, dict] = {}      # the other seeds' tables and measures
-        self.other_seconds = 0.0                # the other seeds' runs
         self.jobs: dict[str, int] = {}          # the chapter's jobs: how many, cached, computed
         self._keys: set[str] = set()
         self._computed: set[str] = set()
@@ -234,12 +233,11 @@ class Chapter:
         for s in tqdm(others, desc=f"{self.name}: the other seeds", unit="seed"):
             done = seeding.run_at(notebook, s, self.parameters, os.getcwd())
             self.by_seed[s] = {"tables": done["tables"], "measured": done["measured"]}
-        self.other_seconds = time.perf_counter() - clock
         display(Markdown(
             f"**Seeds:** {len(self.seeds)} ({', '.join(map(str, self.seeds))}). The page above "
             f"is seed {self.seed}'s run; {_seeds_text(others)} ran the same "
             f"notebook with the same parameters, each with its own victims and draws, in "
-            f"{self.other_seconds:.0f} s. From here on a number is the mean over seeds with its "
+            f"{time.perf_counter() - clock:.0f} s. From here on a number is the mean over seeds with its "
             f"95 % Student's t interval."))
         return self._compare()
 
