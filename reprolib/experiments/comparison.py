@@ -80,12 +80,17 @@ def _copy_of_victim(kept: Kept, args: dict):
     return unpack(kept, {"": copy.deepcopy(trained_victim(**args["victim"]).model)}).eval()
 
 
-def _reversal(args: dict) -> Job:
-    return linf_ex.reversed_triggers.job(victim=args["victim"], n=args["n"], seed=args["seed"],
-                                         budget=args["budget"])
+def _reversal(victim: dict, nc: dict) -> Job:
+    """Neural Cleanse's reversal of the victim asked for by `victim` with the budget `nc`
+    (n, seed, budget): the ℓ∞ chapter's job, which NC's unlearning and ℓ∞ pruning share."""
+    return linf_ex.reversed_triggers.job(victim=victim, **nc)
 
 
-@step("comparison.nc", read=_copy_of_victim, needs=lambda a: [_reversal(a)],
+def _nc_of(a: dict) -> dict:
+    return {k: a[k] for k in ("n", "seed", "budget")}
+
+
+@step("comparison.nc", read=_copy_of_victim, needs=lambda a: [_reversal(a["victim"], _nc_of(a))],
       work=lambda a: a["share"] * sizes(a["victim"])[0] * a["recipe"].epochs,
       describe=lambda a: f"NC unlearning {a['victim']['attack']}")
 def unlearned(victim: dict, n: int, seed: int, budget: dict, share: float,
@@ -94,7 +99,7 @@ def unlearned(victim: dict, n: int, seed: int, budget: dict, share: float,
     reversed triggers (the ℓ∞ chapter's reversal job) unlearned on `share` of the training set
     as the defender's clean data, by FT's recipe (BackdoorBench's nc.py does the same)."""
     v = trained_victim(**victim)
-    reversal = linf_ex.reversed_triggers(victim=victim, n=n, seed=seed, budget=budget)
+    reversal = _reversal(victim, dict(n=n, seed=seed, budget=budget))()
     return pack(nc.unlearn(v.model, npd_ex.defender(v, share, seed), reversal, recipe,
                            seed=seed, progress=False))
 
@@ -123,11 +128,11 @@ def defense_jobs(defense: str, asked: dict, how: dict) -> list[Job]:
         return [npd_ex.defended.job(victim=asked, defense=FROM_NPD[defense], share=how["share"],
                                     **how["npd"])]
     if defense == "NC":
-        return [linf_ex.reversed_triggers.job(victim=asked, **how["nc"]),
+        return [_reversal(asked, how["nc"]),
                 unlearned.job(victim=asked, share=how["share"], recipe=how["npd"]["ft_recipe"],
                               **how["nc"])]
     if defense == "ℓ∞ + FT":
-        return [linf_ex.reversed_triggers.job(victim=asked, **how["nc"])]
+        return [_reversal(asked, how["nc"])]
     if defense == "NONE":
         return [none_ex.repaired_by_none.job(victim=asked, **how["none"])]
     if defense == "ABL":
@@ -153,7 +158,7 @@ def tuning_jobs(victims: dict, how: dict, device) -> dict[str, tuple[Job, int, s
     reached within half the layer), then its fine-tuning job; with the count and the rule."""
     found = {}
     for name, v in victims.items():
-        reversal = linf_ex.reversed_triggers(victim=v.asked, **how["nc"])
+        reversal = _reversal(v.asked, how["nc"])()
         order, curve = linf_ex.linf_curve(v, reversal, reversal.suspect,
                                           n_defender=how["nc"]["n"], seed=how["seed"])
         n, rule = lp.stop_at_asr(curve), "i"
@@ -241,7 +246,7 @@ def nc_table(victims: dict, how: dict, tuning: dict) -> pd.DataFrame:
     unlearns), and the channels ℓ∞ pruning then removed, by which rule."""
     rows = []
     for name, v in victims.items():
-        r = linf_ex.reversed_triggers(victim=v.asked, **how["nc"])
+        r = _reversal(v.asked, how["nc"])()
         _, n, rule = tuning[name]
         rows.append({"attack": name, "NC suspect": r.suspect,
                      "anomaly index": float(r.anomaly.max()),
@@ -310,7 +315,8 @@ def clear_row(results: Path, setting: dict | None = None) -> tuple[pd.DataFrame 
     r = found["record"]
     table = pd.DataFrame(found["tables"]["mitigation"])
     if table.empty:
-        return None, "No sample-targeted draw succeeded in the CLEAR chapter's run: nothing to mitigate."
+        return None, ("No sample-targeted draw succeeded in the CLEAR chapter's run: nothing to "
+                      "mitigate.")
     by_method = {m: t for m, t in table.groupby("method")}
     before, after = by_method["no defense"], by_method["CLEAR relabel + FT"]
 
