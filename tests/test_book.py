@@ -20,7 +20,7 @@ CHROMIUM = Path(os.environ.get("REPRO_CHROMIUM", "/usr/bin/chromium"))
 
 def project_copy(root: Path) -> Path:
     """The book's sources (config, prose, notebooks) in a fresh folder."""
-    for name in ("_config.yml", "_toc.yml"):
+    for name in ("_config.yml", "_toc.yml", "references.bib"):
         shutil.copy(ROOT / name, root / name)
     (root / "book").mkdir()
     for page in (ROOT / "book").glob("*.md"):
@@ -170,7 +170,8 @@ def test_every_page_opens_in_a_browser_with_its_title_tables_and_images(smoke_bo
              "book/runs/mesa.html": ("MESA", 8, 6),
              "book/runs/clear.html": ("CLEAR", 6, 4),
              "book/runs/comparison.html": ("Every defense against every attack", 7, 2),
-             "book/scorecard.html": ("Scorecard", 1, 0)}
+             "book/scorecard.html": ("Scorecard", 1, 0),
+             "book/bibliography.html": ("Bibliography", 0, 0)}
     shots = ROOT / "_build" / "browser-check"
     shots.mkdir(parents=True, exist_ok=True)
     try:
@@ -188,6 +189,13 @@ def test_every_page_opens_in_a_browser_with_its_title_tables_and_images(smoke_bo
                     "img", "imgs => imgs.map(i => [i.src, i.complete ? i.naturalWidth : 0])")
                 assert len(sizes) >= min_images, path
                 assert all(width > 0 for _, width in sizes), f"{path}: images not loaded: {sizes}"
+                if "/runs/" in path:    # each chapter cites its sources, linked to the list
+                    assert page.locator("a[href*='bibliography']").count() >= 1, path
+            page.goto(f"{base}/book/bibliography.html", wait_until="load")
+            listed = page.locator("main").inner_text()
+            assert all(paper in listed for paper in ("CLEAR", "Neural Polarizer", "Training with "
+                                                     "More Confidence", "Generative Distribution",
+                                                     "Defending against Backdoor Attack"))
             page.goto(f"{base}/book/runs/attacks.html", wait_until="load")
             page.screenshot(path=str(shots / "attacks.png"), full_page=True)
             browser.close()
