@@ -126,7 +126,9 @@ def plan(paper: str, *, throughput: float | None = None, **how) -> dict:
 def run(paper: str, *, profile: str = "quick", model: str = "auto", dataset: str = "auto",
         device: str = "auto", params: dict | None = None, root: Path = ROOT,
         progress: bool = True) -> Path:
-    """Execute one chapter (arguments already checked by `check_run`); returns its page."""
+    """Execute one chapter (arguments already checked by `check_run`); returns its page. With
+    `progress`, what the chapter writes to stderr (its jobs' progress bars) streams to this
+    terminal as it runs; it is kept out of the page."""
     import papermill
     partial, runs, results = root / "book" / ".partial", root / "book" / "runs", root / "book" / "results"
     for folder in (partial, runs, results):
@@ -139,7 +141,8 @@ def run(paper: str, *, profile: str = "quick", model: str = "auto", dataset: str
             str(root / "notebooks" / f"{paper}.ipynb"), str(page),
             parameters={"profile": profile, "model": model, "dataset": dataset, "device": device,
                         "results": str(table), **(params or {})},
-            cwd=str(root / "notebooks"), progress_bar=progress, kernel_name="python3")
+            cwd=str(root / "notebooks"), progress_bar=False, kernel_name="python3",
+            stderr_file=sys.stderr if progress else None)
     except papermill.PapermillExecutionError as err:
         raise RunFailed(f"{paper} failed in cell {err.exec_count}: {err.ename}: {err.evalue}\n"
                         f"The partly executed notebook is {page}; nothing was written to "
@@ -147,9 +150,22 @@ def run(paper: str, *, profile: str = "quick", model: str = "auto", dataset: str
     if not table.is_file():
         raise RuntimeError(f"notebooks/{paper}.ipynb ran but wrote no results: its last cell "
                            f"must call Chapter.finish()")
+    without_stderr(page)
     os.replace(table, results / f"{paper}.json")
     os.replace(page, runs / f"{paper}.ipynb")
     return runs / f"{paper}.ipynb"
+
+
+def without_stderr(page: Path) -> None:
+    """Drop the stderr outputs (progress bars, warnings) from an executed notebook: they went to
+    the terminal while it ran and have no place in the page."""
+    import nbformat
+    nb = nbformat.read(page, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = [o for o in cell.outputs
+                            if not (o.output_type == "stream" and o.name == "stderr")]
+    nbformat.write(nb, page)
 
 
 def scorecard(root: Path = ROOT) -> str:

@@ -89,6 +89,17 @@ def test_a_failed_run_leaves_no_page_and_a_good_one_moves_both_files(tmp_path):
     assert not list((tmp_path / "book" / ".partial").iterdir())
 
 
+def test_a_run_streams_progress_to_the_terminal_and_keeps_it_out_of_the_page(tmp_path, capsys):
+    tiny_chapter(tmp_path, "import sys\nprint('job 3 of 5', file=sys.stderr)\nprint('a result')")
+    page = book.run("tiny", profile="smoke", dataset="fashion-mnist", device="cpu",
+                    root=tmp_path, progress=True)
+    assert "job 3 of 5" in capsys.readouterr().err
+    outputs = [o for c in nbformat.read(page, as_version=4).cells if c.cell_type == "code"
+               for o in c.outputs]
+    assert not [o for o in outputs if o.get("name") == "stderr"]
+    assert any("a result" in o.get("text", "") for o in outputs)
+
+
 def test_scorecard_has_one_row_per_claim_with_profile_and_dataset(tmp_path):
     (tmp_path / "book" / "results").mkdir(parents=True)
     assert "No chapter has been run yet" in book.scorecard(tmp_path)
