@@ -126,9 +126,9 @@ def plan(paper: str, *, throughput: float | None = None, **how) -> dict:
 def run(paper: str, *, profile: str = "quick", model: str = "auto", dataset: str = "auto",
         device: str = "auto", params: dict | None = None, root: Path = ROOT,
         progress: bool = True) -> Path:
-    """Execute one chapter (arguments already checked by `check_run`); returns its page. With
-    `progress`, what the chapter writes to stderr (its jobs' progress bars) streams to this
-    terminal as it runs; it is kept out of the page."""
+    """Execute one chapter (arguments already checked by `check_run`); returns its page, made
+    `for_reading`. With `progress`, what the chapter writes to stderr (its jobs' progress bars)
+    streams to this terminal as it runs."""
     import papermill
     partial, runs, results = root / "book" / ".partial", root / "book" / "runs", root / "book" / "results"
     for folder in (partial, runs, results):
@@ -150,21 +150,33 @@ def run(paper: str, *, profile: str = "quick", model: str = "auto", dataset: str
     if not table.is_file():
         raise RuntimeError(f"notebooks/{paper}.ipynb ran but wrote no results: its last cell "
                            f"must call Chapter.finish()")
-    without_stderr(page)
+    for_reading(page)
     os.replace(table, results / f"{paper}.json")
     os.replace(page, runs / f"{paper}.ipynb")
     return runs / f"{paper}.ipynb"
 
 
-def without_stderr(page: Path) -> None:
-    """Drop the stderr outputs (progress bars, warnings) from an executed notebook: they went to
-    the terminal while it ran and have no place in the page."""
+def for_reading(page: Path) -> None:
+    """Make an executed notebook read as a page: its stderr outputs (progress bars, warnings),
+    which went to the terminal while it ran, dropped; the parameters cell and papermill's
+    injected one (which names local paths) removed; the set-up cell's code hidden, its output
+    (the run record) kept; every other code cell folded, for the reader to open."""
     import nbformat
     nb = nbformat.read(page, as_version=4)
+    setup_seen = False
     for cell in nb.cells:
-        if cell.cell_type == "code":
-            cell.outputs = [o for o in cell.outputs
-                            if not (o.output_type == "stream" and o.name == "stderr")]
+        if cell.cell_type != "code":
+            continue
+        cell.outputs = [o for o in cell.outputs
+                        if not (o.output_type == "stream" and o.name == "stderr")]
+        tags = cell.metadata.setdefault("tags", [])
+        if {"parameters", "injected-parameters"} & set(tags):
+            tags.append("remove-cell")
+        elif not setup_seen:
+            tags.append("remove-input")
+            setup_seen = True
+        elif "remove-cell" not in tags:
+            tags.append("hide-input")
     nbformat.write(nb, page)
 
 

@@ -3,6 +3,7 @@ import functools
 import http.server
 import json
 import os
+import re
 import shutil
 import threading
 from pathlib import Path
@@ -22,6 +23,7 @@ def project_copy(root: Path) -> Path:
     """The book's sources (config, prose, notebooks) in a fresh folder."""
     for name in ("_config.yml", "_toc.yml", "references.bib"):
         shutil.copy(ROOT / name, root / name)
+    shutil.copytree(ROOT / "_static", root / "_static")
     (root / "book").mkdir()
     for page in (ROOT / "book").glob("*.md"):
         if page.name != "scorecard.md":
@@ -89,15 +91,19 @@ def test_a_failed_run_leaves_no_page_and_a_good_one_moves_both_files(tmp_path):
     assert not list((tmp_path / "book" / ".partial").iterdir())
 
 
-def test_a_run_streams_progress_to_the_terminal_and_keeps_it_out_of_the_page(tmp_path, capsys):
+def test_a_run_streams_progress_to_the_terminal_and_makes_the_page_for_reading(tmp_path, capsys):
     tiny_chapter(tmp_path, "import sys\nprint('job 3 of 5', file=sys.stderr)\nprint('a result')")
     page = book.run("tiny", profile="smoke", dataset="fashion-mnist", device="cpu",
                     root=tmp_path, progress=True)
     assert "job 3 of 5" in capsys.readouterr().err
-    outputs = [o for c in nbformat.read(page, as_version=4).cells if c.cell_type == "code"
-               for o in c.outputs]
+    code = [c for c in nbformat.read(page, as_version=4).cells if c.cell_type == "code"]
+    outputs = [o for c in code for o in c.outputs]
     assert not [o for o in outputs if o.get("name") == "stderr"]
     assert any("a result" in o.get("text", "") for o in outputs)
+    # parameters, papermill's injected cell (a local path), the set-up cell's code
+    assert [c.metadata["tags"] for c in code] == [["parameters", "remove-cell"],
+                                                  ["injected-parameters", "remove-cell"],
+                                                  ["remove-input"]]
 
 
 def test_scorecard_has_one_row_per_claim_with_profile_and_dataset(tmp_path):
@@ -190,7 +196,7 @@ def test_every_page_opens_in_a_browser_with_its_title_tables_and_images(smoke_bo
             browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
                 "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-            page = browser.new_page()
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
             for path, (title, min_tables, min_images) in pages.items():
                 response = page.goto(f"{base}/{path}", wait_until="load")
                 assert response.ok, path
@@ -202,11 +208,25 @@ def test_every_page_opens_in_a_browser_with_its_title_tables_and_images(smoke_bo
                 assert all(width > 0 for _, width in sizes), f"{path}: images not loaded: {sizes}"
                 if "/runs/" in path:    # each chapter cites its sources, linked to the list
                     assert page.locator("a[href*='bibliography']").count() >= 1, path
+                text = page.locator("main").inner_text()
+                assert ".partial" not in text and not re.search(
+                    r"(?<![\w.:/])/(home|root|tmp|work|usr|var|opt)/", text), f"{path}: a path"
+                assert page.eval_on_selector(   # prose first, not code
+                    "article h1", "h => h.nextElementSibling.tagName") == "P", path
+                cut = page.eval_on_selector_all("main table", """tables => tables.filter(t => {
+                    const article = t.closest('article') || document.body;
+                    for (let p = t.parentElement; p && p !== article; p = p.parentElement) {
+                        if (['auto', 'scroll'].includes(getComputedStyle(p).overflowX)) return false;
+                    }
+                    return t.getBoundingClientRect().right > article.getBoundingClientRect().right + 1;
+                }).length""")
+                assert cut == 0, f"{path}: {cut} tables cut at the column's edge"
             page.goto(f"{base}/book/bibliography.html", wait_until="load")
-            listed = page.locator("main").inner_text()
-            assert all(paper in listed for paper in ("CLEAR", "Neural Polarizer", "Training with "
-                                                     "More Confidence", "Generative Distribution",
-                                                     "Defending against Backdoor Attack"))
+            listed = page.locator("main").inner_text().lower()   # the style lowers titles
+            assert all(paper in listed for paper in ("clear: clean-up", "neural polarizer",
+                                                     "training with more confidence",
+                                                     "generative distribution modeling",
+                                                     "defending against backdoor attack"))
             page.goto(f"{base}/book/runs/attacks.html", wait_until="load")
             page.screenshot(path=str(shots / "attacks.png"), full_page=True)
             browser.close()
