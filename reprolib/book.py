@@ -18,9 +18,9 @@ from pathlib import Path
 
 import yaml
 
-from . import config, data, models, reference, seeds as seeding
+from . import config, data, models, seeds as seeding, staleness
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = config.ROOT
 RESERVED = ("profile", "model", "dataset", "device", "results")   # set by run()'s own arguments
 
 
@@ -180,69 +180,50 @@ def for_reading(page: Path) -> None:
     nbformat.write(nb, page)
 
 
-def scorecard(root: Path = ROOT) -> str:
-    """The scorecard page: one row per number and claim of every chapter that has results."""
-    lines = ["# Scorecard", "",
-             "Every claim and published number the chapters check, with the verdict of the last "
-             "run, the mean over its seeds (\"ours\") and their 95 % Student's t interval (\"1 "
-             "seed\" when the chapter ran one), and the profile and dataset it ran on. Numbers "
-             "are compared only in the paper's own setting; claims are checked on whatever "
-             "dataset the chapter ran.", ""]
-    files = sorted((root / "book" / "results").glob("*.json"))
-    if not files:
-        return "\n".join(lines + ["No chapter has been run yet: `repro book` runs them.", ""])
-    lines += ["| chapter | kind | what | paper | ours | 95 % interval | verdict | tolerance | "
-              "profile | dataset |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for f in files:
-        result = json.loads(f.read_text())
-        r = result["record"]
-        for row in result["comparison"]:
-            verdict = row["verdict"] + (f" ({row['why']})" if row.get("why") else "")
-            cells = [f"[{r['chapter']}](runs/{f.stem})", row["kind"], row["what"],
-                     _num(row["paper"]), _num(row["ours"]), reference.interval_text(row),
-                     verdict, row["tolerance"],
-                     r["profile"], r["dataset"]]
-            lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
-    return "\n".join(lines + [""] + findings(files))
+def stale_text(paper: str, root: Path = ROOT) -> str | None:
+    """Why `paper`'s committed run is stale (`staleness.stale_text`); None when it is fresh or
+    has no results."""
+    found = root / "book" / "results" / f"{paper}.json"
+    if not found.is_file():
+        return None
+    return staleness.stale_text(json.loads(found.read_text())["record"], root)
 
 
-def findings(files: list[Path]) -> list[str]:
-    """The measured findings of the chapters that state some (the comparison), as a section of
-    their own: they are ours, not a paper's claims, and have no verdict."""
-    rows = []
-    for f in files:
-        result = json.loads(f.read_text())
-        r = result["record"]
-        for x in result.get("findings", []):
-            cells = [f"[{r['chapter']}](runs/{f.stem})", x["finding"], _num(x["value"]),
-                     r["profile"], r["dataset"]]
-            rows.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
-    if not rows:
-        return []
-    return ["## Measured findings", "",
-            "What a chapter measured and states as its own finding, not as any paper's claim: "
-            "nothing to reproduce, so no verdict.", "",
-            "| chapter | finding | value | profile | dataset |", "|---|---|---|---|---|",
-            *rows, ""]
+def mark_stale(page: Path, text: str | None) -> None:
+    """Put `text` on the page as its second cell (after the title and the claim), or take the
+    note away when `text` is None. The file is rewritten only when the note changes."""
+    import nbformat
+    nb = nbformat.read(page, as_version=4)
+    kept = [c for c in nb.cells if "stale-note" not in c.metadata.get("tags", [])]
+    note = ([nbformat.v4.new_markdown_cell(f"**{text}**", id="stale-note",
+                                           metadata={"tags": ["stale-note"]})] if text else [])
+    cells = kept[:1] + note + kept[1:]
+    if [c.source for c in cells] != [c.source for c in nb.cells]:
+        nb.cells = cells
+        nbformat.write(nb, page)
 
 
-def _num(value) -> str:
-    return "" if value is None else f"{value:.2f}"
-
-
-def build(root: Path = ROOT, *, rerun: bool = False, profile: str = "quick", model: str = "auto",
-          dataset: str = "auto", device: str = "auto", seeds: list[int] | None = None,
-          progress: bool = True) -> Path:
-    """Run every chapter whose page is missing (all with `rerun`) at `seeds` (default: each
-    chapter's), write the scorecard and build the HTML book; returns _build/html."""
-    todo = [p for p in chapters(root) if rerun or not (root / "book" / "runs" / f"{p}.ipynb").is_file()]
+def build(root: Path = ROOT, *, rerun: bool = False, stale: bool = False, profile: str = "quick",
+          model: str = "auto", dataset: str = "auto", device: str = "auto",
+          seeds: list[int] | None = None, progress: bool = True) -> Path:
+    """Run every chapter whose page is missing (all with `rerun`, and the stale ones with
+    `stale`) at `seeds` (default: each chapter's), mark the pages that are stale, write the
+    scorecard and the verdict counts, and build the HTML book; returns _build/html."""
+    # the pages' writer stays out of the chapters' kernels, so that changing it stales no page
+    from . import scorecard
+    todo = [p for p in chapters(root) if rerun or not (root / "book" / "runs" / f"{p}.ipynb").is_file()
+            or (stale and stale_text(p, root))]
     params = check_run(todo, profile=profile, model=model, dataset=dataset, device=device,
                        pairs=[f"seeds={seeds}"] if seeds else [], root=root) if todo else {}
     for paper in todo:
         print(f"repro book: running {paper} ({profile} profile)", flush=True)
         run(paper, profile=profile, model=model, dataset=dataset, device=device,
             params=params[paper], root=root, progress=progress)
-    (root / "book" / "scorecard.md").write_text(scorecard(root))
+    for paper in chapters(root):
+        if (root / "book" / "runs" / f"{paper}.ipynb").is_file():
+            mark_stale(root / "book" / "runs" / f"{paper}.ipynb", stale_text(paper, root))
+    (root / "book" / "scorecard.md").write_text(scorecard.scorecard(root))
+    (root / "book" / "verdicts.md").write_text(scorecard.verdicts_page(root))
     jupyter_book = Path(sys.executable).with_name("jupyter-book")
     done = subprocess.run([str(jupyter_book), "build", str(root), "--warningiserror",
                            "--keep-going", "--quiet"])

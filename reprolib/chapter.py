@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import platform
 import time
@@ -32,7 +33,7 @@ import pandas as pd
 from IPython.display import Markdown, display
 from tqdm import tqdm
 
-from . import config, data, jobs, metrics, models, plots, reference, seeds as seeding
+from . import config, data, jobs, metrics, models, plots, reference, seeds as seeding, staleness
 from .zoo import atomic_write
 
 LIBRARIES = ("torch", "torchvision", "numpy", "pandas", "papermill", "jupyter-book")
@@ -94,7 +95,15 @@ class Chapter:
                 "started": self.started.isoformat(timespec="seconds"),
                 "wall_time_s": round(time.perf_counter() - self._clock, 1),
                 "jobs": self.jobs, "executor": os.environ.get("REPRO_EXECUTOR") or "local",
-                "libraries": library_versions()}
+                "libraries": library_versions(), "executed": self.executed()}
+
+    def executed(self) -> dict[str, str]:
+        """The content hash of every file this run executed, the other seeds' runs included
+        (`staleness.fingerprint`): what tells later whether the page is stale."""
+        found = staleness.fingerprint(self.name)
+        for r in self.by_seed.values():
+            found.update(r["executed"])
+        return dict(sorted(found.items()))
 
     def _record_line(self, wall: bool) -> str:
         r = self.record()
@@ -229,10 +238,11 @@ class Chapter:
             raise RuntimeError("over_seeds runs the chapter's notebook again, so the chapter "
                                "must run in its notebook (its parameters are read from there)")
         clock = time.perf_counter()
-        notebook = book_root() / "notebooks" / f"{self.name}.ipynb"
+        notebook = config.ROOT / "notebooks" / f"{self.name}.ipynb"
         for s in tqdm(others, desc=f"{self.name}: the other seeds", unit="seed"):
             done = seeding.run_at(notebook, s, self.parameters, os.getcwd())
-            self.by_seed[s] = {"tables": done["tables"], "measured": done["measured"]}
+            self.by_seed[s] = {"tables": done["tables"], "measured": done["measured"],
+                               "executed": done["record"]["executed"]}
         display(Markdown(
             f"**Seeds:** {len(self.seeds)} ({', '.join(map(str, self.seeds))}). The page above "
             f"is seed {self.seed}'s run; {_seeds_text(others)} ran the same "
@@ -266,12 +276,6 @@ class Chapter:
         self.found = [{"finding": f["finding"], "value": float(f["value"])} for f in found]
         return self.found
 
-    def verdict_line(self, noun: str = "rows") -> str:
-        """"Of N rows, a reproduced, b not comparable.": the comparison's verdicts counted."""
-        counts = self.comparison["verdict"].value_counts()
-        return (f"Of {len(self.comparison)} {noun}, "
-                + ", ".join(f"{n} {v}" for v, n in counts.items()) + ".")
-
     def show_comparison(self) -> None:
         """The comparison as two tables, the paper's numbers and its claims, each value with
         its interval over seeds (or "1 seed"); with several seeds, a figure of every checked
@@ -291,11 +295,23 @@ class Chapter:
             display(Markdown("**The paper's claims**"))
             display(_plain(claims[["what", "ours", "interval", "tolerance", "verdict"]]
                            .rename(columns={"what": "claim", "tolerance": "checked as"})))
+        self.glue_comparison()
         if self.by_seed:
             fig = plots.seeds_figure(self.comparison, self.reference, self.seed_measures())
             if fig is not None:
                 display(fig)
                 plt.close(fig)
+
+    def glue_comparison(self) -> None:
+        """Every row's value ("ours", the mean over seeds) under the row's id, and how many rows
+        got each verdict (`n-reproduced`, `n-partly`, `n-not-reproduced`, `n-not-comparable`,
+        `n-checked`: the rows not "not comparable"), for the page's prose."""
+        for _, row in self.comparison.iterrows():
+            glue(row["id"], row["ours"])
+        counts = self.comparison["verdict"].value_counts()
+        for v in reference.VERDICTS:
+            glue("n-" + v.replace(" ", "-"), int(counts.get(v, 0)))
+        glue("n-checked", int(len(self.comparison) - counts.get("not comparable", 0)))
 
     def seed_measures(self) -> dict[int, dict]:
         """What each seed measured, by seed."""
@@ -315,11 +331,29 @@ class Chapter:
                    "comparison": _records(self.comparison) if self.comparison is not None else [],
                    "findings": self.found,
                    "seeds": {str(self.seed): first,
-                             **{str(s): r for s, r in self.by_seed.items()}},
+                             **{str(s): {"tables": r["tables"], "measured": r["measured"]}
+                                for s, r in self.by_seed.items()}},
                    "over_seeds": {k: _records(v) for k, v in self.seed_tables().items()}}
         if self.results:
             atomic_write(self.results, json.dumps(payload, indent=1).encode())
         return payload
+
+
+GLUE_PREFIX = "application/papermill.record/"
+
+
+def glue(name: str, value) -> None:
+    """Keep `value` for the page's prose, where {glue:text}`name` shows it (myst-nb's glue
+    format, written here so that a kernel without myst-nb can run the chapter). A number shows
+    to two decimals below 10 and one above, a missing one as "not measured"."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        text = "not measured"
+    elif isinstance(value, (int, str)):
+        text = str(value)
+    else:
+        text = f"{value:.2f}" if abs(value) < 10 else f"{value:.1f}"
+    display({GLUE_PREFIX + "text/plain": text}, raw=True,
+            metadata={"scrapbook": {"name": name, "mime_prefix": GLUE_PREFIX}})
 
 
 def score_row(v, model=None, *, der: bool = True, accuracy: str = "CA %") -> dict[str, float]:
@@ -340,11 +374,6 @@ def _seeds_text(seeds: list[int]) -> str:
     return f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
 
 
-def book_root() -> Path:
-    from .book import ROOT
-    return ROOT
-
-
 def _notebook_parameters(name: str) -> dict:
     """The values of the chapter notebook's parameters in the running kernel, read when the
     chapter starts (before any cell can rebind a name): what `over_seeds` runs the other seeds
@@ -356,8 +385,8 @@ def _notebook_parameters(name: str) -> dict:
     shell = get_ipython()
     if shell is None:
         return {}
-    from .book import notebook_parameters
-    names = notebook_parameters(book_root() / "notebooks" / f"{name}.ipynb")
+    import papermill
+    names = papermill.inspect_notebook(str(config.ROOT / "notebooks" / f"{name}.ipynb"))
     return {k: shell.user_ns[k] for k in names
             if k in shell.user_ns and k not in ("seed", "seeds", "results")}
 

@@ -6,7 +6,8 @@
   repro zoo                     list the trained models in the cache
   repro plan PAPER... [options] list every job a run would do: cached or missing, est. time
   repro run PAPER... [options]  execute chapters into book/runs/ and book/results/
-  repro book [--rerun]          run the chapters not yet run, then build _build/html
+  repro book [--rerun|--stale]  run the chapters not yet run (every one; the stale ones), then
+                                build _build/html from book/runs and book/results
 
 `run` and `book` take --executor local|ray (default $REPRO_EXECUTOR, else local) and --address
 (a Ray cluster's, default $RAY_ADDRESS; none: a Ray instance on this machine).
@@ -171,7 +172,7 @@ def cmd_run(args) -> None:
 
 def cmd_book(args) -> None:
     _use_executor(args)
-    html = book.build(rerun=args.rerun, profile=args.profile, model=args.model,
+    html = book.build(rerun=args.rerun, stale=args.stale, profile=args.profile, model=args.model,
                       dataset=args.dataset, device=args.device, seeds=args.seeds)
     print(f"the book is in {html}; open {html / 'index.html'}")
 
@@ -249,7 +250,11 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("book", help="run missing chapters and build the HTML book")
     chapter_options(p)
     executor_options(p)
-    p.add_argument("--rerun", action="store_true", help="run every chapter again")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--rerun", action="store_true", help="run every chapter again")
+    again.add_argument("--stale", action="store_true",
+                       help="run again the chapters whose notebook or library files changed "
+                            "since their run")
     p.set_defaults(func=cmd_book)
 
     p = sub.add_parser("zoo", help="list the cached models")

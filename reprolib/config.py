@@ -20,6 +20,7 @@ import torch
 
 from . import __version__
 
+ROOT = Path(__file__).resolve().parent.parent    # the project: notebooks/, book/, reprolib/
 
 class ParameterError(ValueError):
     """A parameter has a value that is not allowed; the message says which and what is."""
@@ -265,12 +266,14 @@ def cache_home() -> Path:
 
 
 def code_version() -> str:
-    """The package version plus the git commit of a source checkout (with '+dirty' if edited)."""
-    root = Path(__file__).resolve().parent.parent
+    """The package version plus the git commit of a source checkout (with '+dirty' if edited).
+    A copy without git metadata (the tree sent to a GPU machine) takes its commit from
+    $REPRO_CODE_COMMIT; staleness is judged by the files' hashes, not by this."""
     try:
-        commit = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty=+dirty",
+        commit = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty=+dirty",
                                  "--abbrev=12", "--exclude=*"], capture_output=True, text=True,
                                 timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = ""
+    commit = commit or os.environ.get("REPRO_CODE_COMMIT", "")
     return f"{__version__}+{commit}" if commit else __version__

@@ -1,0 +1,55 @@
+"""Whether a chapter's committed run is older than the code it executed.
+
+A run records the content hash of every file it executed (`fingerprint`): its notebook, its
+reference numbers (reference/<chapter>.yaml) and every reprolib module its kernel imported.
+`changed` compares those hashes with the files as they are now. Hashes, not commits: a page
+stays fresh across commits that leave its files alone, and goes stale on an uncommitted edit.
+"""
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+from .config import ROOT
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def executed_files(chapter: str, root: Path = ROOT) -> list[Path]:
+    """The files a run of `chapter` in this process has executed so far."""
+    package = root / "reprolib"
+    modules = {Path(m.__file__).resolve() for m in list(sys.modules.values())
+               if getattr(m, "__file__", None)}
+    return sorted({p for p in modules if p.is_relative_to(package)}
+                  | {root / "notebooks" / f"{chapter}.ipynb",
+                     package / "reference" / f"{chapter}.yaml"})
+
+
+def fingerprint(chapter: str, root: Path = ROOT) -> dict[str, str]:
+    """{path relative to the project: content hash} of what `executed_files` names."""
+    return {p.relative_to(root).as_posix(): digest(p) for p in executed_files(chapter, root)
+            if p.is_file()}
+
+
+def changed(executed: dict[str, str], root: Path = ROOT) -> list[str]:
+    """The files of `executed` whose content differs now, or that are gone."""
+    return [name for name, h in sorted(executed.items())
+            if not (root / name).is_file() or digest(root / name) != h]
+
+
+def stale_text(record: dict, root: Path = ROOT) -> str | None:
+    """One sentence saying why the run of `record` is stale; None when it is not."""
+    executed = record.get("executed")
+    if executed is None:
+        return (f"Stale: run at code {record['code_version']}, which did not record the files "
+                f"it executed. `repro book --stale` reruns it.")
+    files = changed(executed, root)
+    if not files:
+        return None
+    shown = ", ".join(f"`{f}`" for f in files[:4]) + (f" and {len(files) - 4} more"
+                                                      if len(files) > 4 else "")
+    return (f"Stale: run at code {record['code_version']}; {shown} changed since. "
+            f"`repro book --stale` reruns it.")
