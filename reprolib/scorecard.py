@@ -1,0 +1,130 @@
+"""The book's generated pages: the scorecard, and the verdict counts the introduction opens with.
+
+Both are written from book/results/*.json by `repro book`. The scorecard gives each chapter a
+section: its run (and whether it is stale), the claims, then the paper's numbers it could compare;
+the numbers it could not compare fold into one line that says why. Chapters run in their book
+order (_toc.yml), not alphabetically.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import yaml
+
+from . import reference, staleness
+from .reference import VERDICTS
+
+
+def results(root: Path) -> dict[str, dict]:
+    """Every chapter's results file, by chapter, in the book's order."""
+    files = {f.stem: json.loads(f.read_text())
+             for f in sorted((root / "book" / "results").glob("*.json"))}
+    order = book_order(root)
+    return dict(sorted(files.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order
+                                                      else len(order), kv[0])))
+
+
+def book_order(root: Path) -> list[str]:
+    toc = yaml.safe_load((root / "_toc.yml").read_text()) if (root / "_toc.yml").is_file() else {}
+    return [Path(c["file"]).name for c in toc.get("chapters", [])
+            if c["file"].startswith("book/runs/")]
+
+
+def verdict_counts(found: dict[str, dict], root: Path) -> str:
+    """A Markdown table: per chapter, how many of its rows got each verdict."""
+    if not found:
+        return "No chapter has been run yet: `repro book` runs them.\n"
+    lines = ["| chapter | " + " | ".join(VERDICTS) + " | stale |",
+             "|---|" + "---:|" * len(VERDICTS) + "---|"]
+    for name, result in found.items():
+        counts = Counter(row["verdict"] for row in result["comparison"])
+        stale = "yes" if staleness.stale_text(result["record"], root) else ""
+        lines.append(f"| [{_paper(name)}](runs/{name}) | "
+                     + " | ".join(str(counts.get(v, 0)) for v in VERDICTS) + f" | {stale} |")
+    return "\n".join(lines) + "\n"
+
+
+def verdicts_page(root: Path) -> str:
+    """book/verdicts.md, which the introduction includes: the counts and how to read them."""
+    return ("**Verdicts at a glance.** How many of each paper's checked claims and published "
+            "numbers the last run reproduced; \"not comparable\" counts the paper's numbers from "
+            "a setting (model, dataset, scale) the run did not use. The [scorecard](scorecard.md) "
+            "lists every row.\n\n" + verdict_counts(results(root), root))
+
+
+def scorecard(root: Path) -> str:
+    """The scorecard page."""
+    found = results(root)
+    lines = ["# Scorecard", "",
+             "Every claim and published number the chapters check, with the verdict of the last "
+             "run, the mean over its seeds (\"ours\") and their 95 % Student's t interval (\"1 "
+             "seed\" when the chapter ran one). Numbers are compared only in the paper's own "
+             "setting; claims are checked on whatever dataset the chapter ran.", "",
+             verdict_counts(found, root)]
+    for name, result in found.items():
+        lines += chapter_section(name, result, root)
+    return "\n".join(lines + findings(found))
+
+
+def chapter_section(name: str, result: dict, root: Path) -> list[str]:
+    r, rows = result["record"], result["comparison"]
+    seeds = r.get("seeds") or [r.get("seed")]
+    lines = [f"## {_paper(name)}", "",
+             f"[The chapter](runs/{name}): profile {r['profile']} · dataset {r['dataset']} · "
+             f"model {r.get('model', '')} · device {r.get('device', '')} · "
+             f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''} · code {r.get('code_version', '')}",
+             ""]
+    stale = staleness.stale_text(r, root)
+    if stale:
+        lines += [f"**{stale}**", ""]
+    claims = [x for x in rows if x["kind"] == "claim"]
+    numbers = [x for x in rows if x["kind"] == "number" and x["verdict"] != "not comparable"]
+    if claims:
+        lines += ["| claim | ours | 95 % interval | verdict | checked as |", "|---|---|---|---|---|"]
+        lines += [_row([x["what"], _num(x["ours"]), reference.interval_text(x), _verdict(x),
+                        x["tolerance"]]) for x in claims]
+        lines.append("")
+    if numbers:
+        lines += ["| the paper's number | paper | ours | 95 % interval | verdict | tolerance |",
+                  "|---|---|---|---|---|---|"]
+        lines += [_row([x["what"], _num(x["paper"]), _num(x["ours"]), reference.interval_text(x),
+                        _verdict(x), x["tolerance"]]) for x in numbers]
+        lines.append("")
+    apart = Counter(x["why"] for x in rows
+                    if x["kind"] == "number" and x["verdict"] == "not comparable")
+    for why, n in apart.items():
+        lines += [f"{n} of the paper's numbers not comparable: {why}.", ""]
+    return lines
+
+
+def findings(found: dict[str, dict]) -> list[str]:
+    """The measured findings of the chapters that state some (the comparison), as a section of
+    their own: they are ours, not a paper's claims, and have no verdict."""
+    rows = [_row([f"[{_paper(name)}](runs/{name})", x["finding"], _num(x["value"]),
+                  result["record"]["profile"], result["record"]["dataset"]])
+            for name, result in found.items() for x in result.get("findings", [])]
+    if not rows:
+        return []
+    return ["## Measured findings", "",
+            "What a chapter measured and states as its own finding, not as any paper's claim: "
+            "nothing to reproduce, so no verdict.", "",
+            "| chapter | finding | value | profile | dataset |", "|---|---|---|---|---|",
+            *rows, ""]
+
+
+def _paper(name: str) -> str:
+    return reference.load(name).paper if name in reference.papers() else name
+
+
+def _verdict(row: dict) -> str:
+    return row["verdict"] + (f" ({row['why']})" if row.get("why") else "")
+
+
+def _row(cells: list) -> str:
+    return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+
+def _num(value) -> str:
+    return "" if value is None else f"{value:.2f}"
