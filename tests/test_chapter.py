@@ -30,11 +30,23 @@ def test_the_score_row_is_in_percent_with_the_der_against_the_undefended_model()
     assert list(plain) == ["BA %", "ASR %", "RA %"] and plain["BA %"] == pytest.approx(86.0)
 
 
-def test_the_verdict_line_counts_every_verdict():
+def test_the_comparison_is_glued_for_the_prose_as_myst_nb_reads_it(monkeypatch):
+    shown = []
+    monkeypatch.setattr("reprolib.chapter.display",
+                        lambda bundle, raw, metadata: shown.append((bundle, metadata)))
     ch = Chapter("attacks", profile="smoke", dataset="fashion-mnist", device="cpu")
-    ch.comparison = pd.DataFrame({"verdict": ["reproduced", "not comparable", "reproduced",
+    ch.comparison = pd.DataFrame({"id": ["a", "b", "c", "d"], "ours": [97.123, None, 0.5, 3.0],
+                                  "verdict": ["reproduced", "not comparable", "reproduced",
                                               "partly"]})
-    assert ch.verdict_line("claims") == "Of 4 claims, 2 reproduced, 1 not comparable, 1 partly."
+    ch.glue_comparison()
+    glued = {}
+    for bundle, metadata in shown:
+        prefix = metadata["scrapbook"]["mime_prefix"]
+        assert prefix == "application/papermill.record/" and list(bundle) == [prefix + "text/plain"]
+        glued[metadata["scrapbook"]["name"]] = bundle[prefix + "text/plain"]
+    assert glued == {"a": "97.1", "b": "not measured", "c": "0.50", "d": "3.00",
+                     "n-reproduced": "2", "n-partly": "1", "n-not-reproduced": "0",
+                     "n-not-comparable": "1", "n-checked": "3"}
 
 
 def test_each_chapter_reads_its_scale_knobs_at_its_profile():
