@@ -1,4 +1,4 @@
-"""`repro run`, `repro book`, and a browser check of the built book (smoke profile)."""
+"""`repro run`, `repro book`, staleness, and a browser check of the committed book."""
 import functools
 import http.server
 import json
@@ -12,23 +12,29 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from reprolib import book
+from reprolib import book, scorecard, staleness
 from reprolib.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path(os.environ.get("REPRO_CHROMIUM", "/usr/bin/chromium"))
 
 
-def project_copy(root: Path) -> Path:
-    """The book's sources (config, prose, notebooks) in a fresh folder."""
+def project_copy(root: Path, runs: bool = False) -> Path:
+    """The book's sources (config, prose, notebooks, library) in a fresh folder; with `runs`,
+    the committed runs too (book/runs, book/results)."""
     for name in ("_config.yml", "_toc.yml", "references.bib"):
         shutil.copy(ROOT / name, root / name)
     shutil.copytree(ROOT / "_static", root / "_static")
     (root / "book").mkdir()
     for page in (ROOT / "book").glob("*.md"):
-        if page.name != "scorecard.md":
+        if page.name not in ("scorecard.md", "verdicts.md"):
             shutil.copy(page, root / "book" / page.name)
     shutil.copytree(ROOT / "notebooks", root / "notebooks")
+    shutil.copytree(ROOT / "reprolib", root / "reprolib",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    if runs:
+        for folder in ("runs", "results"):
+            shutil.copytree(ROOT / "book" / folder, root / "book" / folder)
     return root
 
 
@@ -106,80 +112,127 @@ def test_a_run_streams_progress_to_the_terminal_and_makes_the_page_for_reading(t
                                                   ["remove-input"]]
 
 
-def test_scorecard_has_one_row_per_claim_with_profile_and_dataset(tmp_path):
+def results_file(root: Path, chapter: str, rows: list[dict], **more) -> None:
+    (root / "book" / "results").mkdir(parents=True, exist_ok=True)
+    record = {"chapter": chapter, "profile": "quick", "dataset": "fashion-mnist", "seeds": [0],
+              "code_version": "0.1.0+abc", "executed": {}}
+    (root / "book" / "results" / f"{chapter}.json").write_text(json.dumps(
+        {"record": record, "comparison": rows, **more}))
+
+
+def test_the_scorecard_opens_with_verdict_counts_and_folds_what_is_not_comparable(tmp_path):
     (tmp_path / "book" / "results").mkdir(parents=True)
-    assert "No chapter has been run yet" in book.scorecard(tmp_path)
-    rows = [{"kind": "claim", "id": "c", "what": "ASR | high", "paper": None, "ours": 97.123,
-             "low": None, "high": None, "n": 1,
-             "delta": None, "tolerance": "asr >= 90", "verdict": "reproduced", "why": ""},
-            {"kind": "number", "id": "n", "what": "T: BadNets, ASR", "paper": 95.03, "ours": 99.0,
-             "low": 98.0, "high": 100.0, "n": 3,
-             "delta": 3.97, "tolerance": "± 3", "verdict": "not comparable",
-             "why": "ran fashion-mnist/small_cnn, paper cifar10/preact_resnet18"}]
-    (tmp_path / "book" / "results" / "attacks.json").write_text(json.dumps(
-        {"record": {"chapter": "attacks", "profile": "quick", "dataset": "fashion-mnist"},
-         "comparison": rows}))
-    page = book.scorecard(tmp_path).splitlines()
-    table = [line for line in page if line.startswith("| [attacks]")]
-    assert len(table) == 2
-    assert table[0] == ("| [attacks](runs/attacks) | claim | ASR \\| high |  | 97.12 | 1 seed | "
-                        "reproduced | asr >= 90 | quick | fashion-mnist |")
-    assert "| 99.00 | [98.00, 100.00], n = 3 | not comparable (ran fashion-mnist/small_cnn" in table[1]
+    assert "No chapter has been run yet" in scorecard.scorecard(tmp_path)
+    claim = {"kind": "claim", "id": "c", "what": "ASR | high", "paper": None, "ours": 97.123,
+             "low": None, "high": None, "n": 1, "delta": None, "tolerance": "asr >= 90",
+             "verdict": "reproduced", "why": ""}
+    far = "ran dataset fashion-mnist (paper: cifar10)"
+    numbers = [{"kind": "number", "id": f"n{i}", "what": f"T: row {i}", "paper": 95.03,
+                "ours": 99.0, "low": 98.0, "high": 100.0, "n": 3, "delta": None,
+                "tolerance": "± 3", "verdict": "not comparable", "why": far} for i in range(3)]
+    results_file(tmp_path, "attacks", [*numbers, claim])
+    page = scorecard.scorecard(tmp_path)
+    counts = page.index("| chapter | reproduced | partly | not reproduced | not comparable |")
+    assert ("| [BackdoorBench (no defense)](runs/attacks) | 1 | 0 | 0 | 3 |"
+            in page)
+    section = page.index("## BackdoorBench (no defense)")
+    assert counts < section and page.index("| claim |") < page.index(f"3 of the paper's numbers")
+    assert "| ASR \\| high | 97.12 | 1 seed | reproduced | asr >= 90 |" in page
+    assert f"3 of the paper's numbers not comparable: {far}." in page
+    assert "row 1" not in page                               # folded into that line
+    assert scorecard.verdicts_page(tmp_path).count("| [BackdoorBench") == 1
 
 
 def test_scorecard_lists_measured_findings_apart_from_the_claims(tmp_path):
-    (tmp_path / "book" / "results").mkdir(parents=True)
-    record = {"chapter": "comparison", "profile": "quick", "dataset": "fashion-mnist"}
-    (tmp_path / "book" / "results" / "comparison.json").write_text(json.dumps(
-        {"record": record, "comparison": [],
-         "findings": [{"finding": "highest mean DER: NPD | NONE", "value": 91.234}]}))
-    page = book.scorecard(tmp_path)
-    assert "Measured findings" not in page.split("| chapter | finding")[0].split("# Scorecard")[0]
+    results_file(tmp_path, "comparison", [],
+                 findings=[{"finding": "highest mean DER: NPD | NONE", "value": 91.234}])
+    page = scorecard.scorecard(tmp_path)
     section = page.split("## Measured findings")[1]
-    assert ("| [comparison](runs/comparison) | highest mean DER: NPD \\| NONE | 91.23 | quick | "
-            "fashion-mnist |") in section
-    (tmp_path / "book" / "results" / "comparison.json").write_text(json.dumps(
-        {"record": record, "comparison": []}))
-    assert "Measured findings" not in book.scorecard(tmp_path)
+    assert ("| [Comparison: every defense against every attack](runs/comparison) | highest mean "
+            "DER: NPD \\| NONE | 91.23 | quick | fashion-mnist |") in section
+    results_file(tmp_path, "comparison", [])
+    assert "Measured findings" not in scorecard.scorecard(tmp_path)
+
+
+def test_a_changed_library_file_stales_exactly_the_chapters_that_executed_it(tmp_path):
+    root = project_copy(tmp_path, runs=True)
+    for f in (root / "book" / "results").glob("*.json"):   # each run made fresh, its files kept
+        result = json.loads(f.read_text())
+        result["record"]["executed"] = {name: staleness.digest(root / name)
+                                        for name in result["record"]["executed"]}
+        f.write_text(json.dumps(result))
+    assert not [p for p in book.chapters(root) if book.stale_text(p, root)]
+    with open(root / "reprolib" / "defenses" / "none.py", "a") as f:
+        f.write("# one more line\n")
+    stale = {p: book.stale_text(p, root) for p in book.chapters(root)}
+    assert {p for p, why in stale.items() if why} == {"none", "comparison"}
+    assert "`reprolib/defenses/none.py` changed since" in stale["none"]
+    for p in book.chapters(root):
+        book.mark_stale(root / "book" / "runs" / f"{p}.ipynb", stale[p])
+    notes = {p: [c.source for c in nbformat.read(root / "book" / "runs" / f"{p}.ipynb",
+                                                  as_version=4).cells
+                 if "stale-note" in c.metadata.get("tags", [])] for p in book.chapters(root)}
+    assert {p for p, n in notes.items() if n} == {"none", "comparison"}
+    assert notes["none"] == [f"**{stale['none']}**"]
+    card = scorecard.scorecard(root)
+    assert card.count("`reprolib/defenses/none.py` changed since") == 2
+    (root / "reprolib" / "defenses" / "none.py").write_bytes(
+        (ROOT / "reprolib" / "defenses" / "none.py").read_bytes())   # undone: fresh again
+    before = (root / "book" / "runs" / "attacks.ipynb").read_bytes()
+    for p in book.chapters(root):
+        book.mark_stale(root / "book" / "runs" / f"{p}.ipynb", book.stale_text(p, root))
+    assert not [c for c in nbformat.read(root / "book" / "runs" / "none.ipynb", as_version=4).cells
+                if "stale-note" in c.metadata.get("tags", [])]
+    assert (root / "book" / "runs" / "attacks.ipynb").read_bytes() == before
+
+
+def test_a_run_records_the_hash_of_every_file_it_executed(tmp_path):
+    tiny_chapter(tmp_path, "")
+    book.run("tiny", profile="smoke", dataset="fashion-mnist", device="cpu", root=tmp_path,
+             progress=False)
+    executed = json.loads((tmp_path / "book" / "results" / "tiny.json").read_text())["record"][
+        "executed"]
+    assert {"notebooks/attacks.ipynb", "reprolib/reference/attacks.yaml", "reprolib/chapter.py",
+            "reprolib/staleness.py", "reprolib/config.py"} <= set(executed)
+    assert not {"reprolib/defenses/none.py", "reprolib/scorecard.py", "reprolib/book.py"} & set(executed)
+    assert executed["reprolib/chapter.py"] == staleness.digest(ROOT / "reprolib" / "chapter.py")
 
 
 @pytest.fixture(scope="module")
-def smoke_book(tmp_path_factory):
-    """The whole book built at the smoke profile from a copy of the sources."""
-    root = project_copy(tmp_path_factory.mktemp("book"))
+def committed_book(tmp_path_factory):
+    """The committed book built as `make book` builds it on a fresh clone, over an empty zoo."""
+    root = project_copy(tmp_path_factory.mktemp("book"), runs=True)
     mp = pytest.MonkeyPatch()
     mp.setenv("REPRO_CACHE_DIR", str(root / "zoo"))
-    mp.setenv("REPRO_OFFLINE", "1")
     try:
-        html = book.build(root, profile="smoke", dataset="auto", device="cpu", progress=False)
+        html = book.build(root, progress=False)
     finally:
         mp.undo()
     return root, html
 
 
-def test_the_book_builds_with_every_chapter_and_the_scorecard(smoke_book):
-    root, html = smoke_book
+def test_the_committed_book_builds_without_running_a_chapter(committed_book):
+    root, html = committed_book
+    assert not (root / "zoo").exists(), "building the committed book trained something"
     for chapter in book.chapters(root):
-        page = (html / "book" / "runs" / f"{chapter}.html").read_text()
-        assert "nbval runs it" not in page, f"{chapter}: a check cell shows in the book"
+        assert (html / "book" / "runs" / f"{chapter}.html").is_file()
         result = json.loads((root / "book" / "results" / f"{chapter}.json").read_text())
-        assert result["record"]["profile"] == "smoke"
-        assert result["record"]["dataset"] == "fashion-mnist"
         assert result["comparison"], f"{chapter} compared nothing with its paper"
-    scorecard = (html / "book" / "scorecard.html").read_text()
-    assert scorecard.count("<tr") > 1 and "fashion-mnist" in scorecard
+        assert f"notebooks/{chapter}.ipynb" in result["record"]["executed"]
+    card = (html / "book" / "scorecard.html").read_text()
+    assert card.count("<tr") > 1 and "fashion-mnist" in card and "not comparable:" in card
 
 
-def test_every_page_opens_in_a_browser_with_its_title_tables_and_images(smoke_book):
+def test_every_page_opens_in_a_browser_with_its_title_tables_and_images(committed_book):
     assert CHROMIUM.exists(), (f"the browser check needs Chromium at {CHROMIUM}: on Debian "
                                f"`apt-get install chromium`, or point $REPRO_CHROMIUM at one")
     from playwright.sync_api import sync_playwright
-    root, html = smoke_book
+    root, html = committed_book
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(html))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_address[1]}"
-    pages = {"book/intro.html": ("Backdoor defenses, reproduced", 1, 0),
+    pages = {"book/intro.html": ("Backdoor defenses, reproduced", 2, 0),
              "book/runs/attacks.html": ("The attacks", 2, 1),
              "book/runs/linf_pruning.html": ("neuron pruning", 6, 6),
              "book/runs/neural_polarizer.html": ("Neural Polarizer", 7, 4),
@@ -187,7 +240,7 @@ def test_every_page_opens_in_a_browser_with_its_title_tables_and_images(smoke_bo
              "book/runs/mesa.html": ("MESA", 8, 6),
              "book/runs/clear.html": ("CLEAR", 6, 4),
              "book/runs/comparison.html": ("Every defense against every attack", 7, 2),
-             "book/scorecard.html": ("Scorecard", 1, 0),
+             "book/scorecard.html": ("Scorecard", 7, 0),
              "book/bibliography.html": ("Bibliography", 0, 0)}
     shots = ROOT / "_build" / "browser-check"
     shots.mkdir(parents=True, exist_ok=True)
@@ -209,6 +262,8 @@ def test_every_page_opens_in_a_browser_with_its_title_tables_and_images(smoke_bo
                 if "/runs/" in path:    # each chapter cites its sources, linked to the list
                     # (an entry's anchor: the sidebar's link to the page is on every page)
                     assert page.locator("article a[href*='bibliography.html#']").count(), path
+                    # the prose's measured numbers, glued from the run
+                    assert page.locator("article .pasted-text").count() >= 3, path
                 text = page.locator("main").inner_text()
                 assert ".partial" not in text and not re.search(
                     r"(?<![\w.:/])/(home|root|tmp|work|usr|var|opt)/", text), f"{path}: a path"
@@ -260,3 +315,15 @@ def test_source_notebooks_are_thin(path):
     assert sum(lines) <= 150, f"{sum(lines)} lines of code"
     assert not any(line.lstrip().startswith(("def ", "class ")) for source in code
                    for line in source.splitlines()), "a function defined in the notebook"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "notebooks").glob("*.ipynb")), ids=lambda p: p.stem)
+def test_the_prose_quotes_only_numbers_the_chapter_glues(path):
+    from reprolib import reference
+    prose = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells
+                      if c.cell_type == "markdown")
+    keys = set(re.findall(r"\{glue:text\}`([^`:]+)", prose))
+    ref = reference.load(path.stem)
+    glued = ({n.id for n in ref.numbers} | {c.id for c in ref.claims}
+             | {"n-" + v.replace(" ", "-") for v in reference.VERDICTS} | {"n-checked"})
+    assert keys and keys <= glued, f"glued by nobody: {sorted(keys - glued)}"
