@@ -357,7 +357,7 @@ def distribution_figure(runs: dict, patches_: dict, embedding: str, seed: int, c
     fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 3.1), squeeze=False)
     for ax, name in zip(axes[0], shown):
         found, reversed_ = runs[name].found, runs[name].reversed
-        cloud = torch.cat([mesa.sample(g, n, seed=seed) for g in found.generators.values()])
+        cloud = torch.cat([mesa.sample(g, n, seed=seed) for g in found.generators.values()]).cpu()
         original = patches_[name].tensor()[None]
         xy = plots.embed(torch.cat([cloud, reversed_.cpu(), original]), embedding, seed=seed)
         for i, b in enumerate(found.generators):
