@@ -150,19 +150,23 @@ def run(paper: str, *, profile: str = "quick", model: str = "auto", dataset: str
     if not table.is_file():
         raise RuntimeError(f"notebooks/{paper}.ipynb ran but wrote no results: its last cell "
                            f"must call Chapter.finish()")
-    for_reading(page)
+    for_reading(page, root)
     os.replace(table, results / f"{paper}.json")
     os.replace(page, runs / f"{paper}.ipynb")
     return runs / f"{paper}.ipynb"
 
 
-def for_reading(page: Path) -> None:
+def for_reading(page: Path, root: Path = ROOT) -> None:
     """Make an executed notebook read as a page: its stderr outputs (progress bars, warnings),
     which went to the terminal while it ran, dropped; the parameters cell and papermill's
-    injected one (which names local paths) removed; the set-up cell's code hidden, its output
-    (the run record) kept; every other code cell folded, for the reader to open."""
+    injected one removed from the page; the set-up cell's code hidden, its output (the run
+    record) kept; every other code cell folded, for the reader to open. The project's folder
+    is cut from the paths papermill wrote into the file (`root`/book/... becomes book/...), so
+    the committed page names no machine's folders. Running it twice changes nothing more."""
     import nbformat
     nb = nbformat.read(page, as_version=4)
+    local = str(root.resolve()) + "/"
+    nb.metadata = nbformat.from_dict(json.loads(json.dumps(nb.metadata).replace(local, "")))
     setup_seen = False
     for cell in nb.cells:
         if cell.cell_type != "code":
@@ -171,12 +175,15 @@ def for_reading(page: Path) -> None:
                         if not (o.output_type == "stream" and o.name == "stderr")]
         tags = cell.metadata.setdefault("tags", [])
         if {"parameters", "injected-parameters"} & set(tags):
-            tags.append("remove-cell")
+            cell.source = cell.source.replace(local, "")
+            tag = "remove-cell"
         elif not setup_seen:
-            tags.append("remove-input")
+            tag = "remove-input"
             setup_seen = True
-        elif "remove-cell" not in tags:
-            tags.append("hide-input")
+        else:
+            tag = "hide-input"
+        if not {tag, "remove-cell"} & set(tags):
+            tags.append(tag)
     nbformat.write(nb, page)
 
 
