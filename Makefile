@@ -3,12 +3,17 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup data book reproduce test bench
+.PHONY: setup dev data book reproduce test bench
 
+# what the book needs; `dev` adds what the tests need (pytest, nbval, Playwright, Ray)
 setup: $(VENV)/.installed
+dev: $(VENV)/.dev-installed
 
 $(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV) && $(BIN)/pip install -q -e '.[book,dev]' && touch $@
+	$(PYTHON) -m venv $(VENV) && $(BIN)/pip install -q -e '.[book]' && touch $@
+
+$(VENV)/.dev-installed: $(VENV)/.installed
+	$(BIN)/pip install -q -e '.[book,dev]' && touch $@
 
 data: setup
 	$(BIN)/repro data fashion-mnist
@@ -25,7 +30,7 @@ reproduce: data
 # chapter again over two seeds (tests/two_seeds.py); then every
 # notebook again in its paper's setting (the paper's model, the CIFAR-10 reader) over the
 # 200-image fixture in tests/data (tests/paper_setting.py)
-test: data
+test: dev data
 	$(BIN)/python -m pytest tests
 	REPRO_PROFILE=smoke $(BIN)/python -m pytest --nbval-lax notebooks/
 	$(BIN)/python tests/two_seeds.py build/two-seeds
