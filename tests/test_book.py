@@ -202,6 +202,18 @@ def test_a_run_records_the_hash_of_every_file_it_executed(tmp_path):
     assert executed["reprolib/chapter.py"] == staleness.digest(ROOT / "reprolib" / "chapter.py")
 
 
+def test_the_committed_pages_are_what_repro_book_would_write_now():
+    # `make book` builds the committed pages as they are, without reprolib: the scorecard, the
+    # verdict counts and each page's stale note must be current (if not: `repro book`, commit)
+    assert (ROOT / "book" / "scorecard.md").read_text() == scorecard.scorecard(ROOT)
+    assert (ROOT / "book" / "verdicts.md").read_text() == scorecard.verdicts_page(ROOT)
+    for p in book.chapters():
+        page = nbformat.read(ROOT / "book" / "runs" / f"{p}.ipynb", as_version=4)
+        notes = [c.source for c in page.cells if "stale-note" in c.metadata.get("tags", [])]
+        why = book.stale_text(p)
+        assert notes == ([f"**{why}**"] if why else []), f"{p}: the stale note is not current"
+
+
 @pytest.fixture(scope="module")
 def committed_book(tmp_path_factory):
     """The committed book built as `make book` builds it on a fresh clone, over an empty zoo."""
