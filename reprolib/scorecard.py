@@ -2,7 +2,7 @@
 
 Both are written from book/results/*.json by `repro book`. The scorecard gives each chapter a
 section: its run (and whether it is stale), the claims, then the paper's numbers it could compare;
-the numbers it could not compare fold into one line that says why. Chapters run in their book
+the numbers it could not compare fold into one line that says why. Chapters come in their book
 order (_toc.yml), not alphabetically.
 """
 from __future__ import annotations
