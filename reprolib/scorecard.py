@@ -70,12 +70,11 @@ def scorecard(root: Path) -> str:
 
 def chapter_section(name: str, result: dict, root: Path) -> list[str]:
     r, rows = result["record"], result["comparison"]
-    seeds = r.get("seeds") or [r.get("seed")]
+    n = len(r["seeds"])
     lines = [f"## {_paper(name)}", "",
              f"[The chapter](runs/{name}): profile {r['profile']} · dataset {r['dataset']} · "
-             f"model {r.get('model', '')} · device {r.get('device', '')} · "
-             f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''} · code {r.get('code_version', '')}",
-             ""]
+             f"model {r['model']} · device {r['device']} · {n} seed{'s' if n > 1 else ''} · "
+             f"code {r['code_version']}", ""]
     stale = staleness.stale_text(r, root)
     if stale:
         lines += [f"**{stale}**", ""]

@@ -118,8 +118,9 @@ def test_a_run_streams_progress_to_the_terminal_and_makes_the_page_for_reading(t
 
 def results_file(root: Path, chapter: str, rows: list[dict], **more) -> None:
     (root / "book" / "results").mkdir(parents=True, exist_ok=True)
-    record = {"chapter": chapter, "profile": "quick", "dataset": "fashion-mnist", "seeds": [0],
-              "code_version": "0.1.0+abc", "executed": {}}
+    record = {"chapter": chapter, "profile": "quick", "dataset": "fashion-mnist",
+              "model": "small_cnn", "device": "cpu", "seeds": [0], "code_version": "0.1.0+abc",
+              "executed": {}}
     (root / "book" / "results" / f"{chapter}.json").write_text(json.dumps(
         {"record": record, "comparison": rows, **more}))
 
