@@ -1,19 +1,26 @@
 # On a fresh machine: `make book`, then `make test` (README.md says what each does).
 PYTHON ?= python3
+# where the lock's CPU build of torch is not on disk, name its index here (README, Requirements)
+PIP_ARGS ?=
 VENV := .venv
 BIN := $(VENV)/bin
-JUPYTER_BOOK := jupyter-book>=1.0.4,<2# as pyproject.toml's book extra pins it
+LOCK := requirements/suite.lock
+BOOK_LOCK := requirements/book.lock
+PIP_COMPILE := build/pip-tools/bin/pip-compile --quiet --generate-hashes --allow-unsafe \
+	--strip-extras --no-emit-index-url --no-emit-find-links
 
-.PHONY: setup data book reproduce test bench
+.PHONY: setup data book reproduce check test test-latest lock bench
 
+# the suite at the locked versions; reprolib itself editable, its dependencies all from the lock
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV) && $(BIN)/pip install -q -e '.[book,dev]' && touch $@
+$(VENV)/.installed: $(LOCK) pyproject.toml
+	$(PYTHON) -m venv $(VENV) && $(BIN)/pip install -q $(PIP_ARGS) --require-hashes -r $(LOCK) \
+		&& $(BIN)/pip install -q --no-deps -e . && touch $@
 
 # Jupyter Book alone: enough to build the committed book, without reprolib or PyTorch
-$(VENV)/.book-installed:
-	$(PYTHON) -m venv $(VENV) && $(BIN)/pip install -q '$(JUPYTER_BOOK)' && touch $@
+$(VENV)/.book-installed: $(BOOK_LOCK)
+	$(PYTHON) -m venv $(VENV) && $(BIN)/pip install -q --require-hashes -r $(BOOK_LOCK) && touch $@
 
 data: setup
 	$(BIN)/repro data fashion-mnist
@@ -28,6 +35,10 @@ book: $(VENV)/.book-installed
 reproduce: data
 	$(BIN)/repro book --rerun
 
+# the quick tier: unit tests that need no notebook, Ray instance or browser
+check: data
+	$(BIN)/python -m pytest -m "not slow" tests
+
 # unit tests and the browser check; every notebook under nbval at the smoke profile, and the ℓ∞
 # chapter again over two seeds (tests/two_seeds.py); then every
 # notebook again in its paper's setting (the paper's model, the CIFAR-10 reader) over the
@@ -40,5 +51,23 @@ test: data
 	$(BIN)/python tests/paper_setting.py build/paper-setting
 	REPRO_DATA_DIR=$(CURDIR)/tests/data/cifar10-mini $(BIN)/python -m pytest --nbval-lax build/paper-setting/
 
-bench: setup
-	$(BIN)/python bench/train_speed.py && $(BIN)/python bench/neural_cleanse_speed.py
+# the quick tier against the newest releases pyproject.toml's bounds allow, in a venv of its own,
+# to see a release that breaks us before the lock moves to it; not part of `make test`
+test-latest:
+	rm -rf build/venv-latest && $(PYTHON) -m venv build/venv-latest \
+		&& build/venv-latest/bin/pip install -q -e '.[book,dev]'
+	build/venv-latest/bin/pip freeze --exclude-editable > build/venv-latest/versions.txt
+	build/venv-latest/bin/python -m pytest -m "not slow" tests
+
+# the lock again from pyproject.toml's bounds and requirements/*.in (pip-tools in a venv of its own)
+lock:
+	[ -x build/pip-tools/bin/pip-compile ] || ($(PYTHON) -m venv build/pip-tools \
+		&& build/pip-tools/bin/pip install -q pip-tools)
+	$(PIP_COMPILE) --extra book --extra dev --extra cluster -o $(LOCK) pyproject.toml requirements/suite.in
+	$(PIP_COMPILE) -o $(BOOK_LOCK) requirements/book.in
+
+# in a venv of its own: the speed baseline's torchvision does not import beside the lock's CPU torch
+bench:
+	[ -x build/venv-bench/bin/python ] || ($(PYTHON) -m venv build/venv-bench \
+		&& build/venv-bench/bin/pip install -q -e '.[bench]')
+	build/venv-bench/bin/python bench/train_speed.py && build/venv-bench/bin/python bench/neural_cleanse_speed.py
