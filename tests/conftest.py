@@ -25,6 +25,37 @@ os.environ.pop("REPRO_DATA_DIR", None)
 os.environ.pop("REPRO_EXECUTOR", None)
 
 
+def pytest_addoption(parser):
+    parser.addoption("--train-seed", type=int, default=0, metavar="N",
+                     help="seed of the trained fixtures' data, poison and weights (tiny_badnets, "
+                          "tiny_patch): the training-outcome tests must pass at any")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "expect" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.outcome)
+
+
+@pytest.fixture(scope="session")
+def train_seed(request) -> int:
+    return request.config.getoption("train_seed")
+
+
+@pytest.fixture
+def expect(record_property):
+    """Asserts that a training outcome is on the right side of its bound, and records the value,
+    the bound and the margin between them (tests/margins.py tabulates them over seeds)."""
+    def check(name: str, value: float, *, above: float | None = None, below: float | None = None):
+        assert (above is None) != (below is None), "give one bound: above= or below="
+        bound = above if above is not None else below
+        margin = value - bound if above is not None else bound - value
+        record_property(name, f"{value:.4f} {'>' if above is not None else '<'} {bound:.4f}")
+        assert margin > 0, f"{name} = {value:.4f}, wanted {'>' if above is not None else '<'} " \
+                           f"{bound:.4f}"
+    return check
+
+
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch, request):
     """No test reads or writes the user's caches, or goes to the network unless it says so.
@@ -51,18 +82,18 @@ def fashion():
 
 
 @pytest.fixture(scope="session")
-def tiny_badnets(fashion, tmp_path_factory):
+def tiny_badnets(fashion, train_seed, tmp_path_factory):
     """A small CNN with a BadNets backdoor (4,000 images, 4 epochs, no augmentation, target 0),
     its training set and poison indices, the test set, its triggered version, and 500 clean
     training images for the defender.
     Shared by the defense tests, which must leave the model unchanged."""
     train, test = fashion
-    train, test = train.sample(4000, 0), test.sample(500, 0)
+    train, test = train.sample(4000, train_seed), test.sample(500, train_seed)
     badnets = attack("badnets")
-    poisoned = badnets.poison(train, 0.1, 0, 0)
+    poisoned = badnets.poison(train, 0.1, 0, train_seed)
     recipe = Recipe(epochs=4, batch_size=64, lr=0.2, schedule="onecycle", nesterov=True,
                     augment=False)
-    model, _ = trained("small_cnn", poisoned.data, recipe, seed=0, progress=False,
+    model, _ = trained("small_cnn", poisoned.data, recipe, seed=train_seed, progress=False,
                        zoo=Zoo(tmp_path_factory.mktemp("zoo")))
     keep = torch.ones(len(train), dtype=torch.bool)
     keep[poisoned.indices] = False
@@ -72,7 +103,7 @@ def tiny_badnets(fashion, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny_patch(fashion, tmp_path_factory):
+def tiny_patch(fashion, train_seed, tmp_path_factory):
     """A small CNN trained (as `tiny_badnets`) with MESA's pattern 170 stamped at a random place
     on 10 % of 4,000 images (target 0), and the test set cut into the defender's images and the
     held-out evaluation images as MESA cuts it."""
@@ -80,12 +111,12 @@ def tiny_patch(fashion, tmp_path_factory):
     from reprolib.defenses.mesa import split
 
     train, test = fashion
-    train, test = train.sample(4000, 0), test.sample(500, 0)
+    train, test = train.sample(4000, train_seed), test.sample(500, train_seed)
     patch = Patch.black_and_white(170, channels=1)
-    poisoned = patch.poison(train, 0.1, 0, 0)
+    poisoned = patch.poison(train, 0.1, 0, train_seed)
     recipe = Recipe(epochs=4, batch_size=64, lr=0.2, schedule="onecycle", nesterov=True,
                     augment=False)
-    model, _ = trained("small_cnn", poisoned.data, recipe, seed=0, progress=False,
+    model, _ = trained("small_cnn", poisoned.data, recipe, seed=train_seed, progress=False,
                        zoo=Zoo(tmp_path_factory.mktemp("zoo")))
     defender, held_out = split(test)
     return SimpleNamespace(model=model.eval(), patch=patch, defender=defender, held_out=held_out,
