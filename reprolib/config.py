@@ -267,13 +267,14 @@ def cache_home() -> Path:
 
 def code_version() -> str:
     """The package version plus the git commit of a source checkout (with '+dirty' if edited).
-    A copy without git metadata (the tree sent to a GPU machine) takes its commit from
-    $REPRO_CODE_COMMIT; staleness is judged by the files' hashes, not by this."""
-    try:
-        commit = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty=+dirty",
-                                 "--abbrev=12", "--exclude=*"], capture_output=True, text=True,
-                                timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
-    commit = commit or os.environ.get("REPRO_CODE_COMMIT", "")
+    $REPRO_CODE_COMMIT, when set, wins: a copy sent to a GPU machine may carry no git metadata,
+    or stale metadata. Staleness is judged by the files' hashes, not by this."""
+    commit = os.environ.get("REPRO_CODE_COMMIT", "")
+    if not commit:
+        try:
+            commit = subprocess.run(["git", "-C", str(ROOT), "describe", "--always",
+                                     "--dirty=+dirty", "--abbrev=12", "--exclude=*"],
+                                    capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            pass
     return f"{__version__}+{commit}" if commit else __version__

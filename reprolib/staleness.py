@@ -1,21 +1,34 @@
 """Whether a chapter's committed run is older than the code it executed.
 
 A run records the content hash of every file it executed (`fingerprint`): its notebook, its
-reference numbers (reference/<chapter>.yaml) and every reprolib module its kernel imported.
-`changed` compares those hashes with the files as they are now. Hashes, not commits: a page
+reference numbers (reference/<chapter>.yaml), every reprolib module its kernel imported, and every
+other chapter's results file it read through `read_json` (or found missing, so that a later run of
+that chapter stales it too). `changed` compares those hashes with the files as they are now. Hashes, not commits: a page
 stays fresh across commits that leave its files alone, and goes stale on an uncommitted edit.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
 from pathlib import Path
 
 from .config import ROOT
 
 
+ABSENT = "absent"          # the hash of a file a run looked for and did not find
+_read: set[Path] = set()    # the results files this process's run has read, or looked for
+
+
 def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else ABSENT
+
+
+def read_json(path: Path) -> dict | None:
+    """Another chapter's results file, or None where it is missing; either way the run records
+    it, so that a new run of that chapter stales this one."""
+    _read.add(Path(path).resolve())
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def executed_files(chapter: str, root: Path = ROOT) -> list[Path]:
@@ -24,20 +37,26 @@ def executed_files(chapter: str, root: Path = ROOT) -> list[Path]:
     modules = {Path(m.__file__).resolve() for m in list(sys.modules.values())
                if getattr(m, "__file__", None)}
     return sorted({p for p in modules if p.is_relative_to(package)}
+                  | {p for p in _read if p.is_relative_to(root)}
                   | {root / "notebooks" / f"{chapter}.ipynb",
                      package / "reference" / f"{chapter}.yaml"})
 
 
 def fingerprint(chapter: str, root: Path = ROOT) -> dict[str, str]:
     """{path relative to the project: content hash} of what `executed_files` names."""
+    root = root.resolve()
     return {p.relative_to(root).as_posix(): digest(p) for p in executed_files(chapter, root)
-            if p.is_file()}
+            if p.is_file() or p in _read}
 
 
 def changed(executed: dict[str, str], root: Path = ROOT) -> list[str]:
     """The files of `executed` whose content differs now, or that are gone."""
-    return [name for name, h in sorted(executed.items())
-            if not (root / name).is_file() or digest(root / name) != h]
+    return [name for name, h in sorted(executed.items()) if digest(root / name) != h]
+
+
+def note(text: str) -> str:
+    """The stale note as the page and the scorecard show it."""
+    return f"**{text}**"
 
 
 def stale_text(record: dict, root: Path = ROOT) -> str | None:

@@ -72,3 +72,11 @@ def test_seed_everything_repeats_and_validates():
     assert torch.equal(a, torch.rand(5))
     with pytest.raises(ParameterError, match="seed=-1"):
         config.seed_everything(-1)
+
+
+def test_the_code_version_takes_the_named_commit_over_git(monkeypatch):
+    from reprolib import __version__
+    monkeypatch.setenv("REPRO_CODE_COMMIT", "0123456789ab")
+    assert config.code_version() == f"{__version__}+0123456789ab"
+    monkeypatch.delenv("REPRO_CODE_COMMIT")
+    assert config.code_version().startswith(f"{__version__}+")     # this checkout's commit

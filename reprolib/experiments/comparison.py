@@ -11,13 +11,13 @@ inject itself.
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from .. import staleness
 from ..chapter import score_row
 from ..config import Recipe, check_range
 from ..config import scale as scale_of
@@ -308,10 +308,10 @@ def clear_row(results: Path, setting: dict | None = None) -> tuple[pd.DataFrame 
     """The CLEAR chapter's result in one row (CLEAR's relabel + FT against no defense, over its
     successful sample-targeted draws), read from its results file, and where it came from (and
     how it differs from `setting`, this chapter's profile, dataset and model)."""
-    if not results.is_file():
+    found = staleness.read_json(results)
+    if found is None:
         return None, ("The CLEAR chapter has not been run here, so its row is missing: "
                       "`repro run clear` writes it.")
-    found = json.loads(results.read_text())
     r = found["record"]
     table = pd.DataFrame(found["tables"]["mitigation"])
     if table.empty:
