@@ -130,6 +130,10 @@ def run(paper: str, *, profile: str = "quick", model: str = "auto", dataset: str
     `for_reading`. With `progress`, what the chapter writes to stderr (its jobs' progress bars)
     streams to this terminal as it runs."""
     import papermill
+    from traitlets.config import Config
+    local = Config()
+    local.KernelManager.transport = "ipc"   # the kernel on sockets in the user's runtime folder,
+    # not plain TCP on localhost (which the kernel warns about on every run)
     partial, runs, results = root / "book" / ".partial", root / "book" / "runs", root / "book" / "results"
     for folder in (partial, runs, results):
         folder.mkdir(parents=True, exist_ok=True)
@@ -142,7 +146,7 @@ def run(paper: str, *, profile: str = "quick", model: str = "auto", dataset: str
             parameters={"profile": profile, "model": model, "dataset": dataset, "device": device,
                         "results": str(table), **(params or {})},
             cwd=str(root / "notebooks"), progress_bar=False, kernel_name="python3",
-            stderr_file=sys.stderr if progress else None)
+            stderr_file=sys.stderr if progress else None, config=local)
     except papermill.PapermillExecutionError as err:
         raise RunFailed(f"{paper} failed in cell {err.exec_count}: {err.ename}: {err.evalue}\n"
                         f"The partly executed notebook is {page}; nothing was written to "
@@ -202,7 +206,7 @@ def mark_stale(page: Path, text: str | None) -> None:
     import nbformat
     nb = nbformat.read(page, as_version=4)
     kept = [c for c in nb.cells if "stale-note" not in c.metadata.get("tags", [])]
-    note = ([nbformat.v4.new_markdown_cell(f"**{text}**", id="stale-note",
+    note = ([nbformat.v4.new_markdown_cell(staleness.note(text), id="stale-note",
                                            metadata={"tags": ["stale-note"]})] if text else [])
     cells = kept[:1] + note + kept[1:]
     if [c.source for c in cells] != [c.source for c in nb.cells]:
@@ -226,11 +230,12 @@ def build(root: Path = ROOT, *, rerun: bool = False, stale: bool = False, profil
         print(f"repro book: running {paper} ({profile} profile)", flush=True)
         run(paper, profile=profile, model=model, dataset=dataset, device=device,
             params=params[paper], root=root, progress=progress)
-    for paper in chapters(root):
+    found = scorecard.results(root)
+    for paper, result in found.items():
         if (root / "book" / "runs" / f"{paper}.ipynb").is_file():
-            mark_stale(root / "book" / "runs" / f"{paper}.ipynb", stale_text(paper, root))
-    (root / "book" / "scorecard.md").write_text(scorecard.scorecard(root))
-    (root / "book" / "verdicts.md").write_text(scorecard.verdicts_page(root))
+            mark_stale(root / "book" / "runs" / f"{paper}.ipynb", result["stale"])
+    (root / "book" / "scorecard.md").write_text(scorecard.scorecard(root, found))
+    (root / "book" / "verdicts.md").write_text(scorecard.verdicts_page(root, found))
     jupyter_book = Path(sys.executable).with_name("jupyter-book")
     done = subprocess.run([str(jupyter_book), "build", str(root), "--warningiserror",
                            "--keep-going", "--quiet"])

@@ -217,7 +217,7 @@ class Chapter:
         return self._compare()
 
     def _compare(self) -> pd.DataFrame:
-        runs = [self.measured] + [r["measured"] for r in self.by_seed.values()]
+        runs = self.seed_measures().values()
         pooled = {k: [r.get(k) for r in runs] for k in self.measured}
         self.comparison = reference.compare(self.reference, pooled, self.run_setting)
         return self.comparison
@@ -308,10 +308,10 @@ class Chapter:
         `n-checked`: the rows not "not comparable"), for the page's prose."""
         for _, row in self.comparison.iterrows():
             glue(row["id"], row["ours"])
-        counts = self.comparison["verdict"].value_counts()
-        for v in reference.VERDICTS:
-            glue("n-" + v.replace(" ", "-"), int(counts.get(v, 0)))
-        glue("n-checked", int(len(self.comparison) - counts.get("not comparable", 0)))
+        counts = reference.verdict_counts(self.comparison["verdict"])
+        for v, n in counts.items():
+            glue("n-" + v.replace(" ", "-"), n)
+        glue("n-checked", len(self.comparison) - counts["not comparable"])
 
     def seed_measures(self) -> dict[int, dict]:
         """What each seed measured, by seed."""

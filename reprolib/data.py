@@ -428,19 +428,24 @@ class Batches:
         g = self.generator
         order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
         if self.augment:
-            shifts = torch.randint(0, 2 * self.PAD + 1, (n, 2), generator=g)
-            flips = torch.rand(n, generator=g) < 0.5
+            shifts, flips = self.draw(n)
             shifts, flips = shifts[order].to(device), flips[order].to(device)
         order = order.to(device)
         if n == 0:
             return
         for part in torch.arange(n, device=device).tensor_split(len(self)):
             idx = order[part]
-            images = (self._crop_flip(idx, shifts[part], flips[part]) if self.augment
+            images = (self.crop_flip(idx, shifts[part], flips[part]) if self.augment
                       else self.data.images[idx])
             yield normalize(images, self._mean, self._std), self.data.labels[idx], idx
 
-    def _crop_flip(self, idx, shifts, flips):
+    def draw(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next `n` crop offsets (rows, columns into the padded image) and flips."""
+        g = self.generator
+        shifts = torch.randint(0, 2 * self.PAD + 1, (n, 2), generator=g)
+        return shifts, torch.rand(n, generator=g) < 0.5
+
+    def crop_flip(self, idx, shifts, flips):
         """Gather each image's crop window from the padded set, reading columns backwards
         for flipped images: one indexing operation for the whole batch."""
         if self._padded is None:
@@ -461,10 +466,8 @@ def crop_flip(data: ImageSet, seed: int) -> ImageSet:
     if len(data) == 0:
         return data
     b = Batches(data, len(data), augment=True, seed=seed)
-    n = len(data)
-    shifts = torch.randint(0, 2 * b.PAD + 1, (n, 2), generator=b.generator).to(data.device)
-    flips = (torch.rand(n, generator=b.generator) < 0.5).to(data.device)
-    return data.with_images(b._crop_flip(torch.arange(n, device=data.device), shifts, flips))
+    shifts, flips = (t.to(data.device) for t in b.draw(len(data)))
+    return data.with_images(b.crop_flip(torch.arange(len(data), device=data.device), shifts, flips))
 
 
 def crop_rotate_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 5,
@@ -480,9 +483,8 @@ def crop_rotate_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 5,
     shift = torch.randint(-pad, pad + 1, (n, 2), generator=g, device=dev) * (coins[:, :1] < 0.8)
     angle = (torch.rand(n, generator=g, device=dev) * 2 - 1) * math.radians(degrees)
     angle = angle * (coins[:, 1] < 0.5)
-    eye = torch.zeros(n, 2, 3, device=dev)
     # grid_sample's unit is half the image: a crop offset of k pixels moves the sampling by 2k/w.
-    crop = eye + torch.tensor([[1.0, 0, 0], [0, 1.0, 0]], device=dev)
+    crop = torch.eye(2, 3, device=dev).repeat(n, 1, 1)
     crop[:, 0, 2], crop[:, 1, 2] = 2 * shift[:, 0] / w, 2 * shift[:, 1] / h
     cos, sin = angle.cos(), angle.sin()
     rotate = torch.stack([torch.stack([cos, -sin, torch.zeros_like(cos)], 1),

@@ -258,8 +258,7 @@ def in_order(jobs: list[Job]) -> list[Job]:
     return order
 
 
-def ensure(jobs: list[Job], executor: str | None = None, *, address: str | None = None,
-           progress: bool = True) -> dict:
+def ensure(jobs: list[Job], executor: str | None = None, *, progress: bool = True) -> dict:
     """Compute the missing `jobs` (and what they need) through `executor` (default
     `$REPRO_EXECUTOR`, else "local"). Returns the counts of jobs cached (found in the zoo, at
     the start or computed meanwhile by another process) and computed by this call, and the keys
@@ -285,7 +284,7 @@ def ensure(jobs: list[Job], executor: str | None = None, *, address: str | None 
 
     try:
         if name == "ray":
-            RayExecutor(address).run(missing, counts, finished)
+            RayExecutor().run(missing, counts, finished)
         else:
             for job in missing:
                 counts["running"] = 1
@@ -305,12 +304,12 @@ class RayExecutor:
     when the cluster has GPUs; a task whose worker dies is retried (`max_retries`); a job's task
     waits for the tasks of the jobs it needs. Every worker uses the same zoo folder (the
     driver's `$REPRO_CACHE_DIR`, which must be a shared filesystem on a cluster) and reads the
-    data from the driver's `$REPRO_DATA_DIR` when set. `address`: a running cluster's (else
-    `$RAY_ADDRESS`; with neither, a Ray instance on this machine, stopped with the process)."""
+    data from the driver's `$REPRO_DATA_DIR` when set. The cluster is `$RAY_ADDRESS`'s (which
+    `--address` sets); without it, a Ray instance on this machine, stopped with the process."""
 
     max_retries = 3
 
-    def __init__(self, address: str | None = None):
+    def __init__(self):
         import ray
         self.ray = ray
         if not ray.is_initialized():
@@ -318,7 +317,7 @@ class RayExecutor:
             for name in ("REPRO_DATA_DIR", "REPRO_OFFLINE", "PYTHONPATH"):
                 if os.environ.get(name):
                     env[name] = os.environ[name]
-            ray.init(address=address or os.environ.get("RAY_ADDRESS"), include_dashboard=False,
+            ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False,
                      log_to_driver=False, runtime_env={"env_vars": env})
 
     def run(self, jobs: list[Job], counts: dict, finished: Callable[[Job, bool], None]) -> None:

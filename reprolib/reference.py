@@ -25,6 +25,7 @@ With several seeds the verdict reads their 95 % interval (`seeds.interval`):
 from __future__ import annotations
 
 import operator
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,12 @@ from .seeds import interval, values_of
 FOLDER = Path(__file__).with_name("reference")
 VERDICTS = ("reproduced", "partly", "not reproduced", "not comparable")
 OPS = {">=": operator.ge, "<=": operator.le}
+
+
+def verdict_counts(verdicts) -> dict[str, int]:
+    """How many of `verdicts` are each of VERDICTS, in that order."""
+    found = Counter(verdicts)
+    return {v: found.get(v, 0) for v in VERDICTS}
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,12 @@ from .reference import VERDICTS
 
 
 def results(root: Path) -> dict[str, dict]:
-    """Every chapter's results file, by chapter, in the book's order."""
+    """Every chapter's results file, by chapter, in the book's order, each with its `stale`
+    note (`staleness.stale_text`, None when fresh), computed once here."""
     files = {f.stem: json.loads(f.read_text())
              for f in sorted((root / "book" / "results").glob("*.json"))}
+    for result in files.values():
+        result["stale"] = staleness.stale_text(result["record"], root)
     order = book_order(root)
     return dict(sorted(files.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order
                                                       else len(order), kv[0])))
@@ -28,56 +31,56 @@ def results(root: Path) -> dict[str, dict]:
 
 def book_order(root: Path) -> list[str]:
     toc = yaml.safe_load((root / "_toc.yml").read_text()) if (root / "_toc.yml").is_file() else {}
-    return [Path(c["file"]).name for c in toc.get("chapters", [])
-            if c["file"].startswith("book/runs/")]
+    entries = toc.get("chapters", []) + [c for part in toc.get("parts", [])
+                                         for c in part.get("chapters", [])]
+    return [Path(c["file"]).name for c in entries if c["file"].startswith("book/runs/")]
 
 
-def verdict_counts(found: dict[str, dict], root: Path) -> str:
+def verdict_counts(found: dict[str, dict]) -> str:
     """A Markdown table: per chapter, how many of its rows got each verdict."""
     if not found:
         return "No chapter has been run yet: `repro book` runs them.\n"
     lines = ["| chapter | " + " | ".join(VERDICTS) + " | stale |",
              "|---|" + "---:|" * len(VERDICTS) + "---|"]
     for name, result in found.items():
-        counts = Counter(row["verdict"] for row in result["comparison"])
-        stale = "yes" if staleness.stale_text(result["record"], root) else ""
+        counts = reference.verdict_counts(row["verdict"] for row in result["comparison"])
         lines.append(f"| [{_paper(name)}](runs/{name}) | "
-                     + " | ".join(str(counts.get(v, 0)) for v in VERDICTS) + f" | {stale} |")
+                     + " | ".join(map(str, counts.values()))
+                     + f" | {'yes' if result['stale'] else ''} |")
     return "\n".join(lines) + "\n"
 
 
-def verdicts_page(root: Path) -> str:
+def verdicts_page(root: Path, found: dict[str, dict] | None = None) -> str:
     """book/verdicts.md, which the introduction includes: the counts and how to read them."""
     return ("**Verdicts at a glance.** How many of each paper's checked claims and published "
             "numbers the last run reproduced; \"not comparable\" counts the paper's numbers from "
             "a setting (model, dataset, scale) the run did not use. The [scorecard](scorecard.md) "
-            "lists every row.\n\n" + verdict_counts(results(root), root))
+            "lists every row.\n\n" + verdict_counts(results(root) if found is None else found))
 
 
-def scorecard(root: Path) -> str:
-    """The scorecard page."""
-    found = results(root)
+def scorecard(root: Path, found: dict[str, dict] | None = None) -> str:
+    """The scorecard page (`found`: `results(root)`, if already read)."""
+    found = results(root) if found is None else found
     lines = ["# Scorecard", "",
              "Every claim and published number the chapters check, with the verdict of the last "
              "run, the mean over its seeds (\"ours\") and their 95 % Student's t interval (\"1 "
              "seed\" when the chapter ran one). Numbers are compared only in the paper's own "
              "setting; claims are checked on whatever dataset the chapter ran.", "",
-             verdict_counts(found, root)]
+             verdict_counts(found)]
     for name, result in found.items():
-        lines += chapter_section(name, result, root)
+        lines += chapter_section(name, result)
     return "\n".join(lines + findings(found))
 
 
-def chapter_section(name: str, result: dict, root: Path) -> list[str]:
+def chapter_section(name: str, result: dict) -> list[str]:
     r, rows = result["record"], result["comparison"]
     n = len(r["seeds"])
     lines = [f"## {_paper(name)}", "",
              f"[The chapter](runs/{name}): profile {r['profile']} · dataset {r['dataset']} · "
              f"model {r['model']} · device {r['device']} · {n} seed{'s' if n > 1 else ''} · "
              f"code {r['code_version']}", ""]
-    stale = staleness.stale_text(r, root)
-    if stale:
-        lines += [f"**{stale}**", ""]
+    if result["stale"]:
+        lines += [staleness.note(result["stale"]), ""]
     claims = [x for x in rows if x["kind"] == "claim"]
     numbers = [x for x in rows if x["kind"] == "number" and x["verdict"] != "not comparable"]
     if claims:

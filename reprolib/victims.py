@@ -181,13 +181,22 @@ def _read_victim(kept: Kept, args: dict) -> Victim:
     return v
 
 
+def _sets(args: dict) -> tuple[data.ImageSet, data.ImageSet]:
+    p = config.profile(args.get("profile", "quick"))
+    return datasets(args["dataset"], args.get("data_dir"), p.n_train, p.n_test,
+                    args.get("seed", 0))
+
+
 def sizes(args: dict) -> tuple[int, int]:
     """The numbers of training and test images of the victim asked for by `args` (without
     training it)."""
-    p = config.profile(args.get("profile", "quick"))
-    train_set, test_set = datasets(args["dataset"], args.get("data_dir"), p.n_train, p.n_test,
-                                   args.get("seed", 0))
+    train_set, test_set = _sets(args)
     return len(train_set), len(test_set)
+
+
+def n_classes(args: dict) -> int:
+    """The number of classes of the victim asked for by `args` (without training it)."""
+    return len(_sets(args)[0].classes)
 
 
 def _victim_work(args: dict) -> float:

@@ -158,3 +158,17 @@ def test_repro_plan_lists_every_job_missing_then_cached(capsys):
     assert "3 jobs: 3 cached, 0 missing" in out and out.count("cached  ") == 3
     assert main(["plan", "attacks", "--throughput", "0"]) == 2
     assert "--throughput=0.0 is out of range" in capsys.readouterr().err
+
+
+def test_the_plan_counts_every_class_of_a_reversal_and_a_pass_for_clears_detection(monkeypatch):
+    from reprolib.experiments import clear as clear_ex
+    from reprolib.experiments import linf_pruning as linf_ex
+    victim = {"dataset": "fashion-mnist", "attack": "badnets", "profile": "smoke", "seed": 0}
+    budget = {"steps": 10, "batch_size": 32}
+    reversal = linf_ex.reversed_triggers.job(victim=victim, n=100, seed=0, budget=budget)
+    assert reversal.work() == 10 * 32 * 10                          # Fashion-MNIST's 10 labels
+    monkeypatch.setattr(linf_ex, "n_classes", lambda args: 100)     # as on CIFAR-100
+    assert reversal.work() == 10 * 32 * 100
+    clean = {"dataset": "fashion-mnist", "attack": None, "profile": "smoke", "seed": 0}
+    detection = clear_ex.examined.job(run=None, k=5, dim=8, clean=clean)
+    assert detection.work() == pytest.approx(2000 / 3)              # one forward pass

@@ -13,7 +13,7 @@ from ..defenses import neural_cleanse as nc
 from ..gradcam import cams, mass_in, trigger_cells
 from ..jobs import Job, Kept, pack, step, unpack
 from ..train import train
-from ..victims import trained_victim
+from ..victims import n_classes, trained_victim
 
 MODELS = ("vanilla", "backdoored")
 TRIGGERS = ("clean", "real", "synthetic")
@@ -22,7 +22,7 @@ TUNE = Recipe(epochs=5, batch_size=64, lr=0.01, schedule="cosine")   # after rul
 
 @step("nc.reverse", read=lambda kept, args: unpack(kept),
       needs=lambda a: [trained_victim.job(**a["victim"])],
-      work=lambda a: a["budget"]["steps"] * a["budget"]["batch_size"] * 10,
+      work=lambda a: a["budget"]["steps"] * a["budget"]["batch_size"] * n_classes(a["victim"]),
       describe=lambda a: f"Neural Cleanse reversal {a['victim']['attack']}")
 def reversed_triggers(victim: dict, n: int, seed: int, budget: dict) -> Kept:
     """Neural Cleanse's triggers for every label of the victim asked for by `victim`, reversed
