@@ -36,8 +36,9 @@ reproduce: data
 	$(BIN)/repro book --rerun
 
 # the quick tier: unit tests that need no notebook, Ray instance or browser
+QUICK := -m "not notebook and not browser and not ray"
 check: data
-	$(BIN)/python -m pytest -m "not slow" tests
+	$(BIN)/python -m pytest $(QUICK) tests
 
 # unit tests and the browser check; every notebook under nbval at the smoke profile, and the ℓ∞
 # chapter again over two seeds (tests/two_seeds.py); then every
@@ -57,7 +58,7 @@ test-latest:
 	rm -rf build/venv-latest && $(PYTHON) -m venv build/venv-latest \
 		&& build/venv-latest/bin/pip install -q -e '.[book,dev]'
 	build/venv-latest/bin/pip freeze --exclude-editable > build/venv-latest/versions.txt
-	build/venv-latest/bin/python -m pytest -m "not slow" tests
+	build/venv-latest/bin/python -m pytest $(QUICK) tests
 
 # the lock again from pyproject.toml's bounds and requirements/*.in (pip-tools in a venv of its own)
 lock:

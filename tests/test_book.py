@@ -29,6 +29,7 @@ def project_copy(root: Path, runs: bool = False) -> Path:
     for page in (ROOT / "book").glob("*.md"):
         if page.name not in ("scorecard.md", "verdicts.md"):
             shutil.copy(page, root / "book" / page.name)
+    shutil.copytree(ROOT / "book" / "using", root / "book" / "using")
     shutil.copytree(ROOT / "notebooks", root / "notebooks")
     shutil.copytree(ROOT / "reprolib", root / "reprolib",
                     ignore=shutil.ignore_patterns("__pycache__"))
@@ -77,6 +78,7 @@ def test_run_rejects_bad_arguments_before_any_work(capsys):
     assert not list((ROOT / "book" / ".partial").glob("attacks*"))
 
 
+@pytest.mark.notebook
 def test_a_failed_run_leaves_no_page_and_a_good_one_moves_both_files(tmp_path):
     tiny_chapter(tmp_path, "raise RuntimeError('half-way')")
     # cell 3: papermill inserts the injected-parameters cell after the parameters cell
@@ -97,11 +99,14 @@ def test_a_failed_run_leaves_no_page_and_a_good_one_moves_both_files(tmp_path):
     assert not list((tmp_path / "book" / ".partial").iterdir())
 
 
-def test_a_run_streams_progress_to_the_terminal_and_makes_the_page_for_reading(tmp_path, capsys):
+@pytest.mark.notebook
+def test_a_run_streams_progress_to_the_terminal_and_makes_the_page_for_reading(tmp_path, capfd):
     tiny_chapter(tmp_path, "import sys\nprint('job 3 of 5', file=sys.stderr)\nprint('a result')")
     page = book.run("tiny", profile="smoke", dataset="fashion-mnist", device="cpu",
                     root=tmp_path, progress=True)
-    assert "job 3 of 5" in capsys.readouterr().err
+    terminal = capfd.readouterr().err
+    assert "job 3 of 5" in terminal
+    assert "without encryption" not in terminal      # the kernel's own warning is not the user's
     code = [c for c in nbformat.read(page, as_version=4).cells if c.cell_type == "code"]
     outputs = [o for c in code for o in c.outputs]
     assert not [o for o in outputs if o.get("name") == "stderr"]
@@ -191,6 +196,29 @@ def test_a_changed_library_file_stales_exactly_the_chapters_that_executed_it(tmp
     assert (root / "book" / "runs" / "attacks.ipynb").read_bytes() == before
 
 
+def test_a_rerun_of_clear_stales_the_comparison_that_read_its_results(tmp_path, monkeypatch):
+    from reprolib.experiments.comparison import clear_row
+    monkeypatch.setattr(staleness, "_read", set())
+    root = project_copy(tmp_path, runs=True)
+    results = root / "book" / "results" / "clear.json"
+    row, _ = clear_row(results)
+    record = {"code_version": "x", "executed": staleness.fingerprint("comparison", root)}
+    assert record["executed"]["book/results/clear.json"] == staleness.digest(results)
+    assert staleness.stale_text(record, root) is None
+    results.write_text(results.read_text() + "\n")                    # CLEAR run again
+    assert "`book/results/clear.json` changed since" in staleness.stale_text(record, root)
+    # a comparison run before CLEAR's first run goes stale once CLEAR's results appear
+    kept = results.read_bytes()
+    results.unlink()
+    assert clear_row(results)[0] is None
+    record = {"code_version": "x", "executed": staleness.fingerprint("comparison", root)}
+    assert record["executed"]["book/results/clear.json"] == staleness.ABSENT
+    assert staleness.stale_text(record, root) is None
+    results.write_bytes(kept)
+    assert "`book/results/clear.json` changed since" in staleness.stale_text(record, root)
+
+
+@pytest.mark.notebook
 def test_a_run_records_the_hash_of_every_file_it_executed(tmp_path):
     tiny_chapter(tmp_path, "")
     book.run("tiny", profile="smoke", dataset="fashion-mnist", device="cpu", root=tmp_path,
@@ -228,6 +256,7 @@ def committed_book(tmp_path_factory):
     return root, html
 
 
+@pytest.mark.notebook
 def test_the_committed_book_builds_without_running_a_chapter(committed_book):
     root, html = committed_book
     assert not (root / "zoo").exists(), "building the committed book trained something"
@@ -240,6 +269,7 @@ def test_the_committed_book_builds_without_running_a_chapter(committed_book):
     assert card.count("<tr") > 1 and "fashion-mnist" in card and "not comparable:" in card
 
 
+@pytest.mark.browser
 def test_every_page_opens_in_a_browser_with_its_title_tables_and_images(committed_book):
     assert CHROMIUM.exists(), (f"the browser check needs Chromium at {CHROMIUM}: on Debian "
                                f"`apt-get install chromium`, or point $REPRO_CHROMIUM at one")
@@ -258,7 +288,13 @@ def test_every_page_opens_in_a_browser_with_its_title_tables_and_images(committe
              "book/runs/clear.html": ("CLEAR", 6, 4),
              "book/runs/comparison.html": ("Every defense against every attack", 6, 2),
              "book/scorecard.html": ("Scorecard", 7, 0),
-             "book/bibliography.html": ("Bibliography", 0, 0)}
+             "book/bibliography.html": ("Bibliography", 0, 0),
+             "book/using/installing.html": ("Installing and testing", 1, 0),
+             "book/using/running.html": ("Running chapters", 0, 0),
+             "book/using/profiles.html": ("Profiles, models and seeds", 2, 0),
+             "book/using/data.html": ("Data", 0, 0),
+             "book/using/cache.html": ("The cache, jobs and Ray", 0, 0),
+             "book/using/library.html": ("The library", 0, 0)}
     shots = ROOT / "_build" / "browser-check"
     shots.mkdir(parents=True, exist_ok=True)
     try:

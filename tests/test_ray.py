@@ -20,6 +20,7 @@ import jobsteps
 from test_book import project_copy
 
 ray = pytest.importorskip("ray", reason="the [cluster] extra (ray) is part of [dev]")
+pytestmark = pytest.mark.ray            # `make check` leaves these out: each starts Ray
 TESTS = Path(__file__).resolve().parent
 RAY = Path(sys.executable).with_name("ray")
 
