@@ -130,14 +130,18 @@ def run(paper: str, *, profile: str = "quick", model: str = "auto", dataset: str
     `for_reading`. With `progress`, what the chapter writes to stderr (its jobs' progress bars)
     streams to this terminal as it runs."""
     import papermill
+    from jupyter_core.paths import jupyter_runtime_dir
     from traitlets.config import Config
-    local = Config()
-    local.KernelManager.transport = "ipc"   # the kernel on sockets in the user's runtime folder,
-    # not plain TCP on localhost (which the kernel warns about on every run)
     partial, runs, results = root / "book" / ".partial", root / "book" / "runs", root / "book" / "results"
     for folder in (partial, runs, results):
         folder.mkdir(parents=True, exist_ok=True)
     own = f"{paper}.{socket.gethostname()}.{os.getpid()}"
+    # The kernel on sockets of this run's own in the user's runtime folder, not on plain TCP
+    # (which the kernel warns about on every run); named per run, as two runs may share a cwd.
+    sockets = Path(jupyter_runtime_dir()) / f"repro-{own}"
+    sockets.parent.mkdir(parents=True, exist_ok=True)
+    local = Config()
+    local.KernelManager.transport, local.KernelManager.ip = "ipc", str(sockets)
     page, table = partial / f"{own}.ipynb", partial / f"{own}.json"
     table.unlink(missing_ok=True)
     try:
