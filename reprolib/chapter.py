@@ -89,8 +89,8 @@ class Chapter:
     def record(self) -> dict:
         return {"chapter": self.name, "profile": self.profile, "dataset": self.dataset,
                 "dataset_why": self.dataset_why, "model": self.model, "model_why": self.model_why,
-                "device": config.device_name(self.device), "seed": self.seed,
-                "seeds": self.seeds,
+                "device": config.device_name(self.device),
+                "seeds": self.seeds,                 # the page is the first seed's
                 "code_version": config.code_version(),
                 "started": self.started.isoformat(timespec="seconds"),
                 "wall_time_s": round(time.perf_counter() - self._clock, 1),
