@@ -48,11 +48,10 @@ def expect(record_property):
     the bound and the margin between them (tests/margins.py tabulates them over seeds)."""
     def check(name: str, value: float, *, above: float | None = None, below: float | None = None):
         assert (above is None) != (below is None), "give one bound: above= or below="
-        bound = above if above is not None else below
-        margin = value - bound if above is not None else bound - value
-        record_property(name, f"{value:.4f} {'>' if above is not None else '<'} {bound:.4f}")
-        assert margin > 0, f"{name} = {value:.4f}, wanted {'>' if above is not None else '<'} " \
-                           f"{bound:.4f}"
+        side, bound = (">", above) if above is not None else ("<", below)
+        record_property(name, f"{value:.4f} {side} {bound:.4f}")
+        assert (value > bound if side == ">" else value < bound), \
+            f"{name} = {value:.4f}, wanted {side} {bound:.4f}"
     return check
 
 

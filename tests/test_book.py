@@ -201,7 +201,7 @@ def test_a_rerun_of_clear_stales_the_comparison_that_read_its_results(tmp_path, 
     monkeypatch.setattr(staleness, "_read", set())
     root = project_copy(tmp_path, runs=True)
     results = root / "book" / "results" / "clear.json"
-    row, _ = clear_row(results)
+    clear_row(results)
     record = {"code_version": "x", "executed": staleness.fingerprint("comparison", root)}
     assert record["executed"]["book/results/clear.json"] == staleness.digest(results)
     assert staleness.stale_text(record, root) is None

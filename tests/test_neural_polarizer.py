@@ -69,6 +69,7 @@ def test_npd_trains_only_the_polarizer_against_its_inner_attack(tiny_badnets, ex
     attack (the trigger's stand-in) hits its target less often through the polarizer."""
     model, test, backdoor = tiny_badnets.model, tiny_badnets.test, tiny_badnets.backdoor
     before = evaluate(model, test, backdoor, 0)
+    expect("ASR before", before["asr"], above=0.9)
     weights = {k: v.clone() for k, v in model.state_dict().items()}
     clean = torch.ones(len(tiny_badnets.train), dtype=torch.bool)
     clean[tiny_badnets.poison_indices] = False
