@@ -83,22 +83,26 @@ def check_run(papers: list[str], *, profile: str, dataset: str, device: str,
 def planned_jobs(paper: str, *, profile: str = "quick", model: str = "auto",
                  dataset: str = "auto", device: str = "auto", params: dict | None = None,
                  root: Path = ROOT) -> tuple[object, list]:
-    """The chapter a run of `paper` would set up, and every job it would declare: the
-    experiments module's `jobs(ch, **parameters)` at each of its seeds, with the notebook's
-    defaults and `params`."""
+    """The chapter a run of `paper` would set up, and the jobs its first round would compute:
+    one declaring pass (`jobs.declared`) of the experiments module's `results(ch, **parameters)`
+    at each of its seeds, with the notebook's defaults and `params`. Jobs whose arguments
+    depend on results are found only once those results exist."""
     import ast
     import importlib
+    import inspect
 
     from .chapter import Chapter
-    from .jobs import in_order
+    from .jobs import declared, in_order
     defaults = {k: ast.literal_eval(v)
                 for k, v in notebook_parameters(root / "notebooks" / f"{paper}.ipynb").items()}
     given = {**defaults, **(params or {})}
     ch = Chapter(paper, profile=profile, model=model, dataset=dataset, device=device,
                  seed=given.get("seed"), seeds=given.get("seeds"))
-    jobs = importlib.import_module(f"reprolib.experiments.{paper}").jobs
-    return ch, in_order(ch.each_seed(jobs, **{k: v for k, v in given.items()
-                                              if k not in (*RESERVED, "seed", "seeds")}))
+    results = importlib.import_module(f"reprolib.experiments.{paper}").results
+    takes = inspect.signature(results).parameters        # the rest are the page's own
+    asked = {k: v for k, v in given.items() if k in takes and k != "ch"}
+    return ch, in_order([job for s in ch.seeds
+                         for job in declared(results, ch.at(s), **asked).jobs])
 
 
 def plan(paper: str, *, throughput: float | None = None, **how) -> dict:

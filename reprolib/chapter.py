@@ -3,8 +3,8 @@
     ch = Chapter("attacks", profile=profile, model=model, dataset=dataset, device=device,
                  results=results)
     ch.header()                      # the run record at the top of the page
-    ch.ensure(ex.jobs(ch, ...))      # every expensive step, computed or read from the cache
-    ...experiments...
+    r = ch.compute(ex.results, ...)  # every experiment; its jobs computed or read from the cache
+    ...tables and figures of r...
     ch.table("no_defense", frame)    # kept as data for book/results/attacks.json
     ch.compare(measured)             # paper vs reproduced, from reference/attacks.yaml
     ch.over_seeds()                  # the other seeds' runs, pooled: means and 95 % intervals
@@ -177,11 +177,6 @@ class Chapter:
         other.seed, other.seeds = seed, [seed]
         return other
 
-    def each_seed(self, declare, **params) -> list:
-        """`declare(ch, **params)` (an experiments module's `jobs`) at every seed of the run,
-        in one list: the seeds' jobs are computed together, in parallel on a Ray cluster."""
-        return [job for s in self.seeds for job in declare(self.at(s), **params)]
-
     def scale(self, **given) -> SimpleNamespace:
         """This chapter's scale knobs at its profile (`config.SCALES`), each replaced by its
         value in `given` unless that is None."""
@@ -190,19 +185,31 @@ class Chapter:
     def header(self) -> None:
         display(Markdown(f"**Run record:** {self._record_line(wall=False)}"))
 
-    def ensure(self, declared: list) -> None:
-        """Compute the chapter's missing jobs through the run's executor (`$REPRO_EXECUTOR`,
-        default in this process) and say how many were cached. The run record counts the
-        chapter's jobs and those this run computed (not another run sharing the zoo)."""
-        order = jobs.in_order(declared)
-        counts = jobs.ensure(order)
-        self._keys.update(j.key for j in order)
-        self._computed.update(counts["keys"])
+    def compute(self, results, **params):
+        """`results(ch, **params)` (an experiments module's `results`) at this run's first seed.
+        Its jobs, at every seed of the run, are found by calling it (`jobs.computed_by_rounds`)
+        and computed together through the run's executor (`$REPRO_EXECUTOR`, default this
+        process), in parallel on a Ray cluster."""
+        return self._rounds([(results, (self.at(s),), params) for s in self.seeds])[0]
+
+    def then(self, compute, *args, **kwargs):
+        """`compute(*args, **kwargs)`, jobs found and computed as in `compute`, at this seed
+        alone: for jobs whose arguments depend on what the page computed in between (the other
+        seeds' runs ask for their own)."""
+        return self._rounds([(compute, args, kwargs)])[0]
+
+    def _rounds(self, calls: list) -> list:
+        """The values of `calls`; the run record counts the chapter's jobs, and those this run
+        computed (not another run sharing the zoo)."""
+        values, keys, computed = jobs.computed_by_rounds(calls)
+        self._keys |= keys
+        self._computed |= computed
         self.jobs = {"jobs": len(self._keys), "computed": len(self._computed),
                      "cached": len(self._keys) - len(self._computed)}
-        display(Markdown(f"**Jobs:** {len(order)}, of which {counts['cached']} read from the "
-                         f"cache and {counts['computed']} computed now "
+        display(Markdown(f"**Jobs:** {len(keys)}, of which {len(keys) - len(computed)} read "
+                         f"from the cache and {len(computed)} computed now "
                          f"({os.environ.get('REPRO_EXECUTOR') or 'local'} executor)."))
+        return values
 
     def table(self, name: str, frame: pd.DataFrame) -> pd.DataFrame:
         """Keep `frame` for the results file and return it for display."""

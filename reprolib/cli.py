@@ -53,7 +53,7 @@ def cmd_train(args) -> None:
     train_set, test_set = datasets(args.dataset, args.data_dir, p.n_train, p.n_test, args.seed)
     score = lambda m: evaluate(m, test_set)  # noqa: E731
     model, card = trained(model_name, train_set, recipe, seed=args.seed, device=device,
-                          about={"dataset": args.dataset}, score=score, zoo=Zoo(args.cache_dir))
+                          about={"dataset": args.dataset}, score=score)
     source = "from the zoo" if card["cached"] else "trained now"
     print(f"{model_name} on {args.dataset} ({len(train_set)} images, {recipe.epochs} epochs): "
           f"test accuracy {_pct(score(model)['ca']).strip()} on {len(test_set)} images — "
@@ -67,7 +67,8 @@ def cmd_demo(args) -> None:
     attacks = [make_attack(name) for name in args.attack]  # every name checked before training
     print(_run_record(args.profile, args.dataset, device))
     common = dict(ratio=args.ratio, target=args.target, seed=args.seed, profile=args.profile,
-                  device=device, data_dir=args.data_dir, zoo=Zoo(args.cache_dir))
+                  device=device, data_dir=args.data_dir)
+    before = len(jobs.COMPUTED)
     runs = [("clean", victim(args.dataset, attack=None, **common))]
     runs += [(a.name, victim(args.dataset, attack=a, **common)) for a in attacks]
     clean = runs[0][1]
@@ -79,24 +80,33 @@ def cmd_demo(args) -> None:
         m = v.scores()  # measured in this run, whether trained now or taken from the zoo
         asr, ra = (_pct(m["asr"]), _pct(m["ra"])) if "asr" in m else ("", "")
         print(f"{label:<10} {len(v.poison_indices):>8} {_pct(m['ca']):>8} {asr:>8} {ra:>8} "
-              f"{v.card['wall_time_s']:>8.0f}  {'zoo' if v.card['cached'] else 'trained now'}")
+              f"{v.card['wall_time_s']:>8.0f}  "
+              f"{'trained now' if v.card['key'] in jobs.COMPUTED[before:] else 'zoo'}")
 
 
 def cmd_zoo(args) -> None:
-    zoo = Zoo(args.cache_dir)
+    zoo = Zoo()
     cards = zoo.entries()
-    results = [c for c in cards if "job" in c["spec"]]
-    cards = [c for c in cards if "job" not in c["spec"]]
-    print(f"{len(cards)} models and {len(results)} job results in {zoo.root}")
+    victims = [c for c in cards if c["spec"].get("job") == "victim"]
+    results = [c for c in cards if "job" in c["spec"] and c not in victims]
+    models_ = [c for c in cards if "job" not in c["spec"]]
+    print(f"{len(victims) + len(models_)} models and {len(results)} job results in {zoo.root}")
     for c in results:
         print(f"{c['key']}  job {c['spec']['job']:<16} ({c['wall_time_s']:.0f} s on "
               f"{c['device']}, {c['created']})")
-    for c in cards:
+    for c in victims + models_:
         spec, m = c["spec"], c.get("metrics", {})
-        about = ", ".join(f"{k}={v}" for k, v in spec.get("about", {}).items())
+        if c in victims:
+            a = spec["args"]
+            attack = a["attack"]["name"] if isinstance(a["attack"], dict) else a["attack"]
+            what = (f"victim {attack or 'clean'} ratio {a['ratio']} seed {a['seed']}  "
+                    f"{a['dataset']}, profile {a['profile']}")
+        else:
+            about = ", ".join(f"{k}={v}" for k, v in spec.get("about", {}).items())
+            what = f"{spec['model']:<16} seed {spec['seed']}  {about}"
         scores = " ".join(f"{k.upper()} {_pct(v).strip()}" for k, v in m.items())
-        print(f"{c['key']}  {spec['model']:<16} seed {spec['seed']}  {about}  {scores}  "
-              f"({c['wall_time_s']:.0f} s on {c['device']}, {c['created']})")
+        print(f"{c['key']}  {what}  {scores}  ({c['wall_time_s']:.0f} s on {c['device']}, "
+              f"{c['created']})")
 
 
 def _minutes(seconds: float) -> str:
@@ -265,6 +275,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if getattr(args, "cache_dir", None):        # the zoo every step of this command uses
+        os.environ["REPRO_CACHE_DIR"] = args.cache_dir
     try:
         args.func(args)
     except (config.ParameterError, data.DatasetNotFound, data.DatasetCorrupt) as err:

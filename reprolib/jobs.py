@@ -12,21 +12,29 @@ when any process sharing the zoo folder computed it before; either way `read` tu
 into the value, so a computed and a cached call give the same result. `defended.job(...)` is the
 same call as a *job*; `ensure(jobs)` computes the missing ones through an executor, in this
 process by default, or as Ray tasks (`REPRO_EXECUTOR=ray`, `RAY_ADDRESS`; see `RayExecutor`).
-A chapter declares its jobs up front, so that a cluster works on all of them at once, then
-reads the results by calling the same steps.
+
+A chapter's jobs are found by calling its code (`declared`): while `declaring()`, a step call
+records its job and, for a job not yet computed, returns a `Pending` stand-in instead of the
+result. Code that only passes a stand-in along keeps running; the first use that needs the
+value itself (a truth value, a number, iteration) stops the pass. So a chapter calls its steps
+before it uses their results, and marks its independent parts as sections (`section`): then
+one pass finds every job whose arguments are known.
+`computed_by_rounds` computes what a pass found, all at once, and calls again until a pass
+finds nothing missing: that pass's value is the result.
 
 Arguments named in `NOT_KEYED` (where the work runs, whether it shows a bar) are not part of
 the key. Bump a step's `version` when a change to its code changes its results.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib
 import inspect
 import os
 import sys
-import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -40,8 +48,8 @@ from .zoo import Zoo, key as zoo_key
 NOT_KEYED = ("device", "data_dir", "progress", "zoo")
 EXECUTORS = ("local", "ray")
 STEPS: dict[str, "Step"] = {}
-DECLARED: set[str] = set()     # keys ensured in this process
 COMPUTED: list[str] = []       # keys computed in this process, in order
+_declaring: "Pass | None" = None    # the declaring pass under way, if any
 
 
 @dataclass
@@ -126,6 +134,8 @@ def canonical(value: Any) -> Any:
         return {str(k): canonical(v) for k, v in value.items() if k not in NOT_KEYED}
     if isinstance(value, (list, tuple)):
         return [canonical(v) for v in value]
+    if isinstance(value, Pending):
+        raise NotReady(f"an argument is the result of {value.job.describe()}, not computed yet")
     if isinstance(value, torch.Tensor):
         t = value.detach().cpu().contiguous()
         return {"tensor": hashlib.sha256(t.numpy().tobytes()).hexdigest()[:16],
@@ -171,10 +181,12 @@ class Step:
     """A function whose results are kept in the zoo (see the module's docstring)."""
 
     def __init__(self, compute: Callable[..., Kept], kind: str, version: str,
-                 read: Callable[[Kept, dict], Any] | None, work, describe, needs, gpu: float,
-                 signature: Callable | None):
+                 read: Callable[[Kept, dict], Any] | None, work, describe, needs, known,
+                 memo: int, gpu: float, signature: Callable | None):
         self.compute, self.kind, self.version, self.read = compute, kind, version, read
         self.work, self.describe, self.needs, self.gpu = work, describe, needs, gpu
+        self.known, self.memo = known, memo
+        self.recent: OrderedDict[str, Any] = OrderedDict()      # the last `memo` values read
         self.signature = inspect.signature(signature or compute)
         self.module = compute.__module__
         self.__doc__ = compute.__doc__
@@ -193,26 +205,38 @@ class Step:
         return Job(self, args)
 
     def __call__(self, **args):
-        kept = self.keep(**args)
-        return self.read(kept, args) if self.read else kept
+        spec = self.spec(args)              # while declaring, NotReady if an argument is pending
+        k = f"{Zoo().root}/{zoo_key(spec)}"   # a value read from this zoo
+        if _declaring is not None:
+            _declaring.jobs.append(self.job(**args))
+        if k in self.recent:
+            self.recent.move_to_end(k)
+            return self.recent[k]
+        if _declaring is not None:
+            kept = self._kept(Zoo().get(spec))
+            if kept is None:
+                _declaring.missing.append(self.job(**args))
+                return Pending(self.job(**args))
+        else:
+            kept = self.keep(**args)
+        value = self.read(kept, args) if self.read else kept
+        if self.memo:
+            self.recent[k] = value
+            while len(self.recent) > self.memo:
+                self.recent.popitem(last=False)
+        return value
 
     def keep(self, **args) -> Kept:
-        """What the step keeps for `args`, as read from the zoo: computed first, under the
-        key's claim, if the zoo does not hold it. (Read back even when just computed, so that
-        a fresh and a cached call hand `read` the same thing.)"""
-        zoo, spec = Zoo(), self.spec(args)
-        kept = self._kept(zoo.get(spec))
-        if kept is None:
-            k = zoo_key(spec)
-            with zoo.claim(k, self.kind):
-                if zoo.get(spec) is None:       # else computed meanwhile by the claim's holder
-                    start = time.perf_counter()
-                    made = self.compute(**args)
-                    zoo.put(spec, made.tensors, {**made.record, "wall_time_s": round(
-                        time.perf_counter() - start, 2), "device": _device_of(args)})
-                    COMPUTED.append(k)
-            kept = self._kept(zoo.get(spec))
-        return kept
+        """What the step keeps for `args`, as read from the zoo (`Zoo.fetch`): computed first,
+        under the key's claim, if the zoo does not hold it."""
+        def compute():
+            made = self.compute(**args)
+            return made.tensors, {**made.record, "device": _device_of(args)}
+        spec = self.spec(args)
+        card, tensors = Zoo().fetch(spec, compute)
+        if not card.pop("cached"):
+            COMPUTED.append(card["key"])
+        return Kept(tensors, card)
 
     @staticmethod
     def _kept(entry) -> Kept | None:
@@ -223,14 +247,18 @@ class Step:
 
 
 def step(kind: str, *, version: str = "1", read=None, work=None, describe=None, needs=None,
-         gpu: float = 0.25, signature: Callable | None = None):
+         known=None, memo: int = 0, gpu: float = 0.25, signature: Callable | None = None):
     """Make a function returning `Kept` a `Step` of `kind`. `read(kept, args)` turns what was
     kept into the value a call returns; `work(args)` estimates its image passes;
     `describe(args)` names it in a plan; `needs(args)` lists the jobs it reads (a victim);
-    `gpu` is the share of a GPU a Ray task of it asks for; `signature`: the function whose
+    `known(args)`: attributes of the value known without computing it, which its `Pending`
+    gives while declaring (a victim's `asked`); `memo`: how many values read this process
+    keeps, to hand out again without reading (for a value its callers share and never change,
+    as a victim); `gpu` is the share of a GPU a Ray task of it asks for; `signature`: the function whose
     parameters and defaults the arguments are checked against (default: the step's own)."""
     def wrap(compute):
-        made = Step(compute, kind, version, read, work, describe, needs, gpu, signature)
+        made = Step(compute, kind, version, read, work, describe, needs, known, memo, gpu,
+                    signature)
         if kind in STEPS and STEPS[kind].module != made.module:
             raise ValueError(f"two steps are named {kind!r}")
         STEPS[kind] = made
@@ -266,7 +294,6 @@ def ensure(jobs: list[Job], executor: str | None = None, *, progress: bool = Tru
     name = config.check_choice("executor", executor or os.environ.get("REPRO_EXECUTOR") or "local",
                                EXECUTORS)
     order = in_order(jobs)
-    DECLARED.update(j.key for j in order)
     missing = [j for j in order if not j.cached()]
     counts = {"cached": len(order) - len(missing), "computed": 0, "running": 0, "failed": 0}
     computed: list[str] = []
@@ -361,7 +388,110 @@ def work_on(module: str, kind: str, args: dict, *_needed) -> bool:
     return len(COMPUTED) > before
 
 
-def undeclared() -> list[str]:
-    """Keys computed in this process that no `ensure` declared: a chapter whose list of jobs
-    misses some of what it computes."""
-    return [k for k in COMPUTED if k not in DECLARED]
+class NotReady(Exception):
+    """A declaring pass needed the value of a job not computed yet."""
+
+
+class Pending:
+    """What a step call returns, while declaring, for a job not computed yet (or `section` for
+    a section that waits for one, `job` None): indexing it, reading an attribute, calling it or
+    computing with it gives the same stand-in, so code that passes results along keeps
+    running; what needs the value (`bool`, `len`, iteration, a number, formatting) raises
+    `NotReady`."""
+    __slots__ = ("job",)
+
+    def __init__(self, job: Job | None):
+        object.__setattr__(self, "job", job)
+
+    def _what(self) -> str:
+        return self.job.describe() if self.job else "a section waiting for results"
+
+    def __repr__(self) -> str:
+        return f"<pending: {self._what()}>"
+
+    def __getattr__(self, name):
+        if name.startswith("__"):       # a protocol probed by a library: not there
+            raise AttributeError(name)
+        known = self.job.step.known(self.job.args) if self.job and self.job.step.known else {}
+        return known.get(name, self)
+
+    def _same(self, *_, **__):
+        return self
+
+    def _not_ready(self, *_):
+        raise NotReady(f"needed the result of {self._what()}, not computed yet")
+
+    __getitem__ = __call__ = _same
+    __or__ = __ror__ = __and__ = __rand__ = __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = __truediv__ = _same
+    __rtruediv__ = __floordiv__ = __mod__ = __pow__ = __neg__ = __abs__ = __matmul__ = _same
+    __lt__ = __le__ = __gt__ = __ge__ = __eq__ = __ne__ = _same
+    __bool__ = __len__ = __iter__ = __contains__ = __float__ = __int__ = _not_ready
+    __index__ = __format__ = __str__ = __setattr__ = __setitem__ = _not_ready
+    __hash__ = object.__hash__
+
+
+@dataclass
+class Pass:
+    """One declaring pass: the jobs its step calls asked for, those not computed yet (which
+    got a `Pending`), whether it ran to its end, and what it returned (None if it did not)."""
+    jobs: list[Job] = field(default_factory=list)
+    missing: list[Job] = field(default_factory=list)
+    ended: bool = False
+    value: Any = None
+
+
+@contextlib.contextmanager
+def declaring():
+    """While the block runs, step calls are recorded in the `Pass` it yields (see the module's
+    docstring)."""
+    global _declaring
+    outer, _declaring = _declaring, Pass()
+    try:
+        yield _declaring
+    finally:
+        _declaring = outer
+
+
+def section(compute: Callable, *args, **kwargs):
+    """`compute(*args, **kwargs)`: one section of a chapter's `results`. While declaring, a
+    section that needs a result not computed yet gives a `Pending` for its value instead, so
+    that the sections after it still declare their jobs in the same pass."""
+    try:
+        return compute(*args, **kwargs)
+    except config.ParameterError:
+        raise
+    except Exception:
+        if _declaring is None or not _declaring.missing:
+            raise
+        return Pending(None)
+
+
+def declared(compute: Callable, *args, **kwargs) -> Pass:
+    """One declaring pass of `compute(*args, **kwargs)`. A pass that was handed a stand-in may
+    stop on `NotReady` or on another error a stand-in caused (a library that wanted a tensor);
+    a bad parameter, or any error of a pass that had no stand-in, is raised."""
+    with declaring() as done:
+        try:
+            done.value, done.ended = compute(*args, **kwargs), True
+        except config.ParameterError:
+            raise
+        except Exception:
+            if not done.missing:
+                raise
+    return done
+
+
+def computed_by_rounds(calls: list[tuple[Callable, tuple, dict]], executor: str | None = None,
+                       *, progress: bool = True) -> tuple[list, set[str], set[str]]:
+    """The values of `calls` (each `(compute, args, kwargs)`), their jobs computed in rounds:
+    each round declares every call and computes all the missing jobs found, together; the
+    round that finds none returns the values. Returns them with the keys of every job declared
+    (and of what they need) and of those this process computed."""
+    keys, computed = set(), set()
+    while True:
+        passes = [declared(f, *a, **kw) for f, a, kw in calls]
+        keys.update(j.key for j in in_order([j for p in passes for j in p.jobs]))
+        missing = [j for p in passes for j in p.missing]
+        if not missing and all(p.ended for p in passes):
+            return [p.value for p in passes], keys, computed
+        computed.update(ensure(missing, executor, progress=progress)["keys"])

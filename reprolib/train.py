@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from . import metrics, models
 from .config import (SCHEDULES, ParameterError, Recipe, check_choice, check_range,
-                     resolve_device)
+                     device_name, resolve_device)
 from .data import Batches, ImageSet, crop_rotate_flip
 from .models import model_device
 from .zoo import Zoo
@@ -185,13 +185,19 @@ def trained(model_name: str, data: ImageSet, recipe: Recipe, *, seed: int = 0,
             "in_channels": data.images.shape[1], "recipe": asdict(recipe), "seed": seed,
             "about": about or {}}
 
-    def fit(model):
+    def build():
+        return models.build(model_name, len(data.classes), data.images.shape[1], seed=seed)
+
+    def fit():
+        model = build()
         history = train(model, data, recipe, seed=seed, device=device, progress=progress,
                         desc=desc, per_batch=per_batch)
-        return {"history": asdict(history), "metrics": score(model) if score else {}}
+        return model.state_dict(), {"history": asdict(history), "device": device_name(device),
+                                    "metrics": score(model) if score else {}}
 
-    model, card = (zoo or Zoo()).fetch(
-        spec, lambda: models.build(model_name, len(data.classes), data.images.shape[1], seed=seed), fit)
+    card, weights = (zoo or Zoo()).fetch(spec, fit)
+    model = build()
+    model.load_state_dict(weights)
     # in the layout training leaves it in, so that a model read from the zoo computes exactly
     # what the one just trained does
     return model.to(device, memory_format=torch.channels_last), card

@@ -3,25 +3,21 @@
     v = victim("fashion-mnist", attack="blended", ratio=0.1, target=0, seed=0, profile="quick")
     v.model, v.train, v.poison_indices, v.test, v.backdoor, v.scores()
 
-The model comes from the zoo when one was trained from the same data, recipe and seed, so five
-chapters that need the same BadNets model train it once. `attack=None` gives the clean twin:
-the same training images, recipe and seed, without poison.
+`victim` is the step `trained_victim` of `jobs.py` called with every argument: its weights are
+kept in the zoo under a key of those arguments, so five chapters that need the same BadNets
+model train it once, and a chapter can declare its victims as jobs that an executor trains all
+at once. Reading one back samples and poisons its data again (`setting`, every step seeded) and
+loads the weights; the last eight read stay in memory. `attack=None` gives the clean twin: the
+same training images, recipe and seed, without poison.
 
     injected(clean_victim, Patch.black_and_white(170, channels=1), rate=0.01, target=0, recipe=r)
 
 gives MESA's kind of victim instead: a trained clean model fine-tuned with the trigger stamped on
 each image of each batch with probability `rate` (cached in the zoo the same way).
-
-    trained_victim(dataset="fashion-mnist", attack="blended", ...)    # a Victim, as victim()
-    trained_victim.job(dataset="fashion-mnist", attack="blended", ...)  # the same, as a job
-
-is `victim` as a step of `jobs.py`: a chapter declares its victims as jobs, so that an executor
-can train them all at once, then reads them.
 """
 from __future__ import annotations
 
 import copy
-from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from functools import cached_property, lru_cache
 
@@ -31,8 +27,9 @@ import torch.nn as nn
 from . import config, data, models
 from .attacks import Attack, Poisoned, attack as make_attack
 from .attacks.patch import Patch
-from .jobs import Kept, step
-from .train import evaluate, train, trained
+from .config import device_name
+from .jobs import NOT_KEYED, Kept, step
+from .train import evaluate, train
 from .zoo import Zoo
 
 
@@ -123,21 +120,49 @@ def victim(dataset: str = "fashion-mnist", *, attack: str | Attack | None = "bad
            ratio: float = 0.1, target: int = 0, seed: int = 0, profile: str = "quick",
            model: str | None = None, recipe: config.Recipe | None = None,
            attack_recipes: bool = False, device: str | torch.device = "auto",
-           data_dir: str | None = None, zoo: Zoo | None = None, progress: bool = True,
-           **attack_params) -> Victim:
+           data_dir: str | None = None, progress: bool = True, **attack_params) -> Victim:
     """A model of `profile` (its architecture and recipe unless `model` and `recipe` are given)
     trained on `dataset` poisoned by `attack` (a name, with `attack_params`, or an Attack), or
-    clean if None. `attack_recipes`: the attack changes the recipe as its reference code does
-    (`Attack.recipe`: WaNet's constant lr and post-warp augmentation). The model comes in eval
-    mode, so that looking at it never moves its BatchNorm statistics."""
+    clean if None, through the zoo (`trained_victim`). `attack_recipes`: the attack changes the
+    recipe as its reference code does (`Attack.recipe`: WaNet's constant lr and post-warp
+    augmentation). The model comes in eval mode, so that looking at it never moves its
+    BatchNorm statistics."""
+    return trained_victim(dataset=dataset, attack=attack, ratio=ratio, target=target, seed=seed,
+                          profile=profile, model=model, recipe=recipe,
+                          attack_recipes=attack_recipes, device=device, data_dir=data_dir,
+                          progress=progress, **attack_params)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What a victim is trained on and by, and scored with: everything but its weights."""
+    model_name: str
+    recipe: config.Recipe
+    train: data.ImageSet        # poisoned unless clean
+    test: data.ImageSet
+    original: data.ImageSet     # the training set before poisoning
+    poisoned: Poisoned | None
+    backdoor: data.ImageSet | None
+    backdoor_targets: torch.Tensor | None
+
+    def score(self, model: nn.Module) -> dict[str, float]:
+        return evaluate(model, self.test, self.backdoor, self.backdoor_targets)
+
+    def skeleton(self, seed: int) -> nn.Module:
+        return models.build(self.model_name, len(self.train.classes), self.train.images.shape[1],
+                            seed=seed)
+
+
+def setting(dataset: str = "fashion-mnist", *, attack: str | Attack | None = "badnets",
+            ratio: float = 0.1, target: int = 0, seed: int = 0, profile: str = "quick",
+            model: str | None = None, recipe: config.Recipe | None = None,
+            attack_recipes: bool = False, data_dir: str | None = None,
+            **attack_params) -> Setting:
+    """The `Setting` of the victim `victim(...)` gives for these arguments: the data sampled
+    and poisoned again (every step of it is seeded), without training."""
     p = config.profile(profile)
     recipe = recipe or p.recipe
     model_name = config.check_choice("model", model or p.model, tuple(models.MODELS))
-    device = config.resolve_device(device)
-    asked = {"dataset": dataset, "attack": attack, "ratio": ratio, "target": target,
-             "seed": seed, "profile": profile, "model": model, "recipe": recipe,
-             "attack_recipes": attack_recipes, "device": device, "data_dir": data_dir,
-             "progress": progress, **attack_params}
     if isinstance(attack, Attack) and attack_params:
         raise config.ParameterError(f"attack parameters {sorted(attack_params)} were given with "
                                     f"an Attack object; set them on the object instead")
@@ -145,40 +170,26 @@ def victim(dataset: str = "fashion-mnist", *, attack: str | Attack | None = "bad
         raise config.ParameterError(f"attack parameters {sorted(attack_params)} were given with "
                                     f"attack=None")
     train_set, test_set = datasets(dataset, data_dir, p.n_train, p.n_test, seed)
-    about = {"dataset": dataset}
-    poisoned = backdoor = None
-    if attack is not None:
-        atk = attack if isinstance(attack, Attack) else make_attack(attack, **attack_params)
-        poisoned = atk.poison(train_set, ratio, target, seed)
-        backdoor = atk.triggered(test_set, target)
-        about["attack"] = {**atk.settings(), "ratio": ratio, "target": target}
-        if attack_recipes:
-            recipe = atk.recipe(recipe)
-
-    targets = (atk.backdoor_labels(backdoor.labels, target, len(test_set.classes))
-               if backdoor is not None else None)
-
-    def score(m):
-        return evaluate(m, test_set, backdoor, targets)
-
-    used = poisoned.data if poisoned else train_set
-    label = poisoned.attack.name if poisoned else "clean"
-    net, card = trained(model_name, used, recipe, seed=seed, device=device, about=about,
-                        score=score, zoo=zoo, progress=progress, desc=f"{label} {model_name}",
-                        per_batch=poisoned.per_batch if poisoned else None)
-    return Victim(net.eval(), card, used, test_set, target, poisoned, backdoor, train_set, asked)
-
-
-_recent: OrderedDict[str, Victim] = OrderedDict()   # the last victims built in this process
+    if attack is None:
+        return Setting(model_name, recipe, train_set, test_set, train_set, None, None, None)
+    atk = attack if isinstance(attack, Attack) else make_attack(attack, **attack_params)
+    poisoned = atk.poison(train_set, ratio, target, seed)
+    backdoor = atk.triggered(test_set, target)
+    return Setting(model_name, atk.recipe(recipe) if attack_recipes else recipe, poisoned.data,
+                   test_set, train_set, poisoned, backdoor,
+                   atk.backdoor_labels(backdoor.labels, target, len(test_set.classes)))
 
 
 def _read_victim(kept: Kept, args: dict) -> Victim:
-    k = trained_victim.job(**args).key
-    v = _recent.pop(k, None) or victim(**args)
-    _recent[k] = v
-    while len(_recent) > 8:
-        _recent.popitem(last=False)
-    return v
+    """The victim with its kept weights, on the device `args` ask for, in the layout training
+    leaves a model in (so that it computes exactly what the one just trained did)."""
+    s = setting(**{k: v for k, v in args.items() if k not in NOT_KEYED})
+    net = s.skeleton(args.get("seed", 0))
+    net.load_state_dict(kept.tensors)
+    net = net.to(config.resolve_device(args.get("device", "auto")),
+                 memory_format=torch.channels_last).eval()
+    return Victim(net, kept.record, s.train, s.test, args.get("target", 0), s.poisoned,
+                  s.backdoor, s.original, args)
 
 
 def _sets(args: dict) -> tuple[data.ImageSet, data.ImageSet]:
@@ -211,12 +222,21 @@ def _victim_name(args: dict) -> str:
             + f" seed {args.get('seed', 0)}")
 
 
-@step("victim", read=_read_victim, work=_victim_work, describe=_victim_name, signature=victim)
+@step("victim", version="2", read=_read_victim, work=_victim_work, describe=_victim_name,
+      known=lambda args: {"asked": args}, memo=8, signature=victim)
 def trained_victim(**args) -> Kept:
-    """`victim(**args)`, trained or read from the zoo; keeps its model's zoo key."""
-    v = victim(**args)
-    _recent[trained_victim.job(**args).key] = v
-    return Kept(record={"model": v.card["key"], "metrics": v.card.get("metrics", {})})
+    """The victim `victim(**args)` gives, trained: keeps its weights, training history and
+    scores (version 2: the weights themselves, where version 1 kept the key of a separate
+    model entry)."""
+    s = setting(**{k: v for k, v in args.items() if k not in NOT_KEYED})
+    seed, device = args.get("seed", 0), config.resolve_device(args.get("device", "auto"))
+    net = s.skeleton(seed)
+    label = s.poisoned.attack.name if s.poisoned else "clean"
+    history = train(net, s.train, s.recipe, seed=seed, device=device,
+                    progress=args.get("progress", True), desc=f"{label} {s.model_name}",
+                    per_batch=s.poisoned.per_batch if s.poisoned else None)
+    return Kept(net.state_dict(), {"recipe": asdict(s.recipe), "history": asdict(history),
+                                   "metrics": s.score(net)})
 
 
 def injected(base: Victim, patch: Patch, *, rate: float = 0.01, target: int = 0,
@@ -235,12 +255,15 @@ def injected(base: Victim, patch: Patch, *, rate: float = 0.01, target: int = 0,
     spec = {"from": base.card["key"], "attack": patch.settings(), "rate": rate, "target": target,
             "recipe": asdict(recipe), "seed": seed}
 
-    def fit(model):
+    def fit():
+        model = copy.deepcopy(base.model)
         history = train(model, base.train, recipe, seed=seed, device=device, progress=progress,
                         desc=f"inject {patch.name}", per_batch=per_batch)
-        return {"history": asdict(history)}
+        return model.state_dict(), {"history": asdict(history), "device": device_name(device)}
 
-    model, card = (zoo or Zoo()).fetch(spec, lambda: copy.deepcopy(base.model), fit)
+    card, weights = (zoo or Zoo()).fetch(spec, fit)
+    model = copy.deepcopy(base.model)
+    model.load_state_dict(weights)
     poisoned = Poisoned(base.train, torch.empty(0, dtype=torch.long), target, patch, per_batch)
     return Victim(model.to(device).eval(), card, base.train, base.test, target, poisoned,
                   patch.triggered(base.test, target), base.original)

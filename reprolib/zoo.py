@@ -31,12 +31,10 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
-import torch.nn as nn
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from .config import cache_home, code_version, device_name
-from .models import model_device
+from .config import cache_home, code_version
 
 # Bump when a change to training code changes what weights a spec produces.
 TRAINING_VERSION = "1"
@@ -119,39 +117,26 @@ class Zoo:
         atomic_write(card_path, (json.dumps(card, indent=1) + "\n").encode())
         return card
 
-    def load(self, spec: dict, model: nn.Module) -> dict | None:
-        """Load the weights for `spec` into `model` and return the card, or None if absent."""
+    def fetch(self, spec: dict, compute: Callable[[], tuple[dict[str, torch.Tensor], dict]]
+              ) -> tuple[dict, dict[str, torch.Tensor]]:
+        """The entry for `spec`, read from the zoo if it holds an intact one, else computed by
+        `compute()` (its tensors and what the card should record) and stored, under the key's
+        claim; read back either way, so that a computed and a cached entry are the same. The
+        card says whether it was `cached`. The one way to an entry: models and results alike."""
         entry = self.get(spec)
-        if entry is None:
-            return None
+        cached = entry is not None
+        if not cached:
+            with self.claim(key(spec), spec.get("job", "model")):
+                entry = self.get(spec)          # computed meanwhile by the claim's holder
+                cached = entry is not None
+                if not cached:
+                    start = time.perf_counter()
+                    tensors, record = compute()
+                    self.put(spec, tensors, {**record,
+                                             "wall_time_s": round(time.perf_counter() - start, 2)})
+                    entry = self.get(spec)
         card, payload = entry
-        model.load_state_dict(load_safetensors(payload))
-        return card
-
-    def save(self, spec: dict, model: nn.Module, record: dict) -> dict:
-        """Store `model`'s weights under `spec` with `record` in its card."""
-        return self.put(spec, model.state_dict(), record)
-
-    def fetch(self, spec: dict, build: Callable[[], nn.Module],
-              fit: Callable[[nn.Module], dict]) -> tuple[nn.Module, dict]:
-        """The model for `spec`: loaded from the zoo if it holds an intact entry, else built,
-        trained by `fit` (which returns what the card should record) and stored, under the
-        key's claim."""
-        model = build()
-        card = self.load(spec, model)
-        if card is not None:
-            return model, {**card, "cached": True}
-        with self.claim(key(spec), "model"):
-            card = self.load(spec, model)       # trained meanwhile by the claim's holder
-            if card is not None:
-                return model, {**card, "cached": True}
-            start = time.perf_counter()
-            record = fit(model)
-            seconds = time.perf_counter() - start
-            device = device_name(model_device(model))
-            card = self.save(spec, model, {**record, "wall_time_s": round(seconds, 2),
-                                           "device": device})
-        return model, {**card, "cached": False}
+        return {**card, "cached": cached}, load_safetensors(payload)
 
     def entries(self) -> list[dict]:
         """Cards of the intact entries, newest first."""

@@ -190,14 +190,13 @@ def test_wanet_trains_by_backdoorbenchs_recipe_constant_lr_and_augmentation_afte
 def test_wanet_victims_take_the_attacks_recipe_only_when_asked(fashion, tmp_path):
     from reprolib.config import PROFILES
     from reprolib.victims import victim
-    from reprolib.zoo import Zoo
-    common = dict(profile="smoke", device="cpu", zoo=Zoo(tmp_path), progress=False,
+    common = dict(profile="smoke", device="cpu", progress=False,
                   recipe=PROFILES["smoke"].recipe.replace(epochs=1))
     own = victim("fashion-mnist", attack="wanet", attack_recipes=True, **common)
     shared = victim("fashion-mnist", attack="wanet", **common)
-    assert own.card["spec"]["recipe"]["post_augment"] and own.card["spec"]["recipe"]["lr"] == 0.01
-    assert own.card["spec"]["recipe"]["schedule"] == "constant"
-    assert not shared.card["spec"]["recipe"]["post_augment"]
+    assert own.card["recipe"]["post_augment"] and own.card["recipe"]["lr"] == 0.01
+    assert own.card["recipe"]["schedule"] == "constant"
+    assert not shared.card["recipe"]["post_augment"]
 
 
 def test_the_post_warp_augmentation_crops_rotates_and_flips_each_image():

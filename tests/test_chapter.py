@@ -3,7 +3,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from reprolib import config
+from reprolib import config, jobs
 from reprolib.chapter import Chapter, score_row
 from reprolib.config import ParameterError
 
@@ -104,3 +104,24 @@ def test_the_recipe_goes_with_the_model():
     assert mini.recipe == paper.recipe.rescaled(3) and mini.recipe.milestones == (1, 2)
     assert Chapter("attacks", profile="paper", dataset="fashion-mnist").recipe == \
         config.profile("paper").recipe                  # BackdoorBench's, unchanged
+
+
+def test_a_chapters_jobs_are_found_by_calling_it_and_a_new_section_needs_no_list():
+    from reprolib.experiments import attacks as ex
+    from reprolib.victims import trained_victim
+    ch = Chapter("attacks", profile="smoke", dataset="fashion-mnist", device="cpu")
+
+    def with_a_section(ch, **params):           # a section added to the chapter, nothing else
+        r = ex.results(ch, **params)
+        r.extra = trained_victim(**ch.victim_args("blended"))
+        return r
+    first = jobs.declared(with_a_section, ch, attacks=["badnets"])
+    assert [j.describe() for j in first.jobs] == ["victim clean seed 0", "victim badnets 0.1 seed 0"]
+    assert not first.ended          # the table needs the victims: the section comes next round
+    before = len(jobs.COMPUTED)
+    r = ch.compute(with_a_section, attacks=["badnets"])
+    assert ch.jobs == {"jobs": 3, "computed": 3, "cached": 0}
+    assert set(jobs.COMPUTED[before:]) == ch._keys                      # all declared, once
+    assert r.extra.attack.name == "blended" and list(r.table.index) == ["none (clean)", "badnets"]
+    assert ch.compute(with_a_section, attacks=["badnets"]).table.equals(r.table)
+    assert len(jobs.COMPUTED) == before + 3                             # the rerun read them

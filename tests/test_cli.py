@@ -37,7 +37,7 @@ def test_demo_trains_then_reuses_models(capsys):
 
     assert main(["zoo"]) == 0
     listing = capsys.readouterr().out
-    assert listing.startswith("3 models and 0 job results in") and "'name': 'sig'" in listing
+    assert listing.startswith("3 models and 0 job results in") and "victim sig ratio 0.1" in listing
     assert main(["demo", "--profile", "smoke", "--attack", "trojan"]) == 2
     assert "attack='trojan' is not allowed" in capsys.readouterr().err
 

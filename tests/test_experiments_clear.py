@@ -42,8 +42,13 @@ def runs(smoke_victims):
         clean.asked, DRAWS, model_name="small_cnn", recipe=profile_of("smoke").recipe,
         pairing="nearest", copies=30, poisons=5, budget=0.01, eps=8, brew_steps=2, restarts=1,
         brew_augment=False, pool_size=300, seed=0, device="cpu"))
-    ex.detect(found, k_transfer=20, k_scratch=40, dim=4)
+    ex.detect(found, [ex.examined(**examined_args(r)) for r in found])
     return clean, found
+
+
+def examined_args(r) -> dict:
+    """The arguments of the `examined` job of the run `r`, as `ex.results` asks for it."""
+    return dict(run=r.args, k=20 if r.transfer else 40, dim=4)
 
 
 def test_each_attack_draws_a_target_poisons_and_an_attacked_model(runs):
@@ -118,11 +123,12 @@ def test_mitigation_figures_ablation_and_claims(runs):
     assert len(sets["Deep k-NN + FT"]) == len(copies.atk.data) - int(
         copies.examined.knn.flagged.sum())
     recipe = Recipe(epochs=1, lr=0.01, schedule="cosine")
-    jobs = ex.mitigation_jobs(found, k_transfer=20, k_scratch=40, dim=4, scratch_recipe=recipe,
-                              seed=0)
-    per_draw = ex.mitigate(found, jobs)
     won = [r for r in found if r.success]
-    assert len(jobs) == len(won) and len(per_draw) == len(ex.METHODS) * len(won)
+    mitigations = {(r.attack, r.draw): ex.mitigated(run=r.args, examined_=examined_args(r),
+                                                    scratch_recipe=recipe, plain_one_in=20,
+                                                    seed=0) for r in won}
+    per_draw = ex.mitigate(found, mitigations)
+    assert len(per_draw) == len(ex.METHODS) * len(won)
     assert all(list(r.after) == ["CLEAR relabel + FT"] for r in won)
     table = ex.mitigation_table(per_draw)
     assert table["attack success %"].between(0, 100).all()

@@ -6,7 +6,7 @@ import matplotlib
 import pandas as pd
 import pytest
 
-from reprolib import reference
+from reprolib import jobs, reference
 from reprolib.chapter import Chapter
 from reprolib.config import ParameterError
 from reprolib.experiments import comparison as ex
@@ -130,7 +130,7 @@ def test_the_defenses_other_chapters_run_are_their_jobs(profile, fashion):
 
     def keys(chapter, module):
         ch = Chapter(chapter, profile=profile, dataset="fashion-mnist", device="cpu")
-        return {(j.step.kind, j.key) for j in module.jobs(ch, attacks=attacks)
+        return {(j.step.kind, j.key) for j in jobs.declared(module.results, ch, attacks=attacks).jobs
                 if (j.args.get("victim") or j.args).get("attack") is not None}
     ours = keys("comparison", ex)
     borrowed = (keys("neural_polarizer", neural_polarizer) | keys("none", none)

@@ -74,11 +74,11 @@ def test_the_norms_tails_and_pruning_of_every_ranking(chapter):
     assert overlap.values.min() >= 0 and overlap.values.max() <= 1
     assert len(ex.pruning_figure(curves, list(victims), 64).axes) == 4
 
-    tuning = ex.tuning_jobs(victims, curves, orders, n_defender=200, seed=0, device="cpu")
-    tuned = [n for n in victims if lp.stop_at_asr(curves[n, "linf"]["defender"]) is not None]
-    assert list(tuning) == tuned
-    points = ex.operating_points(victims, curves, orders, tuning)
-    assert len(points) == 2 * 2 * len(lp.RANKINGS) + len(tuned)
+    tuned = ex.tuned_models(victims, curves, orders, n_defender=200, seed=0, device="cpu")
+    stopped = [n for n in victims if lp.stop_at_asr(curves[n, "linf"]["defender"]) is not None]
+    assert list(tuned) == stopped
+    points = ex.operating_points(victims, curves, orders, tuned)
+    assert len(points) == 2 * 2 * len(lp.RANKINGS) + len(stopped)
     before = 100 * victims["badnets"].scores()["ca"]
     assert (points["ca before"].xs("badnets") - before).abs().max() < 1e-9
     cam = ex.gradcam_table(vanilla, victims, stats)

@@ -1,4 +1,5 @@
 """The MESA chapter's per-pattern loop and its sweeps, on the smoke profile's clean model."""
+import dataclasses
 import matplotlib
 import pandas as pd
 import pytest
@@ -79,18 +80,19 @@ def test_one_pattern_gets_every_retraining_and_every_sampler_measured(run):
 def test_the_sweeps_detection_and_claims(run):
     clean, defender, held_out, patch, done = run
     results, samples = pd.DataFrame(done.rows), pd.DataFrame(done.samples)
-    by_alpha, alphas = ex.alpha_sweep(done, [0.1, 0.0], held_out=held_out, target=0,
-                                      settings=SETTINGS, seed=0)
+    by_alpha = ex.alpha_generators(done, [0.1, 0.0], SETTINGS)
     assert by_alpha[0.1] is done.found.generators[0.9]           # reused, not searched again
+    alphas = ex.alpha_sweep(done, by_alpha, held_out=held_out, target=0, seed=0)
     assert list(alphas.index) == [0.1, 0.0]
     assert len(ex.alpha_figure(by_alpha, "svd", 0, 1).axes) == 2
-    rates = ex.rate_sensitivity(done, results, [0.5])
+    rates = ex.rate_sensitivity(done, results, ex.rate_retrainings(done, [0.5]))
     assert list(rates.index) == [0.01, 0.5]
     worst = int(results[results.method == "baseline"].set_index("round")["ASR %"].idxmax())
     assert list(rates.columns) == ["MESA ensemble", f"baseline round {worst}", "clean fine-tune"]
     assert rates.loc[0.01, "MESA ensemble"] == results[
         results.method == "MESA ensemble"]["ASR %"].item()
-    detected = ex.detection(done)
+    detected = ex.detection(done, ex.detected(
+        run=done.run, settings=dataclasses.replace(done.run["settings"], betas=(0.9,))))
     assert list(detected.index) == list(range(10))
     assert len(ex.detection_figure(detected, 0).axes) == 1
     measured = ex.claims(results, samples, detected, alphas, 90.0, 0)

@@ -64,7 +64,8 @@ def test_the_sweeps_reuse_the_main_tables_runs_and_add_the_others(main, smoke_vi
     assert by_poison.loc[("badnets", 10.0), "ASR after %"] == table.loc[("badnets", "NPD"),
                                                                        "ASR %"]
     assert len(ex.poisoning_figure(by_poison, ["badnets"]).axes) == 1
-    ablated = ex.ablation(victims, ["badnets"], table, 0.05, **HOW)
+    ablated = ex.ablation(victims, ["badnets"], table, 0.05,
+                          image=victims["badnets"].test.images[0], **HOW)
     assert list(ablated.xs("badnets").index) == ["reference", "no warm-up", "radius 1.73"]
     measured = ex.claims(table, ex.cost_table(table), by_data, [0.05, 0.01], victims)
     assert measured["npd.badnets.asr"] == table.loc[("badnets", "NPD"), "ASR %"]
@@ -96,3 +97,28 @@ def test_a_diverged_polarizer_is_named():
     from types import SimpleNamespace as NS
     runs = {"badnets": NS(loss=[12.4, 3.0, 2.1]), "wanet": NS(loss=[60.1, 1040.0, 390.0])}
     assert ex.diverged(runs) == ["wanet"] and ex.diverged(runs, above=2000) == []
+
+
+def test_a_rerun_of_the_chapter_reads_each_victims_weights_once(monkeypatch):
+    from reprolib import jobs
+    from reprolib.chapter import Chapter
+    from reprolib.victims import trained_victim
+    from reprolib.zoo import Zoo
+    def chapter():
+        return Chapter("neural_polarizer", profile="smoke", dataset="fashion-mnist",
+                       device="cpu")
+    small = dict(attacks=["badnets"], sweep_attacks=["badnets"], clean_ratios=[0.05],
+                 poison_ratios=[0.1], npd_epochs=1, ft_epochs=1)
+    first = chapter().compute(ex.results, **small)
+    for s in jobs.STEPS.values():               # a new process: nothing in memory
+        s.recent.clear()
+    reads = []
+    real_get = Zoo.get
+    monkeypatch.setattr(Zoo, "get", lambda zoo, spec: reads.append(spec["job"]) or
+                        real_get(zoo, spec))
+    ch = chapter()
+    again = ch.compute(ex.results, **small)
+    assert ch.jobs["computed"] == 0 and again.main.equals(first.main)
+    assert reads.count("victim") == 1                       # one victim, read once
+    assert reads.count("npd.defense") == 6                  # FT, FP, FP held-out, NPD, ablation
+    assert again.victims["badnets"] is trained_victim(**ch.victim_args("badnets"))

@@ -48,9 +48,11 @@ def test_the_main_table_filtering_linearity_ablation_and_natural_scan(smoke_vict
     victims = {"badnets": v}
     repair, isolation, natural, rounds = ex.settings(scale(), none_lr=0.01, augment=False,
                                                      fractions=[0.03], areas=[0.02])
-    main, filtered, repaired, isolated = ex.main_table(
-        victims, settings=repair, abl_settings=isolation, model_name="small_cnn",
-        augment=False, seed=0, device="cpu")
+    isolated = {"badnets": ex.trained_by_abl(victim=v.asked, settings=isolation,
+                                             model_name="small_cnn", seed=0, device="cpu")}
+    repaired = {"badnets": ex.repaired_by_none(victim=v.asked, settings=repair, augment=False,
+                                               seed=0)}
+    main, filtered = ex.main_table(victims, isolated, repaired)
     assert list(main.index) == [("badnets", d) for d in ex.DEFENSES]
     assert main.loc[("badnets", "no defense"), "BA %"] == pytest.approx(100 * v.scores()["ca"])
     assert main.loc[("badnets", "NONE"), "ASR %"] == pytest.approx(
@@ -72,14 +74,18 @@ def test_the_main_table_filtering_linearity_ablation_and_natural_scan(smoke_vict
 
     variants = none_.variants(repair, [0.03, 0.1], v.model)
     two = {k: variants[k] for k in ("f = 0.03", "no reset")}
-    ablated = ex.ablation(v, two, repaired["badnets"], repair, augment=False, seed=0)
+    ablated = ex.ablation(v, two, {k: ex.repaired_by_none(victim=v.asked, settings=s,
+                                                          augment=False, seed=0)
+                                   for k, s in two.items()})
     assert list(ablated.index) == ["f = 0.03", "no reset"]
     assert ablated.loc["f = 0.03", "ASR %"] == main.loc[("badnets", "NONE"), "ASR %"]
     assert ablated.loc["no reset", "reset channels"] > 0               # chosen, not zeroed
     assert len(ex.ablation_figure(ablated, [0.03], 90.0, "badnets").axes) == 1
 
-    scans, accuracy, ratio = ex.natural(smoke_victims.clean, natural, rounds=1, areas=[0.02],
-                                        scan_steps=3, check_images=100, augment=False, seed=0)
+    clean = smoke_victims.clean
+    first = ex.natural_round(victim=clean.asked, settings=natural, index=1, augment=False, seed=0)
+    scans, accuracy, ratio = ex.natural(clean, [first], areas=[0.02], scan_steps=3,
+                                        check_images=100, seed=0)
     assert list(scans.index) == [("standard", 2.0), ("NONE round 1", 2.0)]
     assert scans["max REASR %"].between(0, 100).all()
     assert list(accuracy.index) == ["standard", "NONE round 1"]

@@ -133,11 +133,56 @@ def test_ensure_computes_what_a_job_needs_first_and_counts(tmp_path):
                                                         "plus_one 3"]
     assert jobs.ensure(wanted, "local", progress=False)["computed"] == 0
     assert jobsteps.plus_one(x=3, log=str(log)) == 10
-    assert not [k for k in counts["keys"] if k in jobs.undeclared()]
-    jobsteps.square(x=7, log=str(log))                      # computed, never declared
-    assert jobsteps.square.job(x=7, log=str(log)).key in jobs.undeclared()
     with pytest.raises(ParameterError, match="executor='dask' is not allowed"):
         jobs.ensure(wanted, "dask")
+
+
+def squares_plus_one(xs, log):
+    """Declared by calling, as a chapter's `results`: the squares are found in one pass, and
+    `plus_one` of their sum, whose argument is a result, in the next."""
+    found = [jobsteps.square(x=x, log=log) for x in xs]
+    return jobsteps.plus_one(x=sum(found), log=log)
+
+
+def test_a_declaring_pass_finds_every_call_before_the_first_use_and_computes_nothing(tmp_path):
+    log = str(tmp_path / "log")
+    done = jobs.declared(squares_plus_one, [1, 2, 3], log)
+    assert [j.describe() for j in done.jobs] == ["test.square"] * 3 and not done.ended
+    assert done.missing == done.jobs and not calls(tmp_path / "log")
+    jobsteps.square(x=2, log=log)
+    done = jobs.declared(squares_plus_one, [1, 2, 3], log)
+    assert [j.args["x"] for j in done.missing] == [1, 3]           # the cached one is read
+    with pytest.raises(ParameterError, match="executor="):          # a bad value is raised
+        jobs.declared(jobs.ensure, [], "dask")
+
+
+def test_rounds_compute_each_job_once_and_a_rerun_reads_them(tmp_path):
+    log = str(tmp_path / "log")
+    before = len(jobs.COMPUTED)
+    values, keys, computed = jobs.computed_by_rounds([(squares_plus_one, ([1, 2], log), {})],
+                                                     progress=False)
+    assert values == [(1 + 4) ** 2 + 1]
+    assert [c.split(" ", 1)[1] for c in calls(tmp_path / "log")] == [
+        "square 1", "square 2", "square 5", "plus_one 5"]           # square 5: plus_one's need
+    assert set(jobs.COMPUTED[before:]) == computed == keys and len(keys) == 4
+    values, keys, computed = jobs.computed_by_rounds([(squares_plus_one, ([1, 2], log), {})],
+                                                     progress=False)
+    assert values == [26] and not computed and len(keys) == 4
+    assert len(calls(tmp_path / "log")) == 4
+
+
+def test_a_pending_result_passes_along_and_refuses_what_needs_its_value(tmp_path):
+    job = jobsteps.square.job(x=3, log=str(tmp_path / "log"))
+    p = jobs.Pending(job)
+    assert p.anything[0](1) + 2 is p and p.items() is p
+    for use in (bool, len, iter, float, int, str, lambda v: f"{v:.1f}", lambda v: 1 in v,
+                lambda v: {**v}):
+        with pytest.raises(jobs.NotReady, match="test.square"):
+            use(p)
+    assert not hasattr(p, "__array__") and "test.square" in repr(p)
+    from reprolib.victims import trained_victim
+    asked = {"dataset": "fashion-mnist", "attack": "badnets", "profile": "smoke"}
+    assert jobs.Pending(trained_victim.job(**asked)).asked == asked   # known without training
 
 
 def test_repro_plan_lists_every_job_missing_then_cached(capsys):

@@ -3,20 +3,26 @@ import torch
 
 from reprolib.attacks import attack
 from reprolib.config import ParameterError
-from reprolib.victims import victim
+from reprolib import jobs
+from reprolib.victims import trained_victim, victim
 
 SMOKE = dict(profile="smoke", device="cpu", progress=False)
 
 
 def test_a_victim_is_trained_once_and_its_clean_twin_shares_the_data():
+    before = len(jobs.COMPUTED)
     v = victim("fashion-mnist", attack="badnets", **SMOKE)
+    assert victim("fashion-mnist", attack="badnets", **SMOKE) is v       # the last eight, kept
+    trained_victim.recent.clear()                                         # as a new process
     again = victim("fashion-mnist", attack="badnets", **SMOKE)
-    assert not v.card["cached"] and again.card["cached"]
+    assert jobs.COMPUTED[before:] == [v.card["key"]] and again is not v   # trained once, read
     assert not v.model.training and not again.model.training
     assert all(torch.equal(p, q) for p, q in zip(v.model.state_dict().values(),
                                                   again.model.state_dict().values()))
-    assert v.card["spec"]["about"] == {"dataset": "fashion-mnist", "attack": {
-        "name": "badnets", "size": 3, "ratio": 0.1, "target": 0}}
+    assert again.scores() == v.scores() == v.card["metrics"]
+    asked = v.card["spec"]["args"]
+    assert (asked["dataset"], asked["attack"], asked["ratio"], asked["target"]) == (
+        "fashion-mnist", "badnets", 0.1, 0)
     clean = victim("fashion-mnist", attack=None, **SMOKE)
     assert clean.backdoor is None and len(clean.poison_indices) == 0 and clean.attack is None
     assert set(clean.scores()) == {"ca"} and set(v.scores()) == {"ca", "asr", "ra"}
@@ -37,7 +43,8 @@ def test_the_zoo_key_covers_the_per_batch_noise_of_wanet():
     plain = victim("fashion-mnist", attack="wanet", cross_ratio=0, **SMOKE)
     assert len(noisy.poisoned.cross) == 400 and len(plain.poisoned.cross) == 0
     assert torch.equal(noisy.train.images, plain.train.images)   # same stored data ...
-    assert noisy.card["key"] != plain.card["key"] and not plain.card["cached"]  # ... not the same model
+    assert noisy.card["key"] != plain.card["key"]                  # ... not the same model
+    assert not torch.equal(noisy.model.conv1.weight, plain.model.conv1.weight)
 
 
 def test_victim_parameters_are_checked_before_training():

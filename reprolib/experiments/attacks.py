@@ -1,15 +1,54 @@
-"""The attacks chapter's jobs: the clean model and one victim per attack."""
+"""The attacks chapter's experiments: the clean model and one victim per attack, scored."""
 from __future__ import annotations
 
-from ..jobs import Job
+from types import SimpleNamespace
+
+import pandas as pd
+
+from ..attacks import attack
+from ..train import evaluate
 from ..victims import trained_victim
 
-
-def asked(ch, *, attacks, ratio: float = 0.1, target: int = 0) -> list[dict]:
-    """The victims the chapter asks for: the clean twin first, then each attack's."""
-    return [ch.victim_args(a, ratio, target) for a in [None, *attacks]]
+COLUMNS = ["attack", "poisoned", "ca", "asr", "ra", "train_s", "clean_model_asr"]
 
 
-def jobs(ch, *, attacks, ratio=0.1, target=0, **_) -> list[Job]:
-    return [trained_victim.job(**a) for a in asked(ch, attacks=attacks, ratio=ratio,
-                                                   target=target)]
+def results(ch, *, attacks, ratio: float = 0.1, target: int = 0) -> SimpleNamespace:
+    """The clean twin and each attack's victim, and the table of their scores."""
+    chosen = [attack(name) for name in attacks]         # every name checked before training
+    clean, *attacked = [trained_victim(**ch.victim_args(a, ratio, target))
+                        for a in [None, *attacks]]
+    return SimpleNamespace(chosen=chosen, clean=clean, attacked=attacked,
+                           table=no_defense_table(clean, chosen, attacked, target))
+
+
+def no_defense_table(clean, chosen, attacked, target: int) -> pd.DataFrame:
+    """Per model: images poisoned, CA, ASR and RA in percent, training seconds, and the ASR of
+    the clean model on each attack's triggered images (the trigger alone, without a backdoor)."""
+    rows = [{"attack": "none (clean)", "poisoned": 0,
+             **{k: 100 * v for k, v in clean.scores().items()},
+             "train_s": clean.card["wall_time_s"], "clean_model_asr": None}]
+    for a, v in zip(chosen, attacked):
+        m = v.scores()
+        baseline = evaluate(clean.model, v.test, v.backdoor, target)["asr"]
+        rows.append({"attack": a.name, "poisoned": len(v.poison_indices), "ca": 100 * m["ca"],
+                     "asr": 100 * m["asr"], "ra": 100 * m["ra"],
+                     "train_s": v.card["wall_time_s"], "clean_model_asr": 100 * baseline})
+    return pd.DataFrame(rows, columns=COLUMNS).set_index("attack")
+
+
+def claims(table: pd.DataFrame, chosen) -> dict[str, float]:
+    """The measures the reference numbers and claims of reference/attacks.yaml are read from."""
+    by = table.to_dict("index")
+    dirty = [a.name for a in chosen if not a.clean_label]
+    measured = {f"{name}.{metric}": by[name][metric] for name in by if name != "none (clean)"
+                for metric in ("ca", "asr", "ra")}
+    measured["clean.ca"] = by["none (clean)"]["ca"]
+    if dirty:
+        measured["min_asr_dirty"] = min(by[a]["asr"] for a in dirty)
+        measured["max_ca_drop_dirty"] = max(by["none (clean)"]["ca"] - by[a]["ca"] for a in dirty)
+    if "sig" in by:
+        measured["asr_sig"] = by["sig"]["asr"]
+        measured["ca_drop_sig"] = by["none (clean)"]["ca"] - by["sig"]["ca"]
+    measured["max_clean_model_asr"] = max(by[a]["clean_model_asr"] for a in by
+                                          if a != "none (clean)")
+    return measured

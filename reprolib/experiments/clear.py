@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -20,7 +21,7 @@ from ..attacks.targeted import (PAIRINGS, Targeted, draw_target, hits, mislabell
                                 top_two)
 from ..config import Recipe, check_choice, check_range
 from ..defenses import clear
-from ..jobs import Job, Kept, pack, step, unpack
+from ..jobs import Kept, pack, step, unpack
 from ..metrics import auroc, precision_recall
 from ..train import evaluate, linear_transfer, trained
 from ..victims import sizes, trained_victim
@@ -270,12 +271,12 @@ def examined(run: dict | None, k: int, dim: int, clean: dict | None = None,
     return pack(clear.examine(v.model, data, k=k, dim=dim))
 
 
-def detect(runs: list[Run], *, k_transfer: int, k_scratch: int, dim: int) -> None:
-    """CLEAR on each run's training set (with its neighbourhood size), the sample-level
+def detect(runs: list[Run], examinations: list) -> None:
+    """Each run's `examinations` (CLEAR on its training set, see `results`): the sample-level
     precision and recall of CLEAR's and Deep k-NN's flags, and the widest-hull diagnosis."""
-    for r in runs:
+    for r, found in zip(runs, examinations):
         data, poisons = r.atk.data, r.atk.indices
-        r.examined = examined(run=r.args, k=_k(r.args, k_transfer, k_scratch), dim=dim)
+        r.examined = found
         n = len(data)
         r.clear_p, r.clear_r = precision_recall(clear.flagged(r.examined.found), poisons, n)
         r.knn_p, r.knn_r = precision_recall(r.examined.knn.flagged.nonzero().flatten(),
@@ -423,51 +424,56 @@ def mitigated(run: dict, examined_: dict, scratch_recipe: Recipe, plain_one_in: 
     return Kept(state, {"rows": rows})
 
 
-def mitigation_jobs(runs: list[Run], *, k_transfer: int, k_scratch: int, dim: int,
-                    scratch_recipe: Recipe, plain_one_in: int = 20, seed: int) -> list[Job]:
-    """The mitigation of every successful draw."""
-    return [mitigated.job(run=r.args, examined_=dict(run=r.args, k=_k(r.args, k_transfer,
-                                                                      k_scratch), dim=dim),
-                          scratch_recipe=scratch_recipe, plain_one_in=plain_one_in, seed=seed)
-            for r in runs if r.success]
-
-
-def mitigate(runs: list[Run], jobs_: list[Job]) -> pd.DataFrame:
-    """Every successful attack through every mitigation (the jobs of `mitigation_jobs`):
+def mitigate(runs: list[Run], mitigations: dict) -> pd.DataFrame:
+    """Every successful attack through every mitigation (`mitigations`, by attack and draw):
     whether the target still goes to the attacker's class, and the CA (one row per attack,
     draw and method)."""
     rows = []
-    done = iter(jobs_)
     for r in runs:
         if r.success:
-            found = next(done)()
+            found = mitigations[r.attack, r.draw]
             r.after = {"CLEAR relabel + FT": found["relabelled"]}
             rows += found["rows"]
     return pd.DataFrame(rows, columns=["attack", "draw", "method", "still succeeds", "CA %"])
 
 
-def jobs(ch, *, pairing="nearest", draws_copies=None, draws_collision=None, draws_brew=None,
-         copies=50, poisons=25, budget=0.01, eps=8, brew_steps=None, restarts=None,
-         pool_size=None, brew_augment=True, dim=8, k_transfer=50, k_scratch=100,
-         **_) -> list[Job]:
-    """The clean models, every attack's draws and CLEAR's detection on each, and the clean
-    references; the mitigations depend on which draws succeed (`mitigation_jobs`)."""
+def results(ch, *, pairing="nearest", draws_copies=None, draws_collision=None,
+            draws_brew=None, copies=50, poisons=25, budget=0.01, eps=8, brew_steps=None,
+            restarts=None, pool_size=None, brew_augment=True, dim=8, k_transfer=50,
+            k_scratch=100, ks=(25, 50, 100), dims=(4, 8, 16, 32),
+            plain_one_in=20) -> SimpleNamespace:
+    """The clean model, every attack's draws and CLEAR's detection on each, the clean
+    references' scores, and the mitigation of every successful draw (plain fine-tuning on one
+    in `plain_one_in` clean training images). `ks` and `dims`, the page's ablation, are
+    checked here with the rest."""
     scale = ch.scale(draws_copies=draws_copies, draws_collision=draws_collision,
                      draws_brew=draws_brew, brew_steps=brew_steps, restarts=restarts,
                      pool_size=pool_size)
-    clean = ch.victim_args(None)
-    args = attack_args(clean, draws(scale), model_name=ch.model, recipe=ch.recipe,
+    check_parameters(pairing=pairing, brew_augment=brew_augment, brew_steps=scale.brew_steps,
+                     restarts=scale.restarts, copies=copies, poisons=poisons, budget=budget,
+                     eps=eps, dim=dim, k_transfer=k_transfer, k_scratch=k_scratch, ks=ks,
+                     dims=dims)
+    clean_args = ch.victim_args(None)
+    clean = trained_victim(**clean_args)
+    args = attack_args(clean_args, draws(scale), model_name=ch.model, recipe=ch.recipe,
                        pairing=pairing, copies=copies, poisons=poisons, budget=budget, eps=eps,
                        brew_steps=scale.brew_steps, restarts=scale.restarts,
                        brew_augment=brew_augment, pool_size=scale.pool_size, seed=ch.seed,
                        device=ch.device)
-    refs = references(clean, clean_pools=scale.clean_pools, clean_models=scale.clean_models,
-                      pool_size=scale.pool_size, k_transfer=k_transfer, k_scratch=k_scratch,
-                      dim=dim)
-    return ([trained_victim.job(**r["clean"]) for r in refs["from scratch"]]
-            + [attacked.job(**a) for a in args]
-            + [examined.job(run=a, k=_k(a, k_transfer, k_scratch), dim=dim) for a in args]
-            + [examined.job(**r) for rs in refs.values() for r in rs])
+    runs = run_attacks(args)
+    detections = [dict(run=a, k=_k(a, k_transfer, k_scratch), dim=dim) for a in args]
+    examinations = [examined(**d) for d in detections]
+    clean_scores = calibrate(references(
+        clean_args, clean_pools=scale.clean_pools, clean_models=scale.clean_models,
+        pool_size=scale.pool_size, k_transfer=k_transfer, k_scratch=k_scratch, dim=dim))
+    scratch_recipe = Recipe(epochs=scale.scratch_epochs, lr=0.01, schedule="cosine")
+    mitigations = {(r.attack, r.draw): mitigated(run=a, examined_=d,
+                                                 scratch_recipe=scratch_recipe,
+                                                 plain_one_in=plain_one_in, seed=ch.seed)
+                   for r, a, d in zip(runs, args, detections) if r.success}
+    return SimpleNamespace(scale=scale, draws=draws(scale), clean=clean, runs=runs,
+                           examinations=examinations, clean_scores=clean_scores,
+                           mitigations=mitigations)
 
 
 def mitigation_table(per_draw: pd.DataFrame) -> pd.DataFrame:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from types import SimpleNamespace
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -122,8 +123,9 @@ def retrained_by_mesa(victim: dict, share: float, target: int, settings: mesa.Se
 
 
 def defense_jobs(defense: str, asked: dict, how: dict) -> list[Job]:
-    """The jobs `defense` of the victim `asked` is made of (ℓ∞'s fine-tuning aside: its
-    arguments depend on the reversal, see `tuning_jobs`)."""
+    """The jobs `defense` of the victim `asked` is made of, which `defended` calls and the
+    cost table sums (ℓ∞'s fine-tuning aside: its arguments depend on the reversal, see
+    `tuning_job`)."""
     if defense in FROM_NPD:
         return [npd_ex.defended.job(victim=asked, defense=FROM_NPD[defense], share=how["share"],
                                     **how["npd"])]
@@ -141,21 +143,34 @@ def defense_jobs(defense: str, asked: dict, how: dict) -> list[Job]:
                                   seed=how["seed"], **how["mesa"])]
 
 
-def jobs(ch, *, attacks, ratio=0.1, target=0, clean_ratio=0.05, nc_images=1000,
-         nc_steps=None, search_batch=None, **_) -> list[Job]:
-    """The victims (and the clean twin) and every defense's jobs on each."""
+def defended(defense: str, v, how: dict):
+    """What `defense` leaves of the victim `v`: for FT, FP and NPD their row (the NPD chapter
+    keeps no model), for NC, NONE, ABL and MESA the model; for ℓ∞ + FT, whose fine-tuning
+    depends on the reversal (`tuned`), nothing yet."""
+    parts = [job() for job in defense_jobs(defense, v.asked, how)]
+    if defense in FROM_NPD:
+        return parts[0][0]
+    if defense == "ℓ∞ + FT":
+        return None
+    return parts[0].model if defense in ("NONE", "ABL") else parts[-1]
+
+
+def results(ch, *, attacks, ratio=0.1, target=0, clean_ratio=0.05, nc_images=1000,
+            nc_steps=None, search_batch=None) -> SimpleNamespace:
+    """The victims (and the clean twin) and what every defense leaves of each."""
     how = setup(ch, clean_ratio=clean_ratio, nc_images=nc_images, nc_steps=nc_steps,
                 search_batch=search_batch)
-    asked = [ch.victim_args(a, ratio, target) for a in [*attacks, None]]
-    return [trained_victim.job(**a) for a in asked] + [
-        j for a in asked for d in DEFENSES for j in defense_jobs(d, a, how)]
+    victims = {name: trained_victim(**ch.victim_args(name, ratio, target)) for name in attacks}
+    victims["clean"] = trained_victim(**ch.victim_args(None, ratio, target))
+    return SimpleNamespace(how=how, victims=victims, defended={
+        (name, d): defended(d, v, how) for name, v in victims.items() for d in DEFENSES})
 
 
-def tuning_jobs(victims: dict, how: dict, device) -> dict[str, tuple[Job, int, str]]:
+def pruning_cuts(victims: dict, how: dict) -> dict[str, tuple[list[int], int, str]]:
     """Per victim, ℓ∞ pruning aimed at NC's suspect label, as the ℓ∞ chapter prunes (rule i:
     the fewest channels at which the suspect's reversed trigger works on under 5 % of the
     defender's images; rule ii, at most 2 points of their accuracy lost, where rule i is not
-    reached within half the layer), then its fine-tuning job; with the count and the rule."""
+    reached within half the layer): the channels pruned, their count and the rule."""
     found = {}
     for name, v in victims.items():
         reversal = _reversal(v.asked, how["nc"])()
@@ -164,28 +179,27 @@ def tuning_jobs(victims: dict, how: dict, device) -> dict[str, tuple[Job, int, s
         n, rule = lp.stop_at_asr(curve), "i"
         if n is None:
             n, rule = lp.stop_at_ca_drop(curve), "ii"
-        found[name] = (linf_ex.pruned_and_tuned.job(victim=v.asked, pruned=order[:n].tolist(),
-                                                    n=how["nc"]["n"], seed=how["seed"],
-                                                    device=device), n, rule)
+        found[name] = (order[:n].tolist(), n, rule)
     return found
 
 
-def defended_model(defense: str, name: str, v, how: dict, tuning: dict):
-    """The model `defense` leaves of the victim `v` called `name` (FT, FP and NPD keep only
-    their row: None)."""
-    if defense in FROM_NPD:
-        return None
-    if defense == "ℓ∞ + FT":
-        return tuning[name][0]()
-    if defense in ("NONE", "ABL"):
-        return defense_jobs(defense, v.asked, how)[0]().model
-    return defense_jobs(defense, v.asked, how)[-1]()
+def tuning_job(v, cut: tuple, how: dict, device) -> Job:
+    """The fine-tuning of `v` pruned by `cut` (`pruning_cuts`), as the ℓ∞ chapter's job."""
+    return linf_ex.pruned_and_tuned.job(victim=v.asked, pruned=cut[0], n=how["nc"]["n"],
+                                        seed=how["seed"], device=device)
 
 
-def main_table(victims: dict, how: dict, tuning: dict) -> pd.DataFrame:
-    """Per victim, no defense and every defense: CA, ASR, RA and DER in percent; the wall time of
-    the jobs that computed it (as their cards record it), the parameters it trains, and its
-    cost in passes over the training set (image passes / training images)."""
+def tuned(victims: dict, cuts: dict, how: dict, device) -> dict:
+    """Per victim, its pruned model fine-tuned (`tuning_job`)."""
+    return {name: tuning_job(v, cuts[name], how, device)() for name, v in victims.items()}
+
+
+def main_table(victims: dict, how: dict, defended_: dict, cuts: dict, tuned_: dict,
+               device) -> pd.DataFrame:
+    """Per victim, no defense and every defense (`defended_`, and `tuned_` for ℓ∞ + FT): CA,
+    ASR, RA and DER in percent; the wall time of the jobs that computed it (as their cards
+    record it), the parameters it trains, and its cost in passes over the training set (image
+    passes / training images)."""
     rows = []
     for name, v in victims.items():
         n_train = len(v.train)
@@ -193,13 +207,13 @@ def main_table(victims: dict, how: dict, tuning: dict) -> pd.DataFrame:
         for d in DEFENSES:
             parts = defense_jobs(d, v.asked, how)
             if d == "ℓ∞ + FT":
-                parts.append(tuning[name][0])
+                parts.append(tuning_job(v, cuts[name], how, device))
             if d in FROM_NPD:
-                row, _ = parts[0]()
+                row = defended_[name, d]
                 scores = {k: row[k] for k in METRICS if k in row}
                 trained = row["trained parameters"]
             else:
-                model = defended_model(d, name, v, how, tuning)
+                model = tuned_[name] if d == "ℓ∞ + FT" else defended_[name, d]
                 scores = score_row(v, model)
                 trained = sum(p.numel() for p in model.parameters())
             rows.append({"attack": name, "defense": d, **scores,
@@ -241,13 +255,13 @@ def cost_table(main: pd.DataFrame, attacks) -> pd.DataFrame:
                                                "passes": "passes over the training set"}))
 
 
-def nc_table(victims: dict, how: dict, tuning: dict) -> pd.DataFrame:
+def nc_table(victims: dict, how: dict, cuts: dict) -> pd.DataFrame:
     """Per victim: the label NC suspects, its anomaly index, the labels it flags (and so
-    unlearns), and the channels ℓ∞ pruning then removed, by which rule."""
+    unlearns), and the channels ℓ∞ pruning then removed, by which rule (`pruning_cuts`)."""
     rows = []
     for name, v in victims.items():
         r = _reversal(v.asked, how["nc"])()
-        _, n, rule = tuning[name]
+        _, n, rule = cuts[name]
         rows.append({"attack": name, "NC suspect": r.suspect,
                      "anomaly index": float(r.anomaly.max()),
                      "flagged (unlearned)": ", ".join(map(str, r.flagged)) or "none",

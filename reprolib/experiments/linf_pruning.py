@@ -2,16 +2,18 @@
 trigger, the activation norms of the last conv map, and pruning by each ranking."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 
-from ..config import Recipe
+from ..config import Recipe, check_choice
 from ..data import ImageSet
 from ..defenses import linf_pruning as lp
 from ..defenses import neural_cleanse as nc
 from ..gradcam import cams, mass_in, trigger_cells
-from ..jobs import Job, Kept, pack, step, unpack
+from ..jobs import Kept, pack, step, unpack
 from ..train import train
 from ..victims import n_classes, trained_victim
 
@@ -49,26 +51,32 @@ def pruned_and_tuned(victim: dict, pruned: list[int], n: int, seed: int, device=
     return pack(tuned)
 
 
-def jobs(ch, *, attacks, ratio=0.1, target=0, n_defender=1000, nc_steps=None, **_) -> list[Job]:
-    """The victims (and the vanilla model) and Neural Cleanse's reversal on each victim; the
-    fine-tuning after pruning depends on the pruning curves (`tuning_jobs`)."""
-    steps = ch.scale(nc_steps=nc_steps).nc_steps
-    asked = [ch.victim_args(a, ratio, target) for a in [None, *attacks]]
-    return [trained_victim.job(**a) for a in asked] + [
-        reversed_triggers.job(victim=a, n=n_defender, seed=ch.seed,
-                              budget=nc.budget(steps, n_defender)) for a in asked[1:]]
+def results(ch, *, attacks, ratio=0.1, target=0, n_defender=1000, nc_steps=None,
+            synthetic_label="target") -> SimpleNamespace:
+    """The vanilla model and the victims, Neural Cleanse's reversal on each victim, and the
+    label whose reversed trigger stands in for the real one (`synthetic_label`: the target, or
+    Neural Cleanse's suspect)."""
+    check_choice("synthetic_label", synthetic_label, ("target", "suspect"))
+    budget = nc.budget(ch.scale(nc_steps=nc_steps).nc_steps, n_defender)
+    vanilla = trained_victim(**ch.victim_args(None, ratio, target))
+    victims = {name: trained_victim(**ch.victim_args(name, ratio, target)) for name in attacks}
+    reversal = {name: reversed_triggers(victim=v.asked, n=n_defender, seed=ch.seed,
+                                        budget=budget) for name, v in victims.items()}
+    suspect = {name: target if synthetic_label == "target" else r.suspect
+               for name, r in reversal.items()}
+    return SimpleNamespace(vanilla=vanilla, victims=victims, reversal=reversal, suspect=suspect)
 
 
-def tuning_jobs(victims: dict, curves: dict, orders: dict, *, n_defender: int, seed: int,
-                device) -> dict[str, Job]:
-    """Per attack whose ℓ∞ rule i stops, the fine-tuning of its pruned model."""
+def tuned_models(victims: dict, curves: dict, orders: dict, *, n_defender: int, seed: int,
+                 device) -> dict:
+    """Per attack whose ℓ∞ rule i stops, its pruned model fine-tuned."""
     found = {}
     for name, v in victims.items():
         n = lp.stop_at_asr(curves[name, "linf"]["defender"])
         if n is not None:
-            found[name] = pruned_and_tuned.job(victim=v.asked,
-                                               pruned=orders[name]["linf"][:n].tolist(),
-                                               n=n_defender, seed=seed, device=device)
+            found[name] = pruned_and_tuned(victim=v.asked,
+                                           pruned=orders[name]["linf"][:n].tolist(),
+                                           n=n_defender, seed=seed, device=device)
     return found
 
 
@@ -310,12 +318,11 @@ def _at(curve: dict, n: int) -> tuple[float, float]:
     return 100 * curve["ca"][i], 100 * curve["asr"][i]
 
 
-def operating_points(victims: dict, curves: dict, orders: dict, tuning: dict[str, Job]
-                     ) -> pd.DataFrame:
+def operating_points(victims: dict, curves: dict, orders: dict, tuned: dict) -> pd.DataFrame:
     """Per attack and ranking, the test CA and ASR at the two stopping rules (i: the synthetic
     trigger's ASR on the defender's images below 5 %; ii: at most 2 points of their clean
-    accuracy lost), and the ℓ∞ rule-i model fine-tuned 5 epochs on the defender's images (the
-    jobs of `tuning_jobs`)."""
+    accuracy lost), and the ℓ∞ rule-i model fine-tuned 5 epochs on the defender's images
+    (`tuned_models`)."""
     rows = []
     for name, v in victims.items():
         before = v.scores()
@@ -329,8 +336,8 @@ def operating_points(victims: dict, curves: dict, orders: dict, tuning: dict[str
                              "ca before": common["ca before"], "ca after": ca,
                              "asr before": common["asr before"], "asr after": asr_})
         n = lp.stop_at_asr(curves[name, "linf"]["defender"])
-        if name in tuning:
-            after = v.scores(tuning[name]())
+        if name in tuned:
+            after = v.scores(tuned[name])
             rows.append({"attack": name, "ranking": "linf + fine-tune", "rule": "i + FT",
                          "pruned": n, "ca before": common["ca before"],
                          "ca after": 100 * after["ca"], "asr before": common["asr before"],

@@ -4,6 +4,7 @@ trigger distributions, the retraining rate and the target-class detection."""
 from __future__ import annotations
 
 import dataclasses
+from types import SimpleNamespace
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -16,7 +17,7 @@ from ..attacks.patterns import pattern_classes
 from ..config import Recipe, check_choice, check_range, profile
 from ..data import ImageSet
 from ..defenses import mesa
-from ..jobs import Job, Kept, pack, step, unpack
+from ..jobs import Kept, pack, step, unpack
 from ..models import model_device
 from ..train import evaluate
 from ..victims import datasets, injected, sizes, trained_victim
@@ -127,7 +128,7 @@ def _pattern_passes(a: dict) -> float:
             + r.rounds * r.epochs * r.batches * r.batch_size)
 
 
-@step("mesa.pattern", read=_defended,
+@step("mesa.pattern", read=_defended, known=lambda a: {"run": a},
       needs=lambda a: [trained_victim.job(**a["clean"])], work=_pattern_passes,
       describe=lambda a: f"MESA pattern {a['name']}")
 def defended_pattern(clean: dict, name: str, patch: Patch, *, target: int, inject_rate: float,
@@ -218,27 +219,30 @@ def retrained(run: dict, method: str, rate: float) -> Kept:
                        run["target"]))
 
 
-def jobs(ch, *, target=0, n_patterns=None, n_random=None, rounds=None, rate=0.01,
-         rates=(0.1, 0.5), alphas=(0.0, 0.1, 10.0), embedding="svd", search_batch=128,
-         reverse_batch=100, **_) -> list[Job]:
-    """Every patch's run, the α sweep's searches and the detection on pattern 170; the rate
-    sensitivity's retrainings depend on the baseline's results (`rate_jobs`)."""
+def results(ch, *, target=0, n_patterns=None, n_random=None, rounds=None, rate=0.01,
+            rates=(0.1, 0.5), alphas=(0.0, 0.1, 10.0), embedding="svd", search_batch=128,
+            reverse_batch=100) -> SimpleNamespace:
+    """Every patch's run; on the first (pattern 170) the α sweep's generators, the detection
+    and the retrainings of the rate sensitivity; the runs' rows as tables."""
     scale = ch.scale(n_patterns=n_patterns, n_random=n_random, rounds=rounds)
     check_parameters(scale, rate=rate, rates=rates, alphas=alphas, embedding=embedding)
-    clean = ch.victim_args(None)
     p = profile(ch.profile)
-    test_set = datasets(ch.dataset, ch.data_dir, p.n_train, p.n_test, ch.seed)[1]
-    channels = test_set.images.shape[1]
+    channels = datasets(ch.dataset, ch.data_dir, p.n_train, p.n_test, ch.seed)[1].images.shape[1]
     way = how(ch, scale, target=target, rate=rate, search_batch=search_batch,
               reverse_batch=reverse_batch)
-    runs = [dict(clean=clean, name=name, patch=patch, **way)
-            for name, patch in patches(scale.n_patterns, scale.n_random, channels).items()]
-    run170 = runs[0]
-    s = way["settings"]
-    return ([trained_victim.job(**clean)] + [defended_pattern.job(**r) for r in runs]
-            + [searched.job(run=run170, settings=dataclasses.replace(s, betas=(0.9,), alpha=a))
-               for a in alphas if a != s.alpha]
-            + [detected.job(run=run170, settings=dataclasses.replace(s, betas=(0.9,)))])
+    clean = trained_victim(**ch.victim_args(None))
+    chosen = patches(scale.n_patterns, scale.n_random, channels)
+    runs = {name: defended_pattern(clean=ch.victim_args(None), name=name, patch=patch, **way)
+            for name, patch in chosen.items()}
+    run170 = next(iter(runs.values()))
+    by_alpha = alpha_generators(run170, alphas, way["settings"])
+    found = detected(run=run170.run, settings=dataclasses.replace(way["settings"], betas=(0.9,)))
+    rows = pd.DataFrame([r for run in runs.values() for r in run.rows])
+    return SimpleNamespace(
+        scale=scale, settings=way["settings"], channels=channels, clean=clean, patches=chosen,
+        runs=runs, run170=run170, by_alpha=by_alpha, detected=found, rows=rows,
+        samples=pd.DataFrame([r for run in runs.values() for r in run.samples]),
+        retrained=rate_retrainings(run170, rates))
 
 
 def attack_table(results: pd.DataFrame, clean_ca: float) -> pd.DataFrame:
@@ -316,24 +320,23 @@ def beta_table(samples: pd.DataFrame) -> pd.DataFrame:
         index="sampler", values=["entropy (nats)", "trigger ASR %"], aggfunc="mean")
 
 
-def alpha_sweep(defended: Defended, alphas, *, held_out: ImageSet, target: int,
-                settings: mesa.Settings, seed: int) -> tuple[dict, pd.DataFrame]:
+def alpha_generators(defended: Defended, alphas, settings: mesa.Settings) -> dict:
     """A β = 0.9 generator per entropy weight α (the one at `settings.alpha` is the patch's
-    run's), and each one's entropy and trigger ASR."""
-    v, found, run = defended.victim, defended.found, defended.run
-    by_alpha = {}
-    for a in alphas:
-        if a == settings.alpha:
-            by_alpha[a] = found.generators[0.9]
-        else:
-            swept = dataclasses.replace(settings, betas=(0.9,), alpha=a)
-            by_alpha[a] = searched(run=run, settings=swept).generators[0.9]
-    table = pd.DataFrame([
+    run's)."""
+    return {a: (defended.found.generators[0.9] if a == settings.alpha else
+                searched(run=defended.run, settings=dataclasses.replace(
+                    settings, betas=(0.9,), alpha=a)).generators[0.9])
+            for a in alphas}
+
+
+def alpha_sweep(defended: Defended, by_alpha: dict, *, held_out: ImageSet, target: int,
+                seed: int) -> pd.DataFrame:
+    """Each α's generator's entropy and trigger ASR (`alpha_generators`)."""
+    return pd.DataFrame([
         {"α": a, "entropy (nats)": entropy(g, seed),
-         "trigger ASR %": 100 * mesa.trigger_asr(v.model, held_out, mesa.from_generator(g),
-                                                 target, seed=seed)}
+         "trigger ASR %": 100 * mesa.trigger_asr(defended.victim.model, held_out,
+                                                 mesa.from_generator(g), target, seed=seed)}
         for a, g in by_alpha.items()]).set_index("α")
-    return by_alpha, table
 
 
 def alpha_figure(by_alpha: dict, embedding: str, seed: int, channels: int, n: int = 128):
@@ -380,17 +383,18 @@ def worst_round(defended: Defended) -> int:
     return max(rounds, key=lambda r: r["ASR %"])["round"]
 
 
-def rate_jobs(defended: Defended, rates) -> list[Job]:
-    """The retrainings of `rate_sensitivity`: the ensemble and the worst baseline restart at
-    each of `rates`."""
-    return [retrained.job(run=defended.run, method=m, rate=r) for r in rates
-            for m in ("MESA ensemble", f"baseline round {worst_round(defended)}")]
+def rate_retrainings(defended: Defended, rates) -> dict:
+    """The retrainings of `rate_sensitivity`, by (rate, method): the ensemble and the worst
+    baseline restart at each of `rates`."""
+    methods = ("MESA ensemble", f"baseline round {worst_round(defended)}")
+    return {(r, m): retrained(run=defended.run, method=m, rate=r) for r in rates for m in methods}
 
 
-def rate_sensitivity(defended: Defended, results: pd.DataFrame, rates) -> pd.DataFrame:
+def rate_sensitivity(defended: Defended, results: pd.DataFrame, retrainings: dict
+                     ) -> pd.DataFrame:
     """For `defended`'s pattern, the ensemble and the baseline's worst restart retrained with
-    a trigger on each share `rates` of the images (the run's own rate read from `results`),
-    and clean fine-tuning for reference."""
+    a trigger on each share of the images of `retrainings` (the run's own rate read from
+    `results`), and clean fine-tuning for reference."""
     run = defended.run
     mine = results[results.pattern == run["name"]]
     at_rate = mine.set_index(["method", "round"])["ASR %"]
@@ -399,17 +403,15 @@ def rate_sensitivity(defended: Defended, results: pd.DataFrame, rates) -> pd.Dat
              "ASR %": at_rate["MESA ensemble", 0]},
             {"rate": run["rate"], "method": f"baseline round {worst}",
              "ASR %": at_rate["baseline", worst]}]
-    rows += [{"rate": job.args["rate"], "method": job.args["method"], **job()}
-             for job in rate_jobs(defended, rates)]
+    rows += [{"rate": r, "method": m, **scored} for (r, m), scored in retrainings.items()]
     table = pd.DataFrame(rows).pivot_table(index="rate", columns="method", values="ASR %")
     table["clean fine-tune"] = mine[mine.method == "clean fine-tune"]["ASR %"].item()
     return table
 
 
-def detection(defended: Defended) -> pd.DataFrame:
-    """Per candidate class, the held-out ASR of a β = 0.9 generator searched for it."""
-    run = defended.run
-    found = detected(run=run, settings=dataclasses.replace(run["settings"], betas=(0.9,)))
+def detection(defended: Defended, found: dict) -> pd.DataFrame:
+    """Per candidate class, the held-out ASR of a β = 0.9 generator searched for it
+    (`detected`)."""
     classes = defended.victim.test.classes
     return pd.DataFrame({"class": list(found), "name": [classes[k] for k in found],
                          "generated-trigger ASR %": [100 * a for a in found.values()]}

@@ -4,6 +4,7 @@ leaves, and an ablation of two of the reference's choices."""
 from __future__ import annotations
 
 import dataclasses
+from types import SimpleNamespace
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -16,7 +17,7 @@ from ..data import ImageSet
 from ..defenses import linf_pruning as lp
 from ..defenses import neural_polarizer as npd_
 from ..defenses.fine_tuning import fine_prune, ft
-from ..jobs import Job, Kept, step
+from ..jobs import Kept, section, step
 from ..victims import datasets, sizes, trained_victim
 
 METRICS = ["CA %", "ASR %", "RA %", "DER %"]
@@ -39,32 +40,30 @@ def setup(ch, *, npd_epochs=None, ft_epochs=None, clean_ratios=None, clean_ratio
     return dict(settings=settings, ft_recipe=ft_recipe, seed=ch.seed), list(scale.clean_ratios)
 
 
-def jobs(ch, *, attacks, ratio=0.1, target=0, clean_ratio=0.05, clean_ratios=None,
-         poison_ratios=(0.1, 0.05, 0.01), sweep_attacks=("badnets", "blended"), npd_epochs=None,
-         ft_epochs=None, **_) -> list[Job]:
-    """Every job of the chapter, as its notebook runs them: the victims, the main table's
-    defenses, the clean-data and poisoning sweeps, the ablation."""
+def results(ch, *, attacks, ratio=0.1, target=0, clean_ratio=0.05, clean_ratios=None,
+            poison_ratios=(0.1, 0.05, 0.01), sweep_attacks=("badnets", "blended"),
+            npd_epochs=None, ft_epochs=None) -> SimpleNamespace:
+    """Every experiment of the chapter: the victims, the main table's defenses and what they
+    cost, the clean-data and poisoning sweeps, the ablation, and the claims' measures."""
     how, shares = setup(ch, npd_epochs=npd_epochs, ft_epochs=ft_epochs,
                         clean_ratios=clean_ratios, clean_ratio=clean_ratio,
                         poison_ratios=poison_ratios)
-    main = [ch.victim_args(a, ratio, target) for a in attacks]
-    others = [ch.victim_args(a, r, target) for a in sweep_attacks for r in poison_ratios
-              if r != ratio]
-    found = [trained_victim.job(**v) for v in main + others]
     p = profile(ch.profile)
     image = datasets(ch.dataset, ch.data_dir, p.n_train, p.n_test, ch.seed)[1].images[0]
-    for v in main:
-        found += [defended.job(victim=v, defense=d, share=clean_ratio, **how)
-                  for d in DEFENSES if d != "none"]
-        if v["attack"] in sweep_attacks:
-            found += [defended.job(victim=v, defense=d, share=share, **how)
-                      for share in shares if share != clean_ratio for d in ("FT", "NPD")]
-            found += [defended.job(victim=v, defense="NPD", share=clean_ratio,
-                                   **{**how, "settings": s})
-                      for name, s in variants(how["settings"], image).items()
-                      if name != "reference"]
-    found += [defended.job(victim=v, defense="NPD", share=clean_ratio, **how) for v in others]
-    return found
+    victims = {name: trained_victim(**ch.victim_args(name, ratio, target)) for name in attacks}
+    both = section(main_table, victims, clean_ratio, **how)
+    main, polarized = both[0], both[1]          # indexed: a pending section is not unpacked
+    cost = section(cost_table, main)
+    by_data = section(clean_data_sweep, victims, sweep_attacks, shares, main, clean_ratio, **how)
+    by_poison = section(poisoning_sweep, victims, sweep_attacks, poison_ratios, main, ratio=ratio,
+                        clean_ratio=clean_ratio, dataset=ch.dataset,
+                        common=dict(target=target, seed=ch.seed, progress=False, **ch.setting),
+                        **how)
+    ablated = section(ablation, victims, sweep_attacks, main, clean_ratio, image=image, **how)
+    return SimpleNamespace(
+        how=how, shares=shares, victims=victims, main=main, polarized=polarized, cost=cost,
+        by_data=by_data, by_poison=by_poison, ablation=ablated,
+        measured=section(claims, main, cost, by_data, shares, victims))
 
 
 def defender(v, share: float, seed: int) -> ImageSet:
@@ -145,11 +144,12 @@ def defended(victim: dict, defense: str, share: float, settings: npd_.Settings,
 
 def main_table(victims: dict, clean_ratio: float, **how) -> tuple[pd.DataFrame, dict]:
     """Every defense against every attack on `clean_ratio` of clean data, and NPD's results."""
+    kept = {(name, d): defended(victim=v.asked, defense=d, share=clean_ratio, **how)
+            for name, v in victims.items() for d in DEFENSES if d != "none"}
     rows, polarized = [], {}
     for name, v in victims.items():
         for d in DEFENSES:
-            row, result = (run(d, v, None, **how) if d == "none" else
-                           defended(victim=v.asked, defense=d, share=clean_ratio, **how))
+            row, result = run(d, v, None, **how) if d == "none" else kept[name, d]
             rows.append({"attack": name, **row})
             if d == "NPD":
                 polarized[name] = result
@@ -194,15 +194,16 @@ def cost_table(main: pd.DataFrame) -> pd.DataFrame:
 def clean_data_sweep(victims: dict, attacks, shares, main: pd.DataFrame, clean_ratio: float,
                      **how) -> pd.DataFrame:
     """NPD and FT per attack and share of clean data; the main table's share is reused."""
+    kept = {(name, share, d): defended(victim=victims[name].asked, defense=d, share=share,
+                                       **how)
+            for name in attacks for share in shares if share != clean_ratio for d in ("FT", "NPD")}
     rows = []
     for name in attacks:
-        v = victims[name]
         for share in shares:
             if share == clean_ratio:
                 found = [main.loc[(name, d)].to_dict() | {"defense": d} for d in ("FT", "NPD")]
             else:
-                found = [defended(victim=v.asked, defense=d, share=share, **how)[0]
-                         for d in ("FT", "NPD")]
+                found = [kept[name, share, d][0] for d in ("FT", "NPD")]
             rows += [{"attack": name, "clean %": 100 * share, **r} for r in found]
     return pd.DataFrame(rows).set_index(["attack", "clean %", "defense"])[METRICS]
 
@@ -231,13 +232,16 @@ def poisoning_sweep(victims: dict, attacks, ratios, main: pd.DataFrame, *, ratio
                     clean_ratio: float, dataset: str, common: dict, **how) -> pd.DataFrame:
     """NPD on models poisoned at each of `ratios` (`victim(dataset, ..., **common)`); the main
     table's ratio is reused."""
+    others = {(name, share): trained_victim(dataset=dataset, attack=name, ratio=share, **common)
+              for name in attacks for share in ratios if share != ratio}
+    kept = {at: defended(victim=v.asked, defense="NPD", share=clean_ratio, **how)
+            for at, v in others.items()}
     rows = []
     for name in attacks:
         for share in ratios:
-            v = (victims[name] if share == ratio
-                 else trained_victim(dataset=dataset, attack=name, ratio=share, **common))
+            v = victims[name] if share == ratio else others[name, share]
             row = (main.loc[(name, "NPD")].to_dict() if share == ratio
-                   else defended(victim=v.asked, defense="NPD", share=clean_ratio, **how)[0])
+                   else kept[name, share][0])
             before = v.scores()
             rows.append({"attack": name, "poisoned %": 100 * share,
                          "CA before %": 100 * before["ca"], "ASR before %": 100 * before["asr"],
@@ -303,15 +307,18 @@ def variants(settings: npd_.Settings, image: torch.Tensor) -> dict[str, npd_.Set
 
 
 def ablation(victims: dict, attacks, main: pd.DataFrame, clean_ratio: float, *,
-             settings: npd_.Settings, **how) -> pd.DataFrame:
-    """NPD per attack and variant; the reference's row is the main table's."""
+             settings: npd_.Settings, image: torch.Tensor, **how) -> pd.DataFrame:
+    """NPD per attack and variant (`variants` of `settings` for images like `image`); the
+    reference's row is the main table's."""
+    kept = {(name, variant): defended(victim=victims[name].asked, defense="NPD",
+                                      share=clean_ratio, settings=s, **how)
+            for name in attacks for variant, s in variants(settings, image).items()
+            if variant != "reference"}
     rows = []
     for name in attacks:
-        v = victims[name]
-        for variant, s in variants(settings, v.test.images[0]).items():
+        for variant in variants(settings, image):
             row = (main.loc[(name, "NPD")].to_dict() if variant == "reference"
-                   else defended(victim=v.asked, defense="NPD", share=clean_ratio,
-                                 settings=s, **how)[0])
+                   else kept[name, variant][0])
             rows.append({"attack": name, "variant": variant, **{k: row[k] for k in METRICS}})
     return pd.DataFrame(rows).set_index(["attack", "variant"])
 

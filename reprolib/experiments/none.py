@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+from types import SimpleNamespace
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -84,29 +85,36 @@ def natural_round(victim: dict, settings: none_.Settings, index: int, augment: b
                            progress=False))
 
 
-def jobs(ch, *, attacks, ratio=0.1, target=0, none_lr=0.01, none_epochs=None, abl_epochs=None,
-         fractions=(0.01, 0.03, 0.05, 0.1, 0.2), natural_schedule=None, areas=(0.02,),
-         scan_steps=None, **_) -> list[Job]:
+def results(ch, *, attacks, ratio=0.1, target=0, none_lr=0.01, none_epochs=None,
+            abl_epochs=None, fractions=(0.01, 0.03, 0.05, 0.1, 0.2), natural_schedule=None,
+            areas=(0.02,), scan_steps=None) -> SimpleNamespace:
     """Every repair and ABL run of the chapter: the main table's, the ablation's (on BadNets,
-    or the first attack) and the natural rounds on the clean model."""
+    or the first attack) and the natural rounds on the clean model; the main table."""
     scale = ch.scale(none_epochs=none_epochs, abl_epochs=abl_epochs,
                      natural_schedule=natural_schedule, scan_steps=scan_steps)
     augment = ch.recipe.augment
-    repair, isolation, natural, rounds = settings(scale, none_lr=none_lr, augment=augment,
-                                                  fractions=fractions, areas=areas)
-    asked = {name: ch.victim_args(name, ratio, target) for name in attacks}
-    found = [trained_victim.job(**a) for a in asked.values()]
-    for a in asked.values():
-        found += [trained_by_abl.job(victim=a, settings=isolation, model_name=ch.model,
-                                     seed=ch.seed, device=ch.device),
-                  repaired_by_none.job(victim=a, settings=repair, augment=augment, seed=ch.seed)]
-    probe = asked["badnets" if "badnets" in asked else attacks[0]]
+    repair, isolation, natural_settings, rounds = settings(
+        scale, none_lr=none_lr, augment=augment, fractions=fractions, areas=areas)
+    victims = {name: trained_victim(**ch.victim_args(name, ratio, target)) for name in attacks}
+    isolated = {name: trained_by_abl(victim=v.asked, settings=isolation, model_name=ch.model,
+                                     seed=ch.seed, device=ch.device)
+                for name, v in victims.items()}
+    repaired = {name: repaired_by_none(victim=v.asked, settings=repair, augment=augment,
+                                       seed=ch.seed) for name, v in victims.items()}
+    probe = "badnets" if "badnets" in victims else attacks[0]
     kind = models.build(ch.model, 10, 3)          # variants() looks only at the model's type
-    found += [repaired_by_none.job(victim=probe, settings=s, augment=augment, seed=ch.seed)
-              for s in none_.variants(repair, fractions, kind).values()]
-    clean = ch.victim_args(None, target=target)
-    return found + [natural_round.job(victim=clean, settings=natural, index=r + 1,
-                                      augment=augment, seed=ch.seed) for r in range(rounds)]
+    variants = none_.variants(repair, fractions, kind)
+    ablated = {variant: repaired_by_none(victim=victims[probe].asked, settings=s,
+                                         augment=augment, seed=ch.seed)
+               for variant, s in variants.items()}
+    clean = trained_victim(**ch.victim_args(None, target=target))
+    natural_rounds = [natural_round(victim=clean.asked, settings=natural_settings, index=r + 1,
+                                    augment=augment, seed=ch.seed) for r in range(rounds)]
+    main, filtered = main_table(victims, isolated, repaired)
+    return SimpleNamespace(
+        scale=scale, augment=augment, settings=repair, rounds=rounds, victims=victims,
+        isolated=isolated, repaired=repaired, probe=probe, variants=variants, ablated=ablated,
+        clean=clean, natural_rounds=natural_rounds, main=main, filtered=filtered)
 
 
 def settings(scale, *, none_lr: float, augment: bool, fractions, areas):
@@ -137,19 +145,16 @@ def row(v, model, defense: str, seconds=None, diverged: bool = False) -> dict:
             "seconds": seconds, "diverged": diverged}
 
 
-def main_table(victims: dict, *, settings: none_.Settings, abl_settings: abl_.Settings,
-               model_name: str, augment: bool, seed: int, device):
-    """Per attack: no defense, ABL (a fresh model) and NONE (repairing the victim); the main
-    table, the filtering table (NONE's Jenks drop, ABL's isolated images), and the results."""
-    rows, filter_rows, repaired, isolated = [], [], {}, {}
+def main_table(victims: dict, isolated: dict, repaired: dict
+               ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per attack: no defense, ABL (`isolated`, a fresh model) and NONE (`repaired`, the victim
+    repaired); the main table and the filtering table (NONE's Jenks drop, ABL's isolated
+    images)."""
+    rows, filter_rows = [], []
     for name, v in victims.items():
         rows.append({"attack": name, **row(v, v.model, "no defense")})
-        isolated[name] = trained_by_abl(victim=v.asked, settings=abl_settings,
-                                               model_name=model_name, seed=seed, device=device)
         rows.append({"attack": name, **row(v, isolated[name].model, "ABL",
                                            isolated[name].seconds)})
-        repaired[name] = repaired_by_none(victim=v.asked, settings=settings,
-                                               augment=augment, seed=seed)
         rows.append({"attack": name, **row(v, repaired[name].model, "NONE",
                                            repaired[name].seconds, repaired[name].diverged)})
         n = len(v.train)
@@ -158,7 +163,7 @@ def main_table(victims: dict, *, settings: none_.Settings, abl_settings: abl_.Se
         filter_rows.append({"attack": name, "defense": "ABL (isolated 1 %)", **none_.filtering(
             isolated[name].isolated, v.poison_indices, n)})
     return (pd.DataFrame(rows).set_index(["attack", "defense"]),
-            pd.DataFrame(filter_rows).set_index(["attack", "defense"]), repaired, isolated)
+            pd.DataFrame(filter_rows).set_index(["attack", "defense"]))
 
 
 def main_view(main: pd.DataFrame, attacks) -> pd.DataFrame:
@@ -256,13 +261,11 @@ def linearity_figure(v, picture: dict):
     return fig
 
 
-def ablation(v, variants: dict, done: none_.Result, settings: none_.Settings, *, augment: bool,
-             seed: int) -> pd.DataFrame:
-    """NONE on `v` under each variant; the one equal to `settings` is `done` already."""
+def ablation(v, variants: dict, ablated: dict) -> pd.DataFrame:
+    """NONE on `v` under each of `variants` (`ablated`: each one's result)."""
     rows = []
     for variant, s in variants.items():
-        result = (done if s == settings else
-                  repaired_by_none(victim=v.asked, settings=s, augment=augment, seed=seed))
+        result = ablated[variant]
         scores = {k: x for k, x in row(v, result.model, "NONE", diverged=result.diverged).items()
                   if k != "defense"}
         rows.append({"variant": variant, "fraction": s.fraction, **scores,
@@ -287,10 +290,10 @@ def ablation_figure(ablated: pd.DataFrame, fractions, undefended_ba: float, titl
     return fig
 
 
-def natural(clean, settings: none_.Settings, *, rounds: int, areas, scan_steps: int,
-            check_images: int, augment: bool, seed: int, fit_images: int = 240):
-    """The clean model scanned by bounded REASR at every area, then put through `rounds` of
-    NONE's natural setting and scanned after each: the scans per (model, area), BA per model,
+def natural(clean, natural_rounds: list, *, areas, scan_steps: int, check_images: int,
+            seed: int, fit_images: int = 240):
+    """The clean model scanned by bounded REASR at every area, then each of `natural_rounds`
+    (NONE's natural setting, round after round): the scans per (model, area), BA per model,
     and the ratio of the standard model's REASR to the last round's. Triggers are fitted on
     `fit_images` test images and measured on up to `check_images` others."""
     check_range("fit_images", fit_images, low=1, high=len(clean.test) - 1, integer=True)
@@ -307,16 +310,14 @@ def natural(clean, settings: none_.Settings, *, rounds: int, areas, scan_steps: 
     accuracy = [{"model": "standard", "BA %": 100 * clean.scores()["ca"], "seconds": 0.0,
                  "diverged": False}]
     spent = 0.0
-    for r in range(rounds):
-        result = natural_round(victim=clean.asked, settings=settings, index=r + 1,
-                               augment=augment, seed=seed)
+    for r, result in enumerate(natural_rounds):
         model, spent = result.model, spent + result.seconds
         scans += scanned(model, f"NONE round {r + 1}")
         accuracy.append({"model": f"NONE round {r + 1}", "BA %": 100 * clean.scores(model)["ca"],
                          "seconds": spent, "diverged": result.diverged})
     scans = pd.DataFrame(scans).set_index(["model", "area %"])
     return (scans, pd.DataFrame(accuracy).set_index("model"),
-            natural_ratio(scans, rounds, len(check)))
+            natural_ratio(scans, len(natural_rounds), len(check)))
 
 
 def natural_ratio(scans: pd.DataFrame, rounds: int, checked: int) -> dict[str, float]:
