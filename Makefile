@@ -41,7 +41,7 @@ check: data
 	$(BIN)/python -m pytest $(QUICK) tests
 
 # unit tests and the browser check; every notebook under nbval at the smoke profile, and the ℓ∞
-# chapter again over two seeds (tests/two_seeds.py); then every
+# chapter again over two seeds (tests/two_seeds.py runs seed 1, nbval seed 0 pooling it); then every
 # notebook again in its paper's setting (the paper's model, the CIFAR-10 reader) over the
 # 200-image fixture in tests/data (tests/paper_setting.py)
 test: data

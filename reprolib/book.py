@@ -9,6 +9,7 @@ writes the scorecard page from every results file and builds _build/html.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import socket
@@ -21,7 +22,7 @@ import yaml
 from . import config, data, models, seeds as seeding, staleness
 
 ROOT = config.ROOT
-RESERVED = ("profile", "model", "dataset", "device", "results")   # set by run()'s own arguments
+RESERVED = ("profile", "model", "dataset", "device", "results", "pooled")   # set by run() itself
 
 
 class RunFailed(RuntimeError):
@@ -48,10 +49,13 @@ def parse_params(pairs: list[str], allowed: dict[str, str], paper: str) -> dict:
         if key == "results":
             raise config.ParameterError(f"-p results=...: repro run always writes the tables to "
                                         f"book/results/{paper}.json")
+        if key == "pooled":
+            raise config.ParameterError("-p pooled=...: repro run pools the seeds it runs; "
+                                        "give them with --seeds")
         if key in RESERVED:
             raise config.ParameterError(f"-p {key}=...: use --{key} instead")
-        if key not in allowed:
-            names = ", ".join(k for k in allowed if k not in RESERVED)
+        if key not in allowed and key != "seeds":      # seeds: the run's, not the notebook's
+            names = ", ".join(k for k in [*allowed, "seeds"] if k not in RESERVED)
             raise config.ParameterError(f"-p {key}: {paper} has no parameter {key!r}; "
                                         f"allowed: {names}")
         params[key] = yaml.safe_load(text)
@@ -60,7 +64,8 @@ def parse_params(pairs: list[str], allowed: dict[str, str], paper: str) -> dict:
 
 def check_run(papers: list[str], *, profile: str, dataset: str, device: str,
               pairs: list[str], model: str = "auto", root: Path = ROOT) -> dict[str, dict]:
-    """Every argument of a run checked before any work; returns each paper's -p parameters."""
+    """Every argument of a run checked before any work; returns each paper's -p parameters,
+    `seed` and `seeds` resolved into the run's `seeds` (default: the chapter's at `profile`)."""
     known = chapters(root)
     if not papers:
         raise config.ParameterError("name at least one chapter; allowed: " + ", ".join(known))
@@ -75,17 +80,18 @@ def check_run(papers: list[str], *, profile: str, dataset: str, device: str,
     params = {paper: parse_params(pairs, notebook_parameters(root / "notebooks" / f"{paper}.ipynb"),
                                   paper)
               for paper in papers}
-    for given in params.values():
-        seeding.resolve(given.get("seed"), given.get("seeds"), 1)
+    for paper, given in params.items():
+        given["seeds"] = seeding.resolve(given.pop("seed", None), given.pop("seeds", None),
+                                         config.seeds(paper, profile))
     return params
 
 
 def planned_jobs(paper: str, *, profile: str = "quick", model: str = "auto",
                  dataset: str = "auto", device: str = "auto", params: dict | None = None,
                  root: Path = ROOT) -> tuple[object, list]:
-    """The chapter a run of `paper` would set up, and the jobs its first round would compute:
-    one declaring pass (`jobs.declared`) of the experiments module's `results(ch, **parameters)`
-    at each of its seeds, with the notebook's defaults and `params`. Jobs whose arguments
+    """The chapter a run of `paper` would set up (at its first seed), and the jobs its first
+    round would compute: one declaring pass (`jobs.declared`) of the experiments module's
+    `results(ch, **parameters)` at each of its seeds, with the notebook's defaults and `params`. Jobs whose arguments
     depend on results are found only once those results exist."""
     import ast
     import importlib
@@ -96,13 +102,14 @@ def planned_jobs(paper: str, *, profile: str = "quick", model: str = "auto",
     defaults = {k: ast.literal_eval(v)
                 for k, v in notebook_parameters(root / "notebooks" / f"{paper}.ipynb").items()}
     given = {**defaults, **(params or {})}
+    seeds = given.get("seeds") or seeding.resolve(given.get("seed"), None,
+                                                  config.seeds(paper, profile))
     ch = Chapter(paper, profile=profile, model=model, dataset=dataset, device=device,
-                 seed=given.get("seed"), seeds=given.get("seeds"))
+                 seed=seeds[0])
     results = importlib.import_module(f"reprolib.experiments.{paper}").results
     takes = inspect.signature(results).parameters        # the rest are the page's own
     asked = {k: v for k, v in given.items() if k in takes and k != "ch"}
-    return ch, in_order([job for s in ch.seeds
-                         for job in declared(results, ch.at(s), **asked).jobs])
+    return ch, in_order([job for s in seeds for job in declared(results, ch.at(s), **asked).jobs])
 
 
 def plan(paper: str, *, throughput: float | None = None, **how) -> dict:
@@ -130,42 +137,74 @@ def plan(paper: str, *, throughput: float | None = None, **how) -> dict:
 def run(paper: str, *, profile: str = "quick", model: str = "auto", dataset: str = "auto",
         device: str = "auto", params: dict | None = None, root: Path = ROOT,
         progress: bool = True) -> Path:
-    """Execute one chapter (arguments already checked by `check_run`); returns its page, made
-    `for_reading`. With `progress`, what the chapter writes to stderr (its jobs' progress bars)
-    streams to this terminal as it runs."""
-    import papermill
-    from jupyter_core.paths import jupyter_runtime_dir
-    from traitlets.config import Config
+    """Execute one chapter (arguments already checked by `check_run`) once per seed of
+    `params["seeds"]` (default: the chapter's at `profile`): the other seeds first, side by side
+    when the executor is Ray, then the first, whose page is the chapter's and which pools what
+    they measured (the notebook's `pooled`); returns that page, made `for_reading`. With
+    `progress`, what the chapter writes to stderr (its jobs' progress bars) streams to this
+    terminal as it runs."""
+    params = dict(params or {})
+    seeds = params.pop("seeds", None) or list(range(config.seeds(paper, profile)))
     partial, runs, results = root / "book" / ".partial", root / "book" / "runs", root / "book" / "results"
     for folder in (partial, runs, results):
         folder.mkdir(parents=True, exist_ok=True)
     own = f"{paper}.{socket.gethostname()}.{os.getpid()}"
-    # The kernel on sockets of this run's own in the user's runtime folder, not on plain TCP
-    # (which the kernel warns about on every run); named per run, as two runs may share a cwd.
-    sockets = Path(jupyter_runtime_dir()) / f"repro-{own}"
-    sockets.parent.mkdir(parents=True, exist_ok=True)
-    local = Config()
-    local.KernelManager.transport, local.KernelManager.ip = "ipc", str(sockets)
-    page, table = partial / f"{own}.ipynb", partial / f"{own}.json"
-    table.unlink(missing_ok=True)
-    try:
-        papermill.execute_notebook(
-            str(root / "notebooks" / f"{paper}.ipynb"), str(page),
-            parameters={"profile": profile, "model": model, "dataset": dataset, "device": device,
-                        "results": str(table), **(params or {})},
-            cwd=str(root / "notebooks"), progress_bar=False, kernel_name="python3",
-            stderr_file=sys.stderr if progress else None, config=local)
-    except papermill.PapermillExecutionError as err:
-        raise RunFailed(f"{paper} failed in cell {err.exec_count}: {err.ename}: {err.evalue}\n"
-                        f"The partly executed notebook is {page}; nothing was written to "
-                        f"book/runs/.") from None
-    if not table.is_file():
-        raise RuntimeError(f"notebooks/{paper}.ipynb ran but wrote no results: its last cell "
-                           f"must call Chapter.finish()")
+    common = dict(profile=profile, model=model, dataset=dataset, device=device, **params)
+    others = {s: partial / f"{own}.seed{s}" for s in seeds[1:]}
+
+    side_by_side = (os.environ.get("REPRO_EXECUTOR") or "local") == "ray" and len(others) > 1
+
+    def at(seed: int, where: Path, pooled: list[str]) -> None:
+        execute(paper, {**common, "seed": seed, "pooled": pooled}, where, root,
+                 progress and (not side_by_side or seed == seeds[0]))
+
+    with concurrent.futures.ThreadPoolExecutor(len(others) if side_by_side else 1) as pool:
+        for done in [pool.submit(at, s, where, []) for s, where in others.items()]:
+            done.result()
+    first = partial / own
+    at(seeds[0], first, [str(_files(where)[1]) for where in others.values()])
+    for where in others.values():          # their pages are not the book's
+        for file in _files(where):
+            file.unlink()
+    page, table = _files(first)
     for_reading(page, root)
     os.replace(table, results / f"{paper}.json")
     os.replace(page, runs / f"{paper}.ipynb")
     return runs / f"{paper}.ipynb"
+
+
+def _files(where: Path) -> tuple[Path, Path]:
+    """The page and the results file of an execution named `where`."""
+    return where.parent / f"{where.name}.ipynb", where.parent / f"{where.name}.json"
+
+
+def execute(paper: str, parameters: dict, where: Path, root: Path, progress: bool) -> None:
+    """Execute the chapter's notebook with `parameters` into the page and results file named
+    `where` (`_files`); its kernel listens on sockets of its own in the user's runtime folder, not
+    on plain TCP (which the kernel warns about on every run), named per execution, as two runs
+    (or two seeds of one) may share a working folder."""
+    import papermill
+    from jupyter_core.paths import jupyter_runtime_dir
+    from traitlets.config import Config
+    sockets = Path(jupyter_runtime_dir()) / f"repro-{where.name}"
+    sockets.parent.mkdir(parents=True, exist_ok=True)
+    local = Config()
+    local.KernelManager.transport, local.KernelManager.ip = "ipc", str(sockets)
+    page, table = _files(where)
+    table.unlink(missing_ok=True)
+    try:
+        papermill.execute_notebook(
+            str(root / "notebooks" / f"{paper}.ipynb"), str(page),
+            parameters={**parameters, "results": str(table)}, cwd=str(root / "notebooks"),
+            progress_bar=False, kernel_name="python3",
+            stderr_file=sys.stderr if progress else None, config=local)
+    except papermill.PapermillExecutionError as err:
+        raise RunFailed(f"{paper} at seed {parameters['seed']} failed in cell {err.exec_count}: "
+                        f"{err.ename}: {err.evalue}\nThe partly executed notebook is {page}; "
+                        f"nothing was written to book/runs/.") from None
+    if not table.is_file():
+        raise RuntimeError(f"notebooks/{paper}.ipynb ran but wrote no results: its last cell "
+                           f"must call Chapter.finish()")
 
 
 def for_reading(page: Path, root: Path = ROOT) -> None:

@@ -11,9 +11,9 @@
     ch.show_comparison()
     ch.finish()                      # run record with wall time; writes the JSON for `repro run`
 
-A chapter runs `seeds` (default: `config.SEEDS` of the chapter at its profile) or `seed` alone.
-The page tells the story at the first seed; `over_seeds` runs the notebook again at each other
-seed (`seeds.run_at`) and every verdict reads the interval of all of them.
+A chapter runs at one `seed`. `repro run --seeds 0 1 2` runs it once per seed, the first last,
+and hands that run the other seeds' results files (`pooled`): the page tells the story at the
+first seed, and from `over_seeds` on every verdict reads the interval of all of them.
 """
 from __future__ import annotations
 
@@ -31,7 +31,6 @@ from types import SimpleNamespace
 import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import Markdown, display
-from tqdm import tqdm
 
 from . import config, data, jobs, metrics, models, plots, reference, seeds as seeding, staleness
 from .zoo import atomic_write
@@ -53,8 +52,8 @@ class Chapter:
     """The parameters a chapter runs with, resolved and checked, and what it reports."""
 
     def __init__(self, name: str, *, profile: str | None = None, model: str | None = None,
-                 dataset: str = "auto", device: str = "auto", seed: int | None = None,
-                 seeds: list[int] | None = None, results: str | None = None,
+                 dataset: str = "auto", device: str = "auto", seed: int = 0,
+                 pooled: list[str] = (), results: str | None = None,
                  data_dir: str | None = None):
         self.name = name
         self.profile = profile or os.environ.get("REPRO_PROFILE") or "quick"
@@ -70,16 +69,16 @@ class Chapter:
             self.dataset = config.check_choice("dataset", dataset, ["auto", *data.DATASETS])
             self.dataset_why = "named by the run's parameters"
         self.device = config.resolve_device(device)
-        self.seeds = seeding.resolve(seed, seeds, config.seeds(name, self.profile))
-        self.seed = self.seeds[0]
-        self.parameters = _notebook_parameters(name)
+        self.seed = config.check_range("seed", seed, low=0, high=2**32 - 1, integer=True)
         self.data_dir = data_dir
         self.results = Path(results) if results else None
         self.tables: dict[str, pd.DataFrame] = {}
         self.comparison: pd.DataFrame | None = None
         self.found: list[dict] = []             # measured findings: no paper's claims
         self.measured: dict[str, float | None] = {}   # this seed's, for the comparison
-        self.by_seed: dict[int, dict] = {}      # the other seeds' tables and measures
+        self.by_seed = self._read_pooled(pooled)    # the other seeds' tables and measures
+        self.seeds = [self.seed, *self.by_seed]
+        self._pooled_shown = False
         self.jobs: dict[str, int] = {}          # the chapter's jobs: how many, cached, computed
         self._keys: set[str] = set()
         self._computed: set[str] = set()
@@ -187,15 +186,14 @@ class Chapter:
 
     def compute(self, results, **params):
         """`results(ch, **params)` (an experiments module's `results`) at this run's first seed.
-        Its jobs, at every seed of the run, are found by calling it (`jobs.computed_by_rounds`)
-        and computed together through the run's executor (`$REPRO_EXECUTOR`, default this
-        process), in parallel on a Ray cluster."""
-        return self._rounds([(results, (self.at(s),), params) for s in self.seeds])[0]
+        Its jobs are found by calling it (`jobs.computed_by_rounds`) and computed together
+        through the run's executor (`$REPRO_EXECUTOR`, default this process), in parallel on a
+        Ray cluster."""
+        return self._rounds([(results, (self,), params)])[0]
 
     def then(self, compute, *args, **kwargs):
-        """`compute(*args, **kwargs)`, jobs found and computed as in `compute`, at this seed
-        alone: for jobs whose arguments depend on what the page computed in between (the other
-        seeds' runs ask for their own)."""
+        """`compute(*args, **kwargs)`, jobs found and computed as in `compute`: for jobs whose
+        arguments depend on what the page computed in between."""
         return self._rounds([(compute, args, kwargs)])[0]
 
     def _rounds(self, calls: list) -> list:
@@ -229,32 +227,51 @@ class Chapter:
         self.comparison = reference.compare(self.reference, pooled, self.run_setting)
         return self.comparison
 
+    def _read_pooled(self, paths) -> dict[int, dict]:
+        """The other seeds' runs of this chapter, from the results files `repro run --seeds`
+        handed this run, each checked to be this chapter in this run's setting."""
+        found = {}
+        for path in paths:
+            try:
+                other = json.loads(Path(path).read_text())
+                r = other["record"]
+            except (OSError, ValueError, KeyError) as err:
+                raise config.ParameterError(f"pooled={path!r}: not a results file of a chapter "
+                                            f"run ({err})") from None
+            mine = {"chapter": self.name, "profile": self.profile, "dataset": self.dataset,
+                    "model": self.model}
+            differ = {k: r.get(k) for k, v in mine.items() if r.get(k) != v}
+            seed = r["seeds"][0]
+            if differ or seed == self.seed or seed in found:
+                raise config.ParameterError(
+                    f"pooled={path!r} is not allowed: a run of {mine} at another seed than "
+                    f"{[self.seed, *found]} is expected, and it is " +
+                    (f"{differ}" if differ else f"seed {seed} again"))
+            found[seed] = {"tables": other["tables"], "measured": other["measured"],
+                           "executed": r["executed"], "wall_time_s": r["wall_time_s"]}
+        return found
+
     def over_seeds(self) -> pd.DataFrame:
-        """Run this chapter's notebook at each other seed (`seeds.run_at`), keep what each
-        measured, and say so; returns the comparison over all seeds."""
+        """Say which seeds the comparison pools (this run's and those `repro run --seeds` ran
+        before it); returns the comparison over all of them."""
+        self._pooled_shown = True
         others = self.seeds[1:]
         if not others:
             default = config.seeds(self.name, self.profile)
             why = (f"the default at `{self.profile}` for this chapter, for its cost (this run's "
-                   f"wall time is in the run record below)" if default == 1 else "as asked")
+                   f"wall time is in the run record below)" if default == 1 else
+                   f"as asked; `repro run` runs {default} at `{self.profile}` by default")
             display(Markdown(f"**Seeds:** one, seed {self.seed} ({why}): every number on this "
                              f"page is that run's, and a verdict reads the one value (\"1 "
-                             f"seed\"). `-p seeds=[0,1,2]` runs three and gives intervals."))
+                             f"seed\"). `repro run {self.name} --seeds 0 1 2` runs three and "
+                             f"gives intervals."))
             return self.comparison
-        if not self.parameters:
-            raise RuntimeError("over_seeds runs the chapter's notebook again, so the chapter "
-                               "must run in its notebook (its parameters are read from there)")
-        clock = time.perf_counter()
-        notebook = config.ROOT / "notebooks" / f"{self.name}.ipynb"
-        for s in tqdm(others, desc=f"{self.name}: the other seeds", unit="seed"):
-            done = seeding.run_at(notebook, s, self.parameters, os.getcwd())
-            self.by_seed[s] = {"tables": done["tables"], "measured": done["measured"],
-                               "executed": done["record"]["executed"]}
+        spent = sum(r["wall_time_s"] for r in self.by_seed.values())
         display(Markdown(
             f"**Seeds:** {len(self.seeds)} ({', '.join(map(str, self.seeds))}). The page above "
-            f"is seed {self.seed}'s run; {_seeds_text(others)} ran the same "
-            f"notebook with the same parameters, each with its own victims and draws, in "
-            f"{time.perf_counter() - clock:.0f} s. From here on a number is the mean over seeds with its "
+            f"is seed {self.seed}'s run; {_seeds_text(others)} ran the same notebook with the "
+            f"same parameters before it (`repro run --seeds`), each with its own victims and "
+            f"draws, in {spent:.0f} s. From here on a number is the mean over seeds with its "
             f"95 % Student's t interval."))
         return self._compare()
 
@@ -328,9 +345,9 @@ class Chapter:
         """Show the run record with its wall time; write everything to `results` if given:
         the first seed's tables, the comparison over seeds, and each seed's own tables and
         measures."""
-        if self.seeds[1:] and not self.by_seed:
-            raise RuntimeError(f"the run asked for {_seeds_text(self.seeds)} but over_seeds() "
-                               f"did not run them: its results would be seed {self.seed}'s alone")
+        if self.by_seed and not self._pooled_shown:
+            raise RuntimeError(f"the run pooled {_seeds_text(self.seeds)} but over_seeds() did "
+                               f"not pool them: its comparison would be seed {self.seed}'s alone")
         display(Markdown(f"**Run record:** {self._record_line(wall=True)}"))
         first = {"tables": {k: _records(v) for k, v in self.tables.items()},
                  "measured": self.measured}
@@ -379,23 +396,6 @@ def score_row(v, model=None, *, der: bool = True, accuracy: str = "CA %") -> dic
 
 def _seeds_text(seeds: list[int]) -> str:
     return f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
-
-
-def _notebook_parameters(name: str) -> dict:
-    """The values of the chapter notebook's parameters in the running kernel, read when the
-    chapter starts (before any cell can rebind a name): what `over_seeds` runs the other seeds
-    with. Empty outside a notebook."""
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return {}
-    shell = get_ipython()
-    if shell is None:
-        return {}
-    import papermill
-    names = papermill.inspect_notebook(str(config.ROOT / "notebooks" / f"{name}.ipynb"))
-    return {k: shell.user_ns[k] for k in names
-            if k in shell.user_ns and k not in ("seed", "seeds", "results")}
 
 
 def _plain(frame: pd.DataFrame):

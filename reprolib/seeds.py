@@ -1,20 +1,14 @@
-"""A chapter over several seeds: Student's t intervals, tables over seeds, and the chapter's
-notebook run again at another seed.
+"""A chapter over several seeds: the seeds of a run, Student's t intervals, and tables over
+seeds.
 
 Each seed is a whole run of the chapter: its own victims, poison sets, defender subsets and
-draws, all through the zoo's jobs. The page tells the story at its first seed; the other seeds
-run the same notebook in a kernel of their own (`run_at`), and what every seed measured is
-pooled here. The interval of n values is mean ± t(0.975, n − 1) · s / √n, s the sample
+draws, all through the zoo's jobs. `repro run --seeds` runs the notebook once per seed; the page
+tells the story at its first seed, and what every seed measured is pooled here. The interval of n values is mean ± t(0.975, n − 1) · s / √n, s the sample
 standard deviation: the 95 % interval of the mean if the seeds' values were normal.
 """
 from __future__ import annotations
 
-import json
 import math
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -117,20 +111,3 @@ def shown(table: pd.DataFrame, precision: int = 2) -> pd.DataFrame:
         elif pd.api.types.is_float_dtype(table[c]):
             out[c] = ["" if pd.isna(v) else f"{v:.{precision}f}" for v in table[c]]
     return out
-
-
-def run_at(notebook: Path, seed: int, params: dict, cwd: str) -> dict:
-    """Execute `notebook` at one `seed` with `params` (the other parameters of the page's run)
-    in a process of its own (its kernel's messages stay out of the page); return what it wrote
-    with `Chapter.finish`. Its page is discarded: the book shows the first seed's."""
-    with tempfile.TemporaryDirectory(prefix=f"seed{seed}-") as tmp:
-        results = Path(tmp) / "results.json"
-        given = {**params, "seed": seed, "seeds": None, "results": str(results)}
-        done = subprocess.run(
-            [sys.executable, "-m", "papermill", str(notebook), str(Path(tmp) / "page.ipynb"),
-             "-y", json.dumps(given), "--cwd", cwd, "--kernel", "python3", "--no-progress-bar"],
-            capture_output=True, text=True)
-        if done.returncode or not results.is_file():
-            raise RuntimeError(f"{notebook.name} at seed {seed} failed:\n"
-                               + "\n".join(done.stderr.strip().splitlines()[-15:]))
-        return json.loads(results.read_text())

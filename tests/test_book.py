@@ -62,7 +62,8 @@ def test_run_rejects_bad_arguments_before_any_work(capsys):
                                                        "'fashion-mnist'"),
             (["run", "attacks", "--device", "tpu"], "device='tpu'"),
             (["run", "attacks", "-p", "ratoi=0.05"], "attacks has no parameter 'ratoi'; allowed: "
-                                                     "seed, seeds, ratio, target, attacks"),
+                                                     "seed, ratio, target, attacks, seeds"),
+            (["run", "attacks", "-p", "pooled=[a.json]"], "repro run pools the seeds it runs"),
             (["run", "attacks", "--seeds", "0", "0"], "seeds=[0, 0] repeats a seed"),
             (["run", "attacks", "-p", "seeds=[]"], "seeds=[] is not allowed"),
             (["run", "attacks", "-p", "ratio"], "expected key=value"),
@@ -82,7 +83,8 @@ def test_run_rejects_bad_arguments_before_any_work(capsys):
 def test_a_failed_run_leaves_no_page_and_a_good_one_moves_both_files(tmp_path):
     tiny_chapter(tmp_path, "raise RuntimeError('half-way')")
     # cell 3: papermill inserts the injected-parameters cell after the parameters cell
-    with pytest.raises(book.RunFailed, match="tiny failed in cell 3: RuntimeError: half-way"):
+    with pytest.raises(book.RunFailed,
+                       match="tiny at seed 0 failed in cell 3: RuntimeError: half-way"):
         book.run("tiny", profile="smoke", dataset="fashion-mnist", device="cpu", root=tmp_path,
                  progress=False)
     assert not list((tmp_path / "book" / "runs").iterdir())
@@ -97,6 +99,27 @@ def test_a_failed_run_leaves_no_page_and_a_good_one_moves_both_files(tmp_path):
     result = json.loads((tmp_path / "book" / "results" / "tiny.json").read_text())
     assert result["tables"]["n"] == [{"n": 7}] and result["record"]["profile"] == "smoke"
     assert not list((tmp_path / "book" / ".partial").iterdir())
+
+
+def test_a_run_over_two_seeds_runs_the_other_first_and_pools_it_into_the_page(tmp_path):
+    tiny_chapter(tmp_path, "")
+    nb = nbformat.read(tmp_path / "notebooks" / "tiny.ipynb", as_version=4)
+    nb.cells[0].source += "\nseed = 0\npooled = []"
+    nb.cells[1].source = (
+        "from reprolib.chapter import Chapter\n"
+        "ch = Chapter('attacks', profile=profile, dataset=dataset, device=device, seed=seed, "
+        "pooled=pooled, results=results)\n"
+        "ch.compare({'min_asr_dirty': 90.0 + seed})\nch.over_seeds()\nch.finish()")
+    nbformat.write(nb, tmp_path / "notebooks" / "tiny.ipynb")
+    params = book.check_run(["tiny"], profile="smoke", dataset="fashion-mnist", device="cpu",
+                            pairs=["seeds=[0, 3]"], root=tmp_path)
+    book.run("tiny", profile="smoke", dataset="fashion-mnist", device="cpu",
+             params=params["tiny"], root=tmp_path, progress=False)
+    result = json.loads((tmp_path / "book" / "results" / "tiny.json").read_text())
+    assert result["record"]["seeds"] == [0, 3] and set(result["seeds"]) == {"0", "3"}
+    row = next(r for r in result["comparison"] if r["id"] == "dirty-label-asr")
+    assert row["ours"] == pytest.approx(91.5) and row["n"] == 2
+    assert not list((tmp_path / "book" / ".partial").iterdir())     # seed 3's page discarded
 
 
 @pytest.mark.notebook

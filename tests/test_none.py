@@ -98,7 +98,7 @@ def test_none_repairs_a_copy_and_lowers_the_asr(tiny_badnets, expect):
     # f = 0.2, NONE's natural setting: on this 64-channel model the default 3 % (1-2 channels a
     # layer) missed the backdoor's channels on some CPUs (ASR 74 % after repair on AVX-512)
     settings = none.Settings(epochs=4, lr=1e-2, fraction=0.2)
-    result = none.none(t.model, t.train, settings, augment=False, progress=False)
+    result = none.repair(t.model, t.train, settings, augment=False, progress=False)
     after = evaluate(result.model, t.test, t.backdoor, 0)
     assert all(torch.equal(v, t.model.state_dict()[k]) for k, v in state.items())
     assert not result.model.training and len(result.rounds) == 1
@@ -108,7 +108,7 @@ def test_none_repairs_a_copy_and_lowers_the_asr(tiny_badnets, expect):
     expect("ASR after / before", after["asr"] / before["asr"], below=0.5)
     expect("CA drop", before["ca"] - after["ca"], below=0.06)
     # the reset is what removes it: dropping the poison and fine-tuning alone leave it
-    kept = none.none(t.model, t.train, dataclasses.replace(settings, zero=False), augment=False,
+    kept = none.repair(t.model, t.train, dataclasses.replace(settings, zero=False), augment=False,
                      progress=False)
     expect("ASR without the reset", evaluate(kept.model, t.test, t.backdoor, 0)["asr"], above=0.9)
     repaired = result.model.state_dict()
@@ -118,7 +118,7 @@ def test_none_repairs_a_copy_and_lowers_the_asr(tiny_badnets, expect):
 
 def test_a_diverging_repair_says_so_and_keeps_the_model_it_had(tiny_badnets):
     t = tiny_badnets
-    result = none.none(t.model, t.train, none.Settings(epochs=1, lr=1e6), augment=False,
+    result = none.repair(t.model, t.train, none.Settings(epochs=1, lr=1e6), augment=False,
                        progress=False)
     assert result.diverged and len(result.rounds) == 1
     assert all(torch.equal(v, t.model.state_dict()[k])

@@ -3,6 +3,7 @@ several seeds."""
 import math
 
 import pandas as pd
+from scipy import stats
 import pytest
 
 from reprolib import book, config, seeds
@@ -114,8 +115,12 @@ def test_the_default_seeds_are_three_at_paper_one_at_smoke_and_three_for_the_qui
                for c in book.chapters())
     assert config.seeds("attacks", "quick") >= 3 and config.seeds("linf_pruning", "quick") >= 3
     assert set(config.SEEDS) == set(book.chapters())
-    assert Chapter("attacks", profile="quick", device="cpu").seeds == [0, 1, 2]
-    assert Chapter("attacks", profile="quick", device="cpu", seed=4).seeds == [4]
+    def seeds_of(*pairs):
+        return book.check_run(["attacks"], profile="quick", dataset="fashion-mnist",
+                              device="cpu", pairs=list(pairs))["attacks"]["seeds"]
+    assert seeds_of() == [0, 1, 2] and seeds_of("seed=4") == [4]
+    assert seeds_of("seeds=[3, 5]") == [3, 5]
+    assert Chapter("attacks", profile="quick", device="cpu").seeds == [0]    # a notebook: one
 
 
 def test_each_seed_has_its_own_jobs_and_repro_plan_lists_them(capsys):
@@ -123,7 +128,7 @@ def test_each_seed_has_its_own_jobs_and_repro_plan_lists_them(capsys):
                             params={"attacks": ["badnets"]})[1]
     ch, two = book.planned_jobs("attacks", profile="smoke", dataset="fashion-mnist",
                                 device="cpu", params={"attacks": ["badnets"], "seeds": [0, 1]})
-    assert ch.seeds == [0, 1] and len(two) == 2 * len(one) == 4
+    assert ch.seed == 0 and len(two) == 2 * len(one) == 4
     assert len({j.key for j in two}) == 4 and {j.key for j in one} < {j.key for j in two}
     assert "victim badnets 0.1 seed 1" in [j.describe() for j in two]
     argv = ["plan", "attacks", "--profile", "smoke", "--dataset", "fashion-mnist", "--device",
@@ -134,14 +139,38 @@ def test_each_seed_has_its_own_jobs_and_repro_plan_lists_them(capsys):
     assert "give the seeds one way" in capsys.readouterr().err
 
 
-def test_over_seeds_needs_the_notebook_to_run_the_other_seeds():
-    ch = Chapter("attacks", profile="smoke", device="cpu", dataset="fashion-mnist",
-                 seeds=[0, 1])
-    ch.compare({"min_asr_dirty": 97.0})
-    with pytest.raises(RuntimeError, match="must run in its notebook"):
-        ch.over_seeds()
-    with pytest.raises(RuntimeError, match="over_seeds\\(\\) did not run them"):
-        ch.finish()
+def run_at(seed: int, asr: float, tmp_path, pooled=()) -> Chapter:
+    """A chapter run at `seed` that measured `asr`, its results written to tmp_path."""
+    ch = Chapter("attacks", profile="smoke", device="cpu", dataset="fashion-mnist", seed=seed,
+                 pooled=list(pooled), results=str(tmp_path / f"seed{seed}.json"))
+    ch.table("no_defense", pd.DataFrame({"attack": ["badnets"], "asr": [asr]}))
+    ch.compare({"min_asr_dirty": asr})
+    return ch
+
+
+def test_a_run_pools_the_seeds_run_before_it_from_their_results_files(tmp_path):
+    for seed, asr in ((1, 95.0), (2, 99.0)):
+        one = run_at(seed, asr, tmp_path)
+        one.over_seeds()
+        one.finish()
+    files = [tmp_path / "seed1.json", tmp_path / "seed2.json"]
+    ch = run_at(0, 97.0, tmp_path, files)
+    assert ch.seeds == [0, 1, 2]
+    row = ch.over_seeds().set_index("id").loc["dirty-label-asr"]
+    assert row["ours"] == pytest.approx(97.0) and row["n"] == 3
+    assert row["low"] == pytest.approx(97.0 - stats.t.ppf(0.975, 2) * 2 / 3 ** 0.5)
+    table = ch.seed_tables()["no_defense"]
+    assert table.loc[0, "asr"] == pytest.approx(97.0) and table.loc[0, "n"] == 3
+    written = ch.finish()
+    assert set(written["seeds"]) == {"0", "1", "2"} and written["record"]["seeds"] == [0, 1, 2]
+    with pytest.raises(ParameterError, match="seed 1 again"):
+        run_at(0, 97.0, tmp_path, [files[0], files[0]])
+    with pytest.raises(ParameterError, match="'profile': 'smoke'"):
+        Chapter("attacks", profile="quick", device="cpu", dataset="fashion-mnist",
+                pooled=[str(files[0])])
+    unpooled = run_at(0, 97.0, tmp_path, files)
+    with pytest.raises(RuntimeError, match="over_seeds\\(\\) did not pool them"):
+        unpooled.finish()
 
 
 @pytest.mark.parametrize("profile", ["smoke", "paper"])

@@ -252,8 +252,8 @@ class Result:
                                       # the model before that round (the input, in round 1)
 
 
-def none(model: nn.Module, data: ImageSet, settings: Settings = Settings(), *,
-         augment: bool = True, seed: int = 0, progress: bool = True) -> Result:
+def repair(model: nn.Module, data: ImageSet, settings: Settings = Settings(), *,
+           augment: bool = True, seed: int = 0, progress: bool = True) -> Result:
     """Repair a copy of the trained `model` on its own training set `data`: per round detect,
     drop the flagged images, reset the selected channels, fine-tune with BatchNorm frozen.
     The optimizer starts afresh (the code keeps phase 1's momentum buffers; we have only the

@@ -36,9 +36,9 @@ def _repaired_copy(kept: Kept, args: dict) -> none_.Result:
       work=lambda a: sizes(a["victim"])[0] * a["settings"].rounds * (a["settings"].epochs + 1),
       describe=lambda a: f"NONE {a['victim']['attack']} (f = {a['settings'].fraction:g})")
 def repaired_by_none(victim: dict, settings: none_.Settings, augment: bool, seed: int) -> Kept:
-    """NONE's repair of the victim asked for by `victim` (`none_.none`)."""
+    """NONE's repair of the victim asked for by `victim` (`none_.repair`)."""
     v = trained_victim(**victim)
-    return pack(none_.none(v.model, v.train, settings, augment=augment, seed=seed,
+    return pack(none_.repair(v.model, v.train, settings, augment=augment, seed=seed,
                            progress=False))
 
 
@@ -81,7 +81,7 @@ def natural_round(victim: dict, settings: none_.Settings, index: int, augment: b
     v = trained_victim(**victim)
     model = v.model if index == 1 else natural_round(
         victim=victim, settings=settings, index=index - 1, augment=augment, seed=seed).model
-    return pack(none_.none(model, v.train, settings, augment=augment, seed=seed + index - 1,
+    return pack(none_.repair(model, v.train, settings, augment=augment, seed=seed + index - 1,
                            progress=False))
 
 
