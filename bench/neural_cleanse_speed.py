@@ -20,7 +20,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from reprolib import config, models
+from reprolib import config, devices, models
 from reprolib.data import ImageSet
 from reprolib.defenses.neural_cleanse import reverse
 
@@ -59,7 +59,7 @@ def main():
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
-    device = config.resolve_device(args.device)
+    device = devices.resolve(args.device)
     model = models.build(args.model, 10, 3, seed=0).to(device, memory_format=torch.channels_last).eval()
     gen = torch.Generator().manual_seed(0)
     data = ImageSet(torch.randint(0, 256, (1000, 3, 32, 32), dtype=torch.uint8, generator=gen),
@@ -77,7 +77,7 @@ def main():
         run()
         sync(device)
         timings[name] = time.perf_counter() - start
-    print(json.dumps({"model": args.model, "device": config.device_name(device),
+    print(json.dumps({"model": args.model, "device": devices.name(device),
                       "labels": 10, "steps": args.steps, "batch_size": args.batch_size,
                       "seconds": {k: round(v, 2) for k, v in timings.items()},
                       "speedup": round(timings["baseline"] / timings["reprolib"], 2)}))

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision import transforms
 
-from reprolib import config, models
+from reprolib import config, devices, models
 from reprolib.data import ImageSet
 from reprolib.train import train
 
@@ -99,7 +99,7 @@ def main():
     ap.add_argument("--device", default="auto")
     ap.add_argument("--json", default=None, help="also write the results to this file")
     args = ap.parse_args()
-    device = config.resolve_device(args.device)
+    device = devices.resolve(args.device)
     cuda = device.type == "cuda"
     n = config.check_range("n", args.n or (50000 if cuda else 256), low=256, integer=True)
     epochs = config.check_range("epochs", args.epochs or (2 if cuda else 1), low=1, integer=True)
@@ -107,7 +107,7 @@ def main():
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
     labels = torch.randint(0, 10, (n,), generator=g)
-    name = config.device_name(device) + ("" if cuda else f" ({os.cpu_count()} cores)")
+    name = devices.name(device) + ("" if cuda else f" ({os.cpu_count()} cores)")
     print(f"device {name} · torch {torch.__version__} · PreAct-ResNet18 · {n} random 32×32×3 "
           f"images · batch 128 · epoch {epochs} of {epochs} timed", flush=True)
 

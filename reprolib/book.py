@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from . import config, data, models, seeds as seeding, staleness
+from . import config, data, devices, models, seeds as seeding, staleness
 
 ROOT = config.ROOT
 RESERVED = ("profile", "model", "dataset", "device", "results", "pooled")   # set by run() itself
@@ -74,7 +74,7 @@ def check_run(papers: list[str], *, profile: str, dataset: str, device: str,
     config.profile(profile)
     config.check_choice("model", model, models.CHOICES)
     config.check_choice("dataset", dataset, ["auto", *data.DATASETS])
-    config.resolve_device(device)
+    devices.resolve(device)
     # a missing or damaged data file ends the run here, in one line, not in a kernel traceback
     data.load(data.default_dataset()[0] if dataset == "auto" else dataset)
     params = {paper: parse_params(pairs, notebook_parameters(root / "notebooks" / f"{paper}.ipynb"),

@@ -19,34 +19,19 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
-import platform
 import time
 from datetime import datetime, timezone
-from importlib.metadata import version
 from pathlib import Path
 from types import SimpleNamespace
 
-import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import Markdown, display
 
-from . import config, data, jobs, metrics, models, plots, reference, seeds as seeding, staleness
+from . import config, data, devices, glue, jobs, models, reference, seeds as seeding, staleness
+from . import display as shown
+from .provenance import code_version, library_versions
 from .zoo import atomic_write
-
-LIBRARIES = ("torch", "torchvision", "numpy", "pandas", "papermill", "jupyter-book")
-
-
-def library_versions() -> dict[str, str]:
-    found = {"python": platform.python_version()}
-    for name in LIBRARIES:
-        try:
-            found[name] = version(name)
-        except Exception:  # not installed: say so rather than fail the chapter
-            found[name] = "not installed"
-    return found
-
 
 class Chapter:
     """The parameters a chapter runs with, resolved and checked, and what it reports."""
@@ -68,7 +53,7 @@ class Chapter:
         else:
             self.dataset = config.check_choice("dataset", dataset, ["auto", *data.DATASETS])
             self.dataset_why = "named by the run's parameters"
-        self.device = config.resolve_device(device)
+        self.device = devices.resolve(device)
         self.seed = config.check_range("seed", seed, low=0, high=2**32 - 1, integer=True)
         self.data_dir = data_dir
         self.results = Path(results) if results else None
@@ -76,7 +61,8 @@ class Chapter:
         self.comparison: pd.DataFrame | None = None
         self.found: list[dict] = []             # measured findings: no paper's claims
         self.measured: dict[str, float | None] = {}   # this seed's, for the comparison
-        self.by_seed = self._read_pooled(pooled)    # the other seeds' tables and measures
+        self.by_seed = seeding.read_pooled(pooled, self.run_setting | {"chapter": name},
+                                           self.seed)    # the other seeds' tables and measures
         self.seeds = [self.seed, *self.by_seed]
         self._pooled_shown = False
         self.jobs: dict[str, int] = {}          # the chapter's jobs: how many, cached, computed
@@ -88,9 +74,9 @@ class Chapter:
     def record(self) -> dict:
         return {"chapter": self.name, "profile": self.profile, "dataset": self.dataset,
                 "dataset_why": self.dataset_why, "model": self.model, "model_why": self.model_why,
-                "device": config.device_name(self.device),
+                "device": devices.name(self.device),
                 "seeds": self.seeds,                 # the page is the first seed's
-                "code_version": config.code_version(),
+                "code_version": code_version(),
                 "started": self.started.isoformat(timespec="seconds"),
                 "wall_time_s": round(time.perf_counter() - self._clock, 1),
                 "jobs": self.jobs, "executor": os.environ.get("REPRO_EXECUTOR") or "local",
@@ -103,13 +89,6 @@ class Chapter:
         for r in self.by_seed.values():
             found.update(r["executed"])
         return dict(sorted(found.items()))
-
-    def _record_line(self, wall: bool) -> str:
-        r = self.record()
-        line = (f"profile **{r['profile']}** · dataset **{r['dataset']}** ({r['dataset_why']}) · "
-                f"model **{r['model']}** ({r['model_why']}) · device {r['device']} · "
-                f"{_seeds_text(r['seeds'])} · code {r['code_version']}")
-        return line + (f" · wall time {r['wall_time_s']:.0f} s" if wall else "")
 
     @property
     def paper_recipe(self) -> bool:
@@ -182,7 +161,7 @@ class Chapter:
         return config.scale(self.name, self.profile, **given)
 
     def header(self) -> None:
-        display(Markdown(f"**Run record:** {self._record_line(wall=False)}"))
+        display(Markdown(f"**Run record:** {shown.record_line(self.record(), wall=False)}"))
 
     def compute(self, results, **params):
         """`results(ch, **params)` (an experiments module's `results`) at this run's first seed.
@@ -227,30 +206,6 @@ class Chapter:
         self.comparison = reference.compare(self.reference, pooled, self.run_setting)
         return self.comparison
 
-    def _read_pooled(self, paths) -> dict[int, dict]:
-        """The other seeds' runs of this chapter, from the results files `repro run --seeds`
-        handed this run, each checked to be this chapter in this run's setting."""
-        found = {}
-        for path in paths:
-            try:
-                other = json.loads(Path(path).read_text())
-                r = other["record"]
-            except (OSError, ValueError, KeyError) as err:
-                raise config.ParameterError(f"pooled={path!r}: not a results file of a chapter "
-                                            f"run ({err})") from None
-            mine = {"chapter": self.name, "profile": self.profile, "dataset": self.dataset,
-                    "model": self.model}
-            differ = {k: r.get(k) for k, v in mine.items() if r.get(k) != v}
-            seed = r["seeds"][0]
-            if differ or seed == self.seed or seed in found:
-                raise config.ParameterError(
-                    f"pooled={path!r} is not allowed: a run of {mine} at another seed than "
-                    f"{[self.seed, *found]} is expected, and it is " +
-                    (f"{differ}" if differ else f"seed {seed} again"))
-            found[seed] = {"tables": other["tables"], "measured": other["measured"],
-                           "executed": r["executed"], "wall_time_s": r["wall_time_s"]}
-        return found
-
     def over_seeds(self) -> pd.DataFrame:
         """Say which seeds the comparison pools (this run's and those `repro run --seeds` ran
         before it); returns the comparison over all of them."""
@@ -269,26 +224,19 @@ class Chapter:
         spent = sum(r["wall_time_s"] for r in self.by_seed.values())
         display(Markdown(
             f"**Seeds:** {len(self.seeds)} ({', '.join(map(str, self.seeds))}). The page above "
-            f"is seed {self.seed}'s run; {_seeds_text(others)} ran the same notebook with the "
+            f"is seed {self.seed}'s run; {shown.seeds_text(others)} ran the same notebook with the "
             f"same parameters before it (`repro run --seeds`), each with its own victims and "
             f"draws, in {spent:.0f} s. From here on a number is the mean over seeds with its "
             f"95 % Student's t interval."))
         return self._compare()
 
     def seed_tables(self) -> dict[str, pd.DataFrame]:
-        """Each kept table over every seed (`seeds.over_seeds`); empty with one seed."""
-        if not self.by_seed:
-            return {}
-        every = {self.seed: {k: _records(v) for k, v in self.tables.items()},
-                 **{s: r["tables"] for s, r in self.by_seed.items()}}   # all as the JSON has them
-        return {name: seeding.over_seeds({s: pd.DataFrame(t[name]) for s, t in every.items()})
-                for name in self.tables}
+        """Each kept table over every seed (`seeds.tables_over`); empty with one seed."""
+        return seeding.tables_over({self.seed: {k: _records(v) for k, v in self.tables.items()},
+                                    **{s: r["tables"] for s, r in self.by_seed.items()}})
 
     def show_seed_tables(self) -> None:
-        """The kept tables over seeds, each cell "mean ± half-width of the 95 % interval"."""
-        for name, table in self.seed_tables().items():
-            display(Markdown(f"**{name.replace('_', ' ')}**, over {len(self.seeds)} seeds"))
-            display(seeding.shown(table).style.hide(axis="index"))
+        shown.tables_over_seeds(self.seed_tables(), len(self.seeds))
 
     def findings(self, found: list[dict]) -> list[dict]:
         """Keep what this run found (each a "finding" sentence and its measured "value"),
@@ -301,41 +249,10 @@ class Chapter:
         return self.found
 
     def show_comparison(self) -> None:
-        """The comparison as two tables, the paper's numbers and its claims, each value with
-        its interval over seeds (or "1 seed"); with several seeds, a figure of every checked
-        row's seeds."""
-        c = self.comparison.assign(interval=[reference.interval_text(r)
-                                             for _, r in self.comparison.iterrows()])
-        numbers = c[c.kind == "number"]
-        if len(numbers):
-            display(Markdown("**The paper's numbers**"))
-            display(_plain(numbers[["what", "paper", "ours", "interval", "delta", "tolerance",
-                                    "verdict"]]))
-            reasons = sorted(set(numbers.why) - {""})
-            if reasons:
-                display(Markdown("Not comparable because: " + "; ".join(reasons) + "."))
-        claims = c[c.kind == "claim"]
-        if len(claims):
-            display(Markdown("**The paper's claims**"))
-            display(_plain(claims[["what", "ours", "interval", "tolerance", "verdict"]]
-                           .rename(columns={"what": "claim", "tolerance": "checked as"})))
-        self.glue_comparison()
-        if self.by_seed:
-            fig = plots.seeds_figure(self.comparison, self.reference, self.seed_measures())
-            if fig is not None:
-                display(fig)
-                plt.close(fig)
-
-    def glue_comparison(self) -> None:
-        """Every row's value ("ours", the mean over seeds) under the row's id, and how many rows
-        got each verdict (`n-reproduced`, `n-partly`, `n-not-reproduced`, `n-not-comparable`,
-        `n-checked`: the rows not "not comparable"), for the page's prose."""
-        for _, row in self.comparison.iterrows():
-            glue(row["id"], row["ours"])
-        counts = reference.verdict_counts(self.comparison["verdict"])
-        for v, n in counts.items():
-            glue("n-" + v.replace(" ", "-"), n)
-        glue("n-checked", len(self.comparison) - counts["not comparable"])
+        """The comparison over seeds (`display.comparison`), its values glued for the page's
+        prose (`glue.comparison`)."""
+        shown.comparison(self.comparison, self.reference, self.seed_measures())
+        glue.comparison(self.comparison)
 
     def seed_measures(self) -> dict[int, dict]:
         """What each seed measured, by seed."""
@@ -346,9 +263,9 @@ class Chapter:
         the first seed's tables, the comparison over seeds, and each seed's own tables and
         measures."""
         if self.by_seed and not self._pooled_shown:
-            raise RuntimeError(f"the run pooled {_seeds_text(self.seeds)} but over_seeds() did "
+            raise RuntimeError(f"the run pooled {shown.seeds_text(self.seeds)} but over_seeds() did "
                                f"not pool them: its comparison would be seed {self.seed}'s alone")
-        display(Markdown(f"**Run record:** {self._record_line(wall=True)}"))
+        display(Markdown(f"**Run record:** {shown.record_line(self.record(), wall=True)}"))
         first = {"tables": {k: _records(v) for k, v in self.tables.items()},
                  "measured": self.measured}
         payload = {"record": self.record(), **first,
@@ -361,46 +278,6 @@ class Chapter:
         if self.results:
             atomic_write(self.results, json.dumps(payload, indent=1).encode())
         return payload
-
-
-GLUE_PREFIX = "application/papermill.record/"
-
-
-def glue(name: str, value) -> None:
-    """Keep `value` for the page's prose, where {glue:text}`name` shows it (myst-nb's glue
-    format, written here so that a kernel without myst-nb can run the chapter). A number shows
-    to two decimals below 10 and one above, a missing one as "not measured"."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        text = "not measured"
-    elif isinstance(value, (int, str)):
-        text = str(value)
-    else:
-        text = f"{value:.2f}" if abs(value) < 10 else f"{value:.1f}"
-    display({GLUE_PREFIX + "text/plain": text}, raw=True,
-            metadata={"scrapbook": {"name": name, "mime_prefix": GLUE_PREFIX}})
-
-
-def score_row(v, model=None, *, der: bool = True, accuracy: str = "CA %") -> dict[str, float]:
-    """The scores of `model` (default: the victim `v`'s own) in percent: clean accuracy (under
-    the name `accuracy`), ASR and RA, and with `der` the DER against `v`'s undefended model.
-    A clean twin (no attack) has only its clean accuracy."""
-    s = v.scores(model)
-    if "asr" not in s:
-        return {accuracy: 100 * s["ca"]}
-    row = {accuracy: 100 * s["ca"], "ASR %": 100 * s["asr"], "RA %": 100 * s["ra"]}
-    if der:
-        before = v.scores()
-        row["DER %"] = 100 * metrics.der(before["ca"], before["asr"], s["ca"], s["asr"])
-    return row
-
-
-def _seeds_text(seeds: list[int]) -> str:
-    return f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
-
-
-def _plain(frame: pd.DataFrame):
-    """A table without its index, numbers to two decimals, empty cells left empty."""
-    return frame.style.hide(axis="index").format(precision=2, na_rep="")
 
 
 def _records(frame: pd.DataFrame) -> list[dict]:

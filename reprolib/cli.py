@@ -20,7 +20,8 @@ import sys
 
 import torch
 
-from . import book, config, data, jobs, models
+from . import book, config, data, devices, jobs, models
+from .provenance import code_version
 from .attacks import ATTACKS, attack as make_attack
 from .train import evaluate, trained
 from .victims import datasets, victim
@@ -28,8 +29,8 @@ from .zoo import Zoo
 
 
 def _run_record(profile: str, dataset: str, device: torch.device) -> str:
-    return (f"profile {profile} · dataset {dataset} · device {config.device_name(device)} · "
-            f"code {config.code_version()} · torch {torch.__version__}")
+    return (f"profile {profile} · dataset {dataset} · device {devices.name(device)} · "
+            f"code {code_version()} · torch {torch.__version__}")
 
 
 def _pct(x: float) -> str:
@@ -48,7 +49,7 @@ def cmd_train(args) -> None:
     p = config.profile(args.profile)
     recipe = p.recipe if args.epochs is None else p.recipe.replace(epochs=args.epochs)
     model_name = args.model or p.model
-    device = config.resolve_device(args.device)
+    device = devices.resolve(args.device)
     print(_run_record(args.profile, args.dataset, device))
     train_set, test_set = datasets(args.dataset, args.data_dir, p.n_train, p.n_test, args.seed)
     score = lambda m: evaluate(m, test_set)  # noqa: E731
@@ -63,7 +64,7 @@ def cmd_train(args) -> None:
 
 def cmd_demo(args) -> None:
     p = config.profile(args.profile)
-    device = config.resolve_device(args.device)
+    device = devices.resolve(args.device)
     attacks = [make_attack(name) for name in args.attack]  # every name checked before training
     print(_run_record(args.profile, args.dataset, device))
     common = dict(ratio=args.ratio, target=args.target, seed=args.seed, profile=args.profile,
@@ -125,7 +126,7 @@ def cmd_plan(args) -> None:
                           device=args.device, params=params[paper], throughput=args.throughput)
         ch, rows = found["chapter"], found["rows"]
         print(f"{paper} · profile {ch.profile} · {ch.dataset} · {ch.model} · "
-              f"{config.device_name(ch.device)}")
+              f"{devices.name(ch.device)}")
         print(f"  {'status':<8} {'time':>9}  {'kind':<14} {'key':<24}  what")
         for r in rows:
             when = _minutes(r["seconds"]) if r["seconds"] is not None else "?"

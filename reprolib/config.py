@@ -1,4 +1,4 @@
-"""Profiles, the training recipe, parameter validation and seeding.
+"""Profiles, the training recipe, the chapters' scale knobs, and parameter validation.
 
 A profile sets scale knobs only (model, how many images, how long to train); dataset, seed and
 device are separate parameters. Every check raises `ParameterError` naming the parameter, the
@@ -8,17 +8,11 @@ from __future__ import annotations
 
 import copy
 import math
-import os
-import random
-import subprocess
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-import torch
-
-from . import __version__
 
 ROOT = Path(__file__).resolve().parent.parent    # the project: notebooks/, book/, reprolib/
 
@@ -225,56 +219,3 @@ def scale(chapter: str, profile_name: str, **given) -> SimpleNamespace:
                              f"its knobs: {', '.join(knobs) or 'none'}")
     return SimpleNamespace(**{name: copy.deepcopy(values[column]) if given.get(name) is None
                               else given[name] for name, values in knobs.items()})
-
-
-DEVICES = ("auto", "cpu", "cuda")
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    if isinstance(device, torch.device):
-        return device
-    kind, _, index = device.partition(":")
-    check_choice("device", kind, DEVICES)
-    if index and (kind != "cuda" or not index.isdigit()):
-        raise ParameterError(f"device={device!r} is not allowed; only 'cuda' takes an index, "
-                             "as in 'cuda:1'")
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ParameterError(f"device={device!r} is not available: torch sees no CUDA GPU; "
-                             "use 'cpu' or 'auto'")
-    return torch.device(device)
-
-
-def device_name(device: torch.device) -> str:
-    """The GPU's name, or 'cpu': what run records and model cards report."""
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-
-
-def seed_everything(seed: int) -> int:
-    """Seed Python, NumPy and torch (all devices) and return the seed."""
-    seed = check_range("seed", seed, low=0, high=2**32 - 1, integer=True)
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    return seed
-
-
-def cache_home() -> Path:
-    """Where downloaded data and trained models live unless told otherwise."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "repro"
-
-
-def code_version() -> str:
-    """The package version plus the git commit of a source checkout (with '+dirty' if edited).
-    $REPRO_CODE_COMMIT, when set, wins: a copy sent to a GPU machine may carry no git metadata,
-    or stale metadata. Staleness is judged by the files' hashes, not by this."""
-    commit = os.environ.get("REPRO_CODE_COMMIT", "")
-    if not commit:
-        try:
-            commit = subprocess.run(["git", "-C", str(ROOT), "describe", "--always",
-                                     "--dirty=+dirty", "--abbrev=12", "--exclude=*"],
-                                    capture_output=True, text=True, timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            pass
-    return f"{__version__}+{commit}" if commit else __version__

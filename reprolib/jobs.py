@@ -42,7 +42,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 from tqdm import tqdm
 
-from . import config
+from . import config, devices
 from .zoo import Zoo, key as zoo_key
 
 NOT_KEYED = ("device", "data_dir", "progress", "zoo")
@@ -267,7 +267,7 @@ def step(kind: str, *, version: str = "1", read=None, work=None, describe=None, 
 
 
 def _device_of(args: dict) -> str:
-    return config.device_name(config.resolve_device(args.get("device", "auto")))
+    return devices.name(devices.resolve(args.get("device", "auto")))
 
 
 def in_order(jobs: list[Job]) -> list[Job]:

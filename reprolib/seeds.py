@@ -8,7 +8,9 @@ standard deviation: the 95 % interval of the mean if the seeds' values were norm
 """
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -111,3 +113,37 @@ def shown(table: pd.DataFrame, precision: int = 2) -> pd.DataFrame:
         elif pd.api.types.is_float_dtype(table[c]):
             out[c] = ["" if pd.isna(v) else f"{v:.{precision}f}" for v in table[c]]
     return out
+
+
+def read_pooled(paths, run: dict, seed: int) -> dict[int, dict]:
+    """The other seeds' runs of a chapter, from the results files `repro run --seeds` hands the
+    run at `seed`, each checked to be a run of `run` (chapter, profile, dataset, model) at
+    another seed: by seed, its tables, measures, executed files and wall time."""
+    found = {}
+    for path in paths:
+        try:
+            other = json.loads(Path(path).read_text())
+            r = other["record"]
+        except (OSError, ValueError, KeyError) as err:
+            raise ParameterError(f"pooled={path!r}: not a results file of a chapter run "
+                                 f"({err})") from None
+        differ = {k: r.get(k) for k, v in run.items() if r.get(k) != v}
+        other_seed = r["seeds"][0]
+        if differ or other_seed == seed or other_seed in found:
+            raise ParameterError(
+                f"pooled={path!r} is not allowed: a run of {run} at another seed than "
+                f"{[seed, *found]} is expected, and it is "
+                + (f"{differ}" if differ else f"seed {other_seed} again"))
+        found[other_seed] = {"tables": other["tables"], "measured": other["measured"],
+                             "executed": r["executed"], "wall_time_s": r["wall_time_s"]}
+    return found
+
+
+def tables_over(tables: dict[int, dict[str, list[dict]]]) -> dict[str, pd.DataFrame]:
+    """Each table of the first seed's (`tables`: by seed, each table as its records) over
+    every seed (`over_seeds`); empty with one seed."""
+    if len(tables) < 2:
+        return {}
+    first = next(iter(tables.values()))
+    return {name: over_seeds({s: pd.DataFrame(t[name]) for s, t in tables.items()})
+            for name in first}

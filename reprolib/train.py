@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import metrics, models
-from .config import (SCHEDULES, ParameterError, Recipe, check_choice, check_range,
-                     device_name, resolve_device)
+from .config import SCHEDULES, ParameterError, Recipe, check_choice, check_range
+from .devices import name as device_name, resolve as resolve_device
 from .data import Batches, ImageSet, crop_rotate_flip
 from .models import model_device
 from .zoo import Zoo

@@ -24,10 +24,9 @@ from functools import cached_property, lru_cache
 import torch
 import torch.nn as nn
 
-from . import config, data, models
+from . import config, data, devices, models
 from .attacks import Attack, Poisoned, attack as make_attack
 from .attacks.patch import Patch
-from .config import device_name
 from .jobs import NOT_KEYED, Kept, step
 from .train import evaluate, train
 from .zoo import Zoo
@@ -186,7 +185,7 @@ def _read_victim(kept: Kept, args: dict) -> Victim:
     s = setting(**{k: v for k, v in args.items() if k not in NOT_KEYED})
     net = s.skeleton(args.get("seed", 0))
     net.load_state_dict(kept.tensors)
-    net = net.to(config.resolve_device(args.get("device", "auto")),
+    net = net.to(devices.resolve(args.get("device", "auto")),
                  memory_format=torch.channels_last).eval()
     return Victim(net, kept.record, s.train, s.test, args.get("target", 0), s.poisoned,
                   s.backdoor, s.original, args)
@@ -229,7 +228,7 @@ def trained_victim(**args) -> Kept:
     scores (version 2: the weights themselves, where version 1 kept the key of a separate
     model entry)."""
     s = setting(**{k: v for k, v in args.items() if k not in NOT_KEYED})
-    seed, device = args.get("seed", 0), config.resolve_device(args.get("device", "auto"))
+    seed, device = args.get("seed", 0), devices.resolve(args.get("device", "auto"))
     net = s.skeleton(seed)
     label = s.poisoned.attack.name if s.poisoned else "clean"
     history = train(net, s.train, s.recipe, seed=seed, device=device,
@@ -259,7 +258,7 @@ def injected(base: Victim, patch: Patch, *, rate: float = 0.01, target: int = 0,
         model = copy.deepcopy(base.model)
         history = train(model, base.train, recipe, seed=seed, device=device, progress=progress,
                         desc=f"inject {patch.name}", per_batch=per_batch)
-        return model.state_dict(), {"history": asdict(history), "device": device_name(device)}
+        return model.state_dict(), {"history": asdict(history), "device": devices.name(device)}
 
     card, weights = (zoo or Zoo()).fetch(spec, fit)
     model = copy.deepcopy(base.model)

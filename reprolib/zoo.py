@@ -34,7 +34,8 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from .config import cache_home, code_version
+from .data import cache_home
+from .provenance import code_version
 
 # Bump when a change to training code changes what weights a spec produces.
 TRAINING_VERSION = "1"

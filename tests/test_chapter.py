@@ -3,8 +3,9 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from reprolib import config, jobs
-from reprolib.chapter import Chapter, score_row
+from reprolib import config, glue, jobs
+from reprolib.chapter import Chapter
+from reprolib.metrics import score_row
 from reprolib.config import ParameterError
 
 
@@ -26,19 +27,17 @@ def test_the_score_row_is_in_percent_with_the_der_against_the_undefended_model()
                                  "DER %": 100 * (0.90 - 0.04 + 1) / 2})
     assert list(row) == ["CA %", "ASR %", "RA %", "DER %"]
     assert score_row(v)["DER %"] == pytest.approx(50.0)          # nothing changed
-    plain = score_row(v, "tuned", der=False, accuracy="BA %")
+    plain = score_row(v, "tuned", with_der=False, accuracy="BA %")
     assert list(plain) == ["BA %", "ASR %", "RA %"] and plain["BA %"] == pytest.approx(86.0)
 
 
 def test_the_comparison_is_glued_for_the_prose_as_myst_nb_reads_it(monkeypatch):
     shown = []
-    monkeypatch.setattr("reprolib.chapter.display",
+    monkeypatch.setattr("reprolib.glue.display",
                         lambda bundle, raw, metadata: shown.append((bundle, metadata)))
-    ch = Chapter("attacks", profile="smoke", dataset="fashion-mnist", device="cpu")
-    ch.comparison = pd.DataFrame({"id": ["a", "b", "c", "d"], "ours": [97.123, None, 0.5, 3.0],
+    glue.comparison(pd.DataFrame({"id": ["a", "b", "c", "d"], "ours": [97.123, None, 0.5, 3.0],
                                   "verdict": ["reproduced", "not comparable", "reproduced",
-                                              "partly"]})
-    ch.glue_comparison()
+                                              "partly"]}))
     glued = {}
     for bundle, metadata in shown:
         prefix = metadata["scrapbook"]["mime_prefix"]

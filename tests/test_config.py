@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from reprolib import config, models
+from reprolib import config, devices, models, provenance
 from reprolib.config import ParameterError, Recipe
 
 
@@ -53,30 +53,21 @@ def test_profiles_are_scale_only_and_name_real_models():
 
 def test_device_validation():
     with pytest.raises(ParameterError, match="device='tpu'.*'auto', 'cpu', 'cuda'"):
-        config.resolve_device("tpu")
+        devices.resolve("tpu")
     with pytest.raises(ParameterError, match="device='auto:1'.*only 'cuda' takes an index"):
-        config.resolve_device("auto:1")
-    assert config.resolve_device("cpu") == torch.device("cpu")
+        devices.resolve("auto:1")
+    assert devices.resolve("cpu") == torch.device("cpu")
     if torch.cuda.is_available():
-        assert config.resolve_device("auto").type == "cuda"
+        assert devices.resolve("auto").type == "cuda"
     else:
-        assert config.resolve_device("auto") == torch.device("cpu")
+        assert devices.resolve("auto") == torch.device("cpu")
         with pytest.raises(ParameterError, match="no CUDA GPU"):
-            config.resolve_device("cuda")
-
-
-def test_seed_everything_repeats_and_validates():
-    config.seed_everything(7)
-    a = torch.rand(5)
-    config.seed_everything(7)
-    assert torch.equal(a, torch.rand(5))
-    with pytest.raises(ParameterError, match="seed=-1"):
-        config.seed_everything(-1)
+            devices.resolve("cuda")
 
 
 def test_the_code_version_takes_the_named_commit_over_git(monkeypatch):
     from reprolib import __version__
     monkeypatch.setenv("REPRO_CODE_COMMIT", "0123456789ab")
-    assert config.code_version() == f"{__version__}+0123456789ab"
+    assert provenance.code_version() == f"{__version__}+0123456789ab"
     monkeypatch.delenv("REPRO_CODE_COMMIT")
-    assert config.code_version().startswith(f"{__version__}+")     # this checkout's commit
+    assert provenance.code_version().startswith(f"{__version__}+")     # this checkout's commit

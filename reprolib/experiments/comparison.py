@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .. import staleness
-from ..chapter import score_row
+from ..metrics import score_row
 from ..config import Recipe, check_range
 from ..config import scale as scale_of
 from ..defenses import linf_pruning as lp

@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 
-from ..chapter import score_row
+from ..metrics import score_row
 from ..config import Recipe, check_range, profile
 from ..config import scale as scale_of
 from ..data import ImageSet

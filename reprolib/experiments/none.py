@@ -12,9 +12,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..chapter import score_row
+from ..metrics import score_row
 from .. import models
-from ..config import ParameterError, check_range, resolve_device
+from ..config import ParameterError, check_range
+from ..devices import resolve as resolve_device
 from ..defenses import abl as abl_
 from ..defenses import none as none_
 from ..defenses import reasr
@@ -141,7 +142,7 @@ def settings(scale, *, none_lr: float, augment: bool, fractions, areas):
 
 def row(v, model, defense: str, seconds=None, diverged: bool = False) -> dict:
     """A defense's row: BA, ASR and RA in percent, its seconds and whether it diverged."""
-    return {"defense": defense, **score_row(v, model, der=False, accuracy="BA %"),
+    return {"defense": defense, **score_row(v, model, with_der=False, accuracy="BA %"),
             "seconds": seconds, "diverged": diverged}
 
 
