@@ -10,8 +10,10 @@ writes the scorecard page from every results file and builds _build/html.
 from __future__ import annotations
 
 import concurrent.futures
+import importlib.util
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -83,6 +85,11 @@ def check_run(papers: list[str], *, profile: str, dataset: str, device: str,
     for paper, given in params.items():
         given["seeds"] = seeding.resolve(given.pop("seed", None), given.pop("seeds", None),
                                          config.seeds(paper, profile))
+        # every value, down to each job's arguments, checked by declaring the run's jobs (a
+        # notebook without an experiments module has none)
+        if importlib.util.find_spec(f"reprolib.experiments.{paper}"):
+            planned_jobs(paper, profile=profile, model=model, dataset=dataset, device=device,
+                         params=given, root=root)
     return params
 
 
@@ -90,11 +97,11 @@ def planned_jobs(paper: str, *, profile: str = "quick", model: str = "auto",
                  dataset: str = "auto", device: str = "auto", params: dict | None = None,
                  root: Path = ROOT) -> tuple[object, list]:
     """The chapter a run of `paper` would set up (at its first seed), and the jobs its first
-    round would compute: one declaring pass (`jobs.declared`) of the experiments module's
-    `results(ch, **parameters)` at each of its seeds, with the notebook's defaults and `params`. Jobs whose arguments
-    depend on results are found only once those results exist."""
+    round would ask for: one dry declaring pass (`jobs.declared`, reading nothing) of the
+    experiments module's `results(ch, **parameters)` at each of its seeds, with the notebook's
+    defaults and `params`; every parameter and every job's arguments checked on the way. Jobs
+    whose arguments depend on results are found only once those results exist."""
     import ast
-    import importlib
     import inspect
 
     from .chapter import Chapter
@@ -109,7 +116,8 @@ def planned_jobs(paper: str, *, profile: str = "quick", model: str = "auto",
     results = importlib.import_module(f"reprolib.experiments.{paper}").results
     takes = inspect.signature(results).parameters        # the rest are the page's own
     asked = {k: v for k, v in given.items() if k in takes and k != "ch"}
-    return ch, in_order([job for s in seeds for job in declared(results, ch.at(s), **asked).jobs])
+    return ch, in_order([job for s in seeds
+                         for job in declared(results, ch.at(s), dry=True, **asked).jobs])
 
 
 def plan(paper: str, *, throughput: float | None = None, **how) -> dict:
@@ -148,6 +156,7 @@ def run(paper: str, *, profile: str = "quick", model: str = "auto", dataset: str
     partial, runs, results = root / "book" / ".partial", root / "book" / "runs", root / "book" / "results"
     for folder in (partial, runs, results):
         folder.mkdir(parents=True, exist_ok=True)
+    sweep(partial)
     own = f"{paper}.{socket.gethostname()}.{os.getpid()}"
     common = dict(profile=profile, model=model, dataset=dataset, device=device, **params)
     others = {s: partial / f"{own}.seed{s}" for s in seeds[1:]}
@@ -168,9 +177,29 @@ def run(paper: str, *, profile: str = "quick", model: str = "auto", dataset: str
             file.unlink()
     page, table = _files(first)
     for_reading(page, root)
+    staleness.seal(table, page)
     os.replace(table, results / f"{paper}.json")
     os.replace(page, runs / f"{paper}.ipynb")
     return runs / f"{paper}.ipynb"
+
+
+def sweep(partial: Path) -> list[Path]:
+    """Remove from `partial` the files of runs on this machine whose process is gone (a failed
+    or killed run's page, named PAPER.HOST.PID...); returns them. Another machine's, or a live
+    run's, are left alone."""
+    ours, gone = re.compile(rf"[^.]+\.{re.escape(socket.gethostname())}\.(\d+)\."), []
+    for file in partial.glob("*"):
+        found = ours.match(file.name)
+        if not found:
+            continue
+        try:
+            os.kill(int(found[1]), 0)
+        except ProcessLookupError:
+            file.unlink(missing_ok=True)
+            gone.append(file)
+        except PermissionError:         # alive, another user's
+            pass
+    return gone
 
 
 def _files(where: Path) -> tuple[Path, Path]:
@@ -200,8 +229,8 @@ def execute(paper: str, parameters: dict, where: Path, root: Path, progress: boo
             stderr_file=sys.stderr if progress else None, config=local)
     except papermill.PapermillExecutionError as err:
         raise RunFailed(f"{paper} at seed {parameters['seed']} failed in cell {err.exec_count}: "
-                        f"{err.ename}: {err.evalue}\nThe partly executed notebook is {page}; "
-                        f"nothing was written to book/runs/.") from None
+                        f"{err.ename}: {err.evalue}\nThe partly executed notebook is {page} "
+                        f"(the next run removes it); nothing was written to book/runs/.") from None
     if not table.is_file():
         raise RuntimeError(f"notebooks/{paper}.ipynb ran but wrote no results: its last cell "
                            f"must call Chapter.finish()")
@@ -280,7 +309,8 @@ def build(root: Path = ROOT, *, rerun: bool = False, stale: bool = False, profil
     found = scorecard.results(root)
     for paper, result in found.items():
         if (root / "book" / "runs" / f"{paper}.ipynb").is_file():
-            mark_stale(root / "book" / "runs" / f"{paper}.ipynb", result["stale"])
+            mark_stale(root / "book" / "runs" / f"{paper}.ipynb",
+                       result["tampered"] or result["stale"])
     (root / "book" / "scorecard.md").write_text(scorecard.scorecard(root, found))
     (root / "book" / "verdicts.md").write_text(scorecard.verdicts_page(root, found))
     jupyter_book = Path(sys.executable).with_name("jupyter-book")

@@ -79,8 +79,13 @@ class Chapter:
                 "code_version": code_version(),
                 "started": self.started.isoformat(timespec="seconds"),
                 "wall_time_s": round(time.perf_counter() - self._clock, 1),
-                "jobs": self.jobs, "executor": os.environ.get("REPRO_EXECUTOR") or "local",
+                "jobs": self.all_jobs(), "executor": os.environ.get("REPRO_EXECUTOR") or "local",
                 "libraries": library_versions(), "executed": self.executed()}
+
+    def all_jobs(self) -> dict[str, int]:
+        """The jobs of this run and of the seeds it pools: how many, computed, cached."""
+        counts = [self.jobs, *(r["jobs"] for r in self.by_seed.values())]
+        return {k: sum(c.get(k, 0) for c in counts) for k in ("jobs", "computed", "cached")}
 
     def executed(self) -> dict[str, str]:
         """The content hash of every file this run executed, the other seeds' runs included
@@ -263,8 +268,9 @@ class Chapter:
         the first seed's tables, the comparison over seeds, and each seed's own tables and
         measures."""
         if self.by_seed and not self._pooled_shown:
-            raise RuntimeError(f"the run pooled {shown.seeds_text(self.seeds)} but over_seeds() did "
-                               f"not pool them: its comparison would be seed {self.seed}'s alone")
+            raise RuntimeError(f"the run pooled {shown.seeds_text(self.seeds)} but over_seeds() "
+                               f"did not pool them: its comparison would be seed {self.seed}'s "
+                               f"alone")
         display(Markdown(f"**Run record:** {shown.record_line(self.record(), wall=True)}"))
         first = {"tables": {k: _records(v) for k, v in self.tables.items()},
                  "measured": self.measured}

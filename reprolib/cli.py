@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 
@@ -286,11 +287,24 @@ def main(argv: list[str] | None = None) -> int:
     except book.RunFailed as err:
         print(f"repro: {err}", file=sys.stderr)
         return 1
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        print(f"repro: no space left on the device ({err.filename or err}); nothing "
+              f"half-written was kept: free some space and run `{_again(argv)}` again.",
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        print("repro: interrupted. Nothing half-written was left in book/runs or the zoo; "
-              "models trained so far are cached and the next run reuses them.", file=sys.stderr)
+        again = _again(argv)
+        print(f"repro: interrupted. Nothing half-written was left in book/runs or the zoo; the "
+              f"jobs finished so far are cached: `{again}` resumes from them.", file=sys.stderr)
         return 130
     return 0
+
+
+def _again(argv: list[str] | None) -> str:
+    """The command line that repeats this one."""
+    return " ".join(["repro", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

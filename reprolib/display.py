@@ -2,11 +2,10 @@
 their intervals, and the tables over seeds."""
 from __future__ import annotations
 
-import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import Markdown, display
 
-from . import plots, reference, seeds as seeding
+from . import reference, seeds as seeding
 
 
 def seeds_text(seeds: list[int]) -> str:
@@ -40,6 +39,8 @@ def comparison(table: pd.DataFrame, ref: reference.Reference, by_seed: dict[int,
         display(plain(claims[["what", "ours", "interval", "tolerance", "verdict"]]
                       .rename(columns={"what": "claim", "tolerance": "checked as"})))
     if len(by_seed) > 1:
+        import matplotlib.pyplot as plt     # here: `repro` checks a run without matplotlib
+        from . import plots
         fig = plots.seeds_figure(table, ref, by_seed)
         if fig is not None:
             display(fig)

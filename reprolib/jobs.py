@@ -182,10 +182,10 @@ class Step:
 
     def __init__(self, compute: Callable[..., Kept], kind: str, version: str,
                  read: Callable[[Kept, dict], Any] | None, work, describe, needs, known,
-                 memo: int, gpu: float, signature: Callable | None):
+                 memo: int, check, gpu: float, signature: Callable | None):
         self.compute, self.kind, self.version, self.read = compute, kind, version, read
         self.work, self.describe, self.needs, self.gpu = work, describe, needs, gpu
-        self.known, self.memo = known, memo
+        self.known, self.memo, self.check = known, memo, check
         self.recent: OrderedDict[str, Any] = OrderedDict()      # the last `memo` values read
         self.signature = inspect.signature(signature or compute)
         self.module = compute.__module__
@@ -206,9 +206,14 @@ class Step:
 
     def __call__(self, **args):
         spec = self.spec(args)              # while declaring, NotReady if an argument is pending
+        if self.check:
+            self.check(args)
         k = f"{Zoo().root}/{zoo_key(spec)}"   # a value read from this zoo
         if _declaring is not None:
             _declaring.jobs.append(self.job(**args))
+            if _declaring.dry:
+                _declaring.missing.append(self.job(**args))
+                return Pending(self.job(**args))
         if k in self.recent:
             self.recent.move_to_end(k)
             return self.recent[k]
@@ -247,18 +252,21 @@ class Step:
 
 
 def step(kind: str, *, version: str = "1", read=None, work=None, describe=None, needs=None,
-         known=None, memo: int = 0, gpu: float = 0.25, signature: Callable | None = None):
+         known=None, memo: int = 0, check=None, gpu: float = 0.25,
+         signature: Callable | None = None):
     """Make a function returning `Kept` a `Step` of `kind`. `read(kept, args)` turns what was
     kept into the value a call returns; `work(args)` estimates its image passes;
     `describe(args)` names it in a plan; `needs(args)` lists the jobs it reads (a victim);
     `known(args)`: attributes of the value known without computing it, which its `Pending`
     gives while declaring (a victim's `asked`); `memo`: how many values read this process
     keeps, to hand out again without reading (for a value its callers share and never change,
-    as a victim); `gpu` is the share of a GPU a Ray task of it asks for; `signature`: the function whose
-    parameters and defaults the arguments are checked against (default: the step's own)."""
+    as a victim); `check(args)`: raises `ParameterError` for a bad argument, at every call,
+    declaring ones included, so that a bad value stops a run before any job starts; `gpu` is
+    the share of a GPU a Ray task of it asks for; `signature`: the function whose parameters
+    and defaults the arguments are checked against (default: the step's own)."""
     def wrap(compute):
-        made = Step(compute, kind, version, read, work, describe, needs, known, memo, gpu,
-                    signature)
+        made = Step(compute, kind, version, read, work, describe, needs, known, memo, check,
+                    gpu, signature)
         if kind in STEPS and STEPS[kind].module != made.module:
             raise ValueError(f"two steps are named {kind!r}")
         STEPS[kind] = made
@@ -421,8 +429,8 @@ class Pending:
     def _not_ready(self, *_):
         raise NotReady(f"needed the result of {self._what()}, not computed yet")
 
-    __getitem__ = __call__ = _same
-    __or__ = __ror__ = __and__ = __rand__ = __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = __truediv__ = _same
+    __getitem__ = __call__ = __or__ = __ror__ = __and__ = __rand__ = _same
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = __truediv__ = _same
     __rtruediv__ = __floordiv__ = __mod__ = __pow__ = __neg__ = __abs__ = __matmul__ = _same
     __lt__ = __le__ = __gt__ = __ge__ = __eq__ = __ne__ = _same
     __bool__ = __len__ = __iter__ = __contains__ = __float__ = __int__ = _not_ready
@@ -433,7 +441,9 @@ class Pending:
 @dataclass
 class Pass:
     """One declaring pass: the jobs its step calls asked for, those not computed yet (which
-    got a `Pending`), whether it ran to its end, and what it returned (None if it did not)."""
+    got a `Pending`), whether it ran to its end, and what it returned (None if it did not).
+    A `dry` pass reads nothing: every step call gets a `Pending`."""
+    dry: bool = False
     jobs: list[Job] = field(default_factory=list)
     missing: list[Job] = field(default_factory=list)
     ended: bool = False
@@ -441,11 +451,11 @@ class Pass:
 
 
 @contextlib.contextmanager
-def declaring():
+def declaring(dry: bool = False):
     """While the block runs, step calls are recorded in the `Pass` it yields (see the module's
     docstring)."""
     global _declaring
-    outer, _declaring = _declaring, Pass()
+    outer, _declaring = _declaring, Pass(dry)
     try:
         yield _declaring
     finally:
@@ -466,11 +476,12 @@ def section(compute: Callable, *args, **kwargs):
         return Pending(None)
 
 
-def declared(compute: Callable, *args, **kwargs) -> Pass:
-    """One declaring pass of `compute(*args, **kwargs)`. A pass that was handed a stand-in may
-    stop on `NotReady` or on another error a stand-in caused (a library that wanted a tensor);
-    a bad parameter, or any error of a pass that had no stand-in, is raised."""
-    with declaring() as done:
+def declared(compute: Callable, *args, dry: bool = False, **kwargs) -> Pass:
+    """One declaring pass of `compute(*args, **kwargs)` (`dry`: reading nothing). A pass that
+    was handed a stand-in may stop on `NotReady` or on another error a stand-in caused (a
+    library that wanted a tensor); a bad parameter, or any error of a pass that had no
+    stand-in, is raised."""
+    with declaring(dry) as done:
         try:
             done.value, done.ended = compute(*args, **kwargs), True
         except config.ParameterError:

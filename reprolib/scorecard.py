@@ -19,10 +19,13 @@ from .reference import VERDICTS
 
 def results(root: Path) -> dict[str, dict]:
     """Every chapter's results file, by chapter, in the book's order, each with its `stale`
-    note (`staleness.stale_text`, None when fresh), computed once here."""
+    note (`staleness.stale_text`, None when fresh) and its `tampered` one (`staleness.tampered`:
+    changed after its run), computed once here."""
     files = {f.stem: json.loads(f.read_text())
              for f in sorted((root / "book" / "results").glob("*.json"))}
-    for result in files.values():
+    for name, result in files.items():
+        page = root / "book" / "runs" / f"{name}.ipynb"
+        result["tampered"] = staleness.tampered(name, result, page)
         result["stale"] = staleness.stale_text(result["record"], root)
     order = book_order(root)
     return dict(sorted(files.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order
@@ -44,9 +47,10 @@ def verdict_counts(found: dict[str, dict]) -> str:
              "|---|" + "---:|" * len(VERDICTS) + "---|"]
     for name, result in found.items():
         counts = reference.verdict_counts(row["verdict"] for row in result["comparison"])
-        lines.append(f"| [{_paper(name)}](runs/{name}) | "
-                     + " | ".join(map(str, counts.values()))
-                     + f" | {'yes' if result['stale'] else ''} |")
+        shown = ["—"] * len(VERDICTS) if result["tampered"] else map(str, counts.values())
+        state = ("changed after its run" if result["tampered"] else
+                 "yes" if result["stale"] else "")
+        lines.append(f"| [{_paper(name)}](runs/{name}) | " + " | ".join(shown) + f" | {state} |")
     return "\n".join(lines) + "\n"
 
 
@@ -79,6 +83,8 @@ def chapter_section(name: str, result: dict) -> list[str]:
              f"[The chapter](runs/{name}): profile {r['profile']} · dataset {r['dataset']} · "
              f"model {r['model']} · device {r['device']} · {n} seed{'s' if n > 1 else ''} · "
              f"code {r['code_version']}", ""]
+    if result["tampered"]:
+        return lines + [staleness.note(result["tampered"]), ""]
     if result["stale"]:
         lines += [staleness.note(result["stale"]), ""]
     claims = [x for x in rows if x["kind"] == "claim"]

@@ -2,9 +2,10 @@
 seeds.
 
 Each seed is a whole run of the chapter: its own victims, poison sets, defender subsets and
-draws, all through the zoo's jobs. `repro run --seeds` runs the notebook once per seed; the page
-tells the story at its first seed, and what every seed measured is pooled here. The interval of n values is mean ± t(0.975, n − 1) · s / √n, s the sample
-standard deviation: the 95 % interval of the mean if the seeds' values were normal.
+draws, all through the zoo's jobs. `repro run --seeds` runs the notebook once per seed; the
+page tells the story at its first seed, and what every seed measured is pooled here. The
+interval of n values is mean ± t(0.975, n − 1) · s / √n, s the sample standard deviation: the
+95 % interval of the mean if the seeds' values were normal.
 """
 from __future__ import annotations
 
@@ -118,7 +119,7 @@ def shown(table: pd.DataFrame, precision: int = 2) -> pd.DataFrame:
 def read_pooled(paths, run: dict, seed: int) -> dict[int, dict]:
     """The other seeds' runs of a chapter, from the results files `repro run --seeds` hands the
     run at `seed`, each checked to be a run of `run` (chapter, profile, dataset, model) at
-    another seed: by seed, its tables, measures, executed files and wall time."""
+    another seed: by seed, its tables, measures, executed files, wall time and job counts."""
     found = {}
     for path in paths:
         try:
@@ -135,7 +136,8 @@ def read_pooled(paths, run: dict, seed: int) -> dict[int, dict]:
                 f"{[seed, *found]} is expected, and it is "
                 + (f"{differ}" if differ else f"seed {other_seed} again"))
         found[other_seed] = {"tables": other["tables"], "measured": other["measured"],
-                             "executed": r["executed"], "wall_time_s": r["wall_time_s"]}
+                             "executed": r["executed"], "wall_time_s": r["wall_time_s"],
+                             "jobs": r["jobs"]}
     return found
 
 

@@ -3,8 +3,12 @@
 A run records the content hash of every file it executed (`fingerprint`): its notebook, its
 reference numbers (reference/<chapter>.yaml), every reprolib module its kernel imported, and every
 other chapter's results file it read through `read_json` (or found missing, so that a later run of
-that chapter stales it too). `changed` compares those hashes with the files as they are now. Hashes, not commits: a page
-stays fresh across commits that leave its files alone, and goes stale on an uncommitted edit.
+that chapter stales it too). `changed` compares those hashes with the files as they are now.
+Hashes, not commits: a page stays fresh across commits that leave its files alone, and goes
+stale on an uncommitted edit.
+
+`repro run` also seals what it wrote: the results file records its own hash and its page's
+(`seal`), so that a results file or a page edited by hand after the run is seen (`tampered`).
 """
 from __future__ import annotations
 
@@ -72,3 +76,42 @@ def stale_text(record: dict, root: Path = ROOT) -> str | None:
                                                       if len(files) > 4 else "")
     return (f"Stale: run at code {record['code_version']}; {shown} changed since. "
             f"`repro book --stale` reruns it.")
+
+
+def page_digest(page: Path) -> str:
+    """The content hash of an executed page: each cell's type, source and outputs, the notes
+    `repro book` puts on it (`stale-note` cells) aside."""
+    cells = json.loads(page.read_text())["cells"]
+    seen = [[c["cell_type"], c["source"], c.get("outputs", [])] for c in cells
+            if "stale-note" not in c.get("metadata", {}).get("tags", [])]
+    return hashlib.sha256(json.dumps(seen, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def results_digest(payload: dict) -> str:
+    """The content hash of a results file's payload, its seal aside."""
+    kept = {k: v for k, v in payload.items() if k != "sealed"}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def seal(results: Path, page: Path) -> None:
+    """Record in the results file of a run its own hash and its page's, as the run wrote them."""
+    from .zoo import atomic_write
+    payload = json.loads(results.read_text())
+    payload["sealed"] = {"results": results_digest(payload), "page": page_digest(page)}
+    atomic_write(results, json.dumps(payload, indent=1).encode())
+
+
+def tampered(paper: str, payload: dict, page: Path) -> str | None:
+    """One sentence saying that `paper`'s results file (`payload`) or its page no longer match
+    the hashes its run recorded; None when they do, or when the run predates seals."""
+    recorded = payload.get("sealed")
+    if recorded is None:
+        return None
+    changed = ([f"`book/results/{paper}.json`"] if results_digest(payload) != recorded["results"]
+               else []) + ([f"`book/runs/{paper}.ipynb`"] if page.is_file()
+                           and page_digest(page) != recorded["page"] else [])
+    if not changed:
+        return None
+    return (f"Changed after its run: {' and '.join(changed)} no longer match the hashes the run "
+            f"recorded, so the scorecard does not count this chapter. `repro run {paper}` runs "
+            f"it again.")

@@ -26,6 +26,7 @@ import torch.nn as nn
 
 from . import config, data, devices, models
 from .attacks import Attack, Poisoned, attack as make_attack
+from .attacks.base import check_target_class
 from .attacks.patch import Patch
 from .jobs import NOT_KEYED, Kept, step
 from .train import evaluate, train
@@ -152,26 +153,48 @@ class Setting:
                             seed=seed)
 
 
+def checked(dataset: str = "fashion-mnist", *, attack: str | Attack | None = "badnets",
+            ratio: float = 0.1, target: int = 0, seed: int = 0, profile: str = "quick",
+            model: str | None = None, recipe: config.Recipe | None = None,
+            attack_recipes: bool = False, data_dir: str | None = None,
+            **attack_params) -> tuple[str, Attack | None]:
+    """Every argument of `victim(...)` checked, without poisoning or training: the first bad
+    one raises `ParameterError` naming it. Returns the model's name and the attack (None for a
+    clean twin). A chapter declaring its jobs calls it for each victim, so that a bad value
+    stops the run before any job starts."""
+    p = config.profile(profile)
+    model_name = config.check_choice("model", model or p.model, tuple(models.MODELS))
+    config.check_choice("dataset", dataset, data.DATASETS)
+    config.check_range("seed", seed, low=0, high=2**32 - 1, integer=True)
+    if isinstance(attack, Attack) and attack_params:
+        raise config.ParameterError(f"attack parameters {sorted(attack_params)} were given with "
+                                    f"an Attack object; set them on the object instead")
+    if attack is None:
+        if attack_params:
+            raise config.ParameterError(f"attack parameters {sorted(attack_params)} were given "
+                                        f"with attack=None")
+        return model_name, None
+    atk = attack if isinstance(attack, Attack) else make_attack(attack, **attack_params)
+    train_set, _ = datasets(dataset, data_dir, p.n_train, p.n_test, seed)
+    check_target_class(target, train_set)
+    atk.poison_indices(train_set.labels, ratio, target, seed)     # the ratio, for this attack
+    return model_name, atk
+
+
 def setting(dataset: str = "fashion-mnist", *, attack: str | Attack | None = "badnets",
             ratio: float = 0.1, target: int = 0, seed: int = 0, profile: str = "quick",
             model: str | None = None, recipe: config.Recipe | None = None,
             attack_recipes: bool = False, data_dir: str | None = None,
             **attack_params) -> Setting:
-    """The `Setting` of the victim `victim(...)` gives for these arguments: the data sampled
-    and poisoned again (every step of it is seeded), without training."""
+    """The `Setting` of the victim `victim(...)` gives for these arguments (`checked`): the
+    data sampled and poisoned again (every step of it is seeded), without training."""
+    model_name, atk = checked(dataset, attack=attack, ratio=ratio, target=target, seed=seed,
+                              profile=profile, model=model, data_dir=data_dir, **attack_params)
     p = config.profile(profile)
     recipe = recipe or p.recipe
-    model_name = config.check_choice("model", model or p.model, tuple(models.MODELS))
-    if isinstance(attack, Attack) and attack_params:
-        raise config.ParameterError(f"attack parameters {sorted(attack_params)} were given with "
-                                    f"an Attack object; set them on the object instead")
-    if attack is None and attack_params:
-        raise config.ParameterError(f"attack parameters {sorted(attack_params)} were given with "
-                                    f"attack=None")
     train_set, test_set = datasets(dataset, data_dir, p.n_train, p.n_test, seed)
-    if attack is None:
+    if atk is None:
         return Setting(model_name, recipe, train_set, test_set, train_set, None, None, None)
-    atk = attack if isinstance(attack, Attack) else make_attack(attack, **attack_params)
     poisoned = atk.poison(train_set, ratio, target, seed)
     backdoor = atk.triggered(test_set, target)
     return Setting(model_name, atk.recipe(recipe) if attack_recipes else recipe, poisoned.data,
@@ -222,7 +245,8 @@ def _victim_name(args: dict) -> str:
 
 
 @step("victim", version="2", read=_read_victim, work=_victim_work, describe=_victim_name,
-      known=lambda args: {"asked": args}, memo=8, signature=victim)
+      known=lambda args: {"asked": args}, memo=8, signature=victim,
+      check=lambda args: checked(**{k: v for k, v in args.items() if k not in NOT_KEYED}))
 def trained_victim(**args) -> Kept:
     """The victim `victim(**args)` gives, trained: keeps its weights, training history and
     scores (version 2: the weights themselves, where version 1 kept the key of a separate

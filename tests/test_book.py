@@ -5,6 +5,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import threading
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from nbformat.v4 import new_code_cell, new_notebook
 
 from reprolib import book, scorecard, staleness
 from reprolib.cli import main
+from reprolib.zoo import Zoo
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path(os.environ.get("REPRO_CHROMIUM", "/usr/bin/chromium"))
@@ -67,6 +69,15 @@ def test_run_rejects_bad_arguments_before_any_work(capsys):
             (["run", "attacks", "--seeds", "0", "0"], "seeds=[0, 0] repeats a seed"),
             (["run", "attacks", "-p", "seeds=[]"], "seeds=[] is not allowed"),
             (["run", "attacks", "-p", "ratio"], "expected key=value"),
+            (["run", "attacks", "-p", "ratio=2"], "ratio=2 is out of range; expected a number "
+                                                  "≥ 0 and ≤ 1"),
+            (["run", "attacks", "-p", "attacks=[foo]"], "attack='foo' is not allowed"),
+            (["run", "attacks", "-p", "target=10"], "target=10"),
+            (["run", "attacks", "--profile", "smoke", "-p", "seed=1"],   # 199 images of class 0
+             "sig poisons only target-class images and class 0 has 199"),
+            (["run", "neural_polarizer", "-p", "clean_ratio=1.5"], "clean_ratio=1.5"),
+            (["run", "none", "-p", "abl_epochs=[1, 1]"], "abl_epochs=[1, 1] must have 4"),
+            (["run", "mesa", "--profile", "paper", "-p", "rate=0"], "rate=0"),
             (["run", "attacks", "-p", "profile=smoke"], "use --profile instead"),
             (["run", "attacks", "-p", "model=resnet18"], "use --model instead"),
             (["run", "attacks", "-p", "results=x.json"], "repro run always writes the tables to "
@@ -77,6 +88,7 @@ def test_run_rejects_bad_arguments_before_any_work(capsys):
         assert main(argv) == 2, argv
         assert message in capsys.readouterr().err
     assert not list((ROOT / "book" / ".partial").glob("attacks*"))
+    assert not Zoo().entries()                               # nothing trained, nothing read
 
 
 @pytest.mark.notebook
@@ -120,6 +132,43 @@ def test_a_run_over_two_seeds_runs_the_other_first_and_pools_it_into_the_page(tm
     row = next(r for r in result["comparison"] if r["id"] == "dirty-label-asr")
     assert row["ours"] == pytest.approx(91.5) and row["n"] == 2
     assert not list((tmp_path / "book" / ".partial").iterdir())     # seed 3's page discarded
+
+
+def test_a_results_file_or_page_edited_after_its_run_is_seen_and_not_counted(tmp_path):
+    tiny_chapter(tmp_path, "ch.compare({'min_asr_dirty': 97.0})\nch.over_seeds()")
+    book.run("tiny", profile="smoke", dataset="fashion-mnist", device="cpu", root=tmp_path,
+             progress=False)
+    results = tmp_path / "book" / "results" / "tiny.json"
+    page = tmp_path / "book" / "runs" / "tiny.ipynb"
+    assert scorecard.results(tmp_path)["tiny"]["tampered"] is None
+    book.mark_stale(page, "Stale: a note repro book adds")      # not an edit of the run's
+    assert scorecard.results(tmp_path)["tiny"]["tampered"] is None
+    written = results.read_text()
+    results.write_text(written.replace('"ours": 97.0', '"ours": 99.0'))
+    found = scorecard.results(tmp_path)["tiny"]
+    assert "`book/results/tiny.json` no longer match" in found["tampered"]
+    assert "| [tiny](runs/tiny) | — | — | — | — | changed after its run |" in \
+        scorecard.verdict_counts({"tiny": found})
+    assert "97.00" not in "\n".join(scorecard.chapter_section("tiny", found))
+    results.write_text(written)
+    nb = nbformat.read(page, as_version=4)
+    nb.cells[-1].outputs = []
+    nbformat.write(nb, page)
+    found = scorecard.results(tmp_path)["tiny"]
+    assert "`book/runs/tiny.ipynb` no longer match" in found["tampered"]
+
+
+def test_a_run_removes_the_pages_that_dead_runs_left_and_keeps_a_live_ones(tmp_path):
+    partial = tmp_path / "book" / ".partial"
+    partial.mkdir(parents=True)
+    host, gone = socket.gethostname(), 2**22 + 7                # above any Linux pid
+    dead = [partial / f"attacks.{host}.{gone}.ipynb", partial / f"none.{host}.{gone}.seed1.json"]
+    alive = partial / f"mesa.{host}.{os.getpid()}.ipynb"
+    elsewhere = partial / f"mesa.another-host.{gone}.ipynb"
+    for file in [*dead, alive, elsewhere]:
+        file.write_text("{}")
+    assert sorted(book.sweep(partial)) == sorted(dead)
+    assert sorted(partial.iterdir()) == sorted([alive, elsewhere])
 
 
 @pytest.mark.notebook
@@ -317,7 +366,8 @@ def test_every_page_opens_in_a_browser_with_its_title_tables_and_images(committe
              "book/using/profiles.html": ("Profiles, models and seeds", 2, 0),
              "book/using/data.html": ("Data", 0, 0),
              "book/using/cache.html": ("The cache, jobs and Ray", 0, 0),
-             "book/using/library.html": ("The library", 0, 0)}
+             "book/using/library.html": ("The library", 0, 0),
+             "book/using/reliability.html": ("Reliability", 3, 0)}
     shots = ROOT / "_build" / "browser-check"
     shots.mkdir(parents=True, exist_ok=True)
     try:
@@ -366,6 +416,20 @@ def test_every_page_opens_in_a_browser_with_its_title_tables_and_images(committe
     finally:
         server.shutdown()
     assert (shots / "attacks.png").stat().st_size > 10_000
+
+
+def test_every_row_of_the_reliability_page_is_a_test_and_its_counts_are_the_rows():
+    page = (ROOT / "book" / "using" / "reliability.md").read_text()
+    sections = re.split(r"^## ", page, flags=re.M)[1:]
+    rows = {s.split("\n")[0]: [line for line in s.split("\n") if line.startswith("| ")][1:]
+            for s in sections}
+    for row in (r for section in rows.values() for r in section):
+        assert re.search(r"`test_\w+\.py::test_\w+`", row.split("|")[-2]), row
+    for file, name in re.findall(r"`(test_\w+\.py)::(test_\w+)`", page):
+        assert f"def {name}(" in (ROOT / "tests" / file).read_text(), f"{file}::{name}"
+    counts = [len(r) for r in rows.values()]
+    assert (f"In all: {counts[0]} kinds of bad input, {counts[1]} faults and {counts[2]} kinds "
+            f"of edit") in " ".join(page.split())
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "notebooks").glob("*.ipynb")), ids=lambda p: p.stem)

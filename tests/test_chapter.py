@@ -115,7 +115,8 @@ def test_a_chapters_jobs_are_found_by_calling_it_and_a_new_section_needs_no_list
         r.extra = trained_victim(**ch.victim_args("blended"))
         return r
     first = jobs.declared(with_a_section, ch, attacks=["badnets"])
-    assert [j.describe() for j in first.jobs] == ["victim clean seed 0", "victim badnets 0.1 seed 0"]
+    assert [j.describe() for j in first.jobs] == ["victim clean seed 0",
+                                                  "victim badnets 0.1 seed 0"]
     assert not first.ended          # the table needs the victims: the section comes next round
     before = len(jobs.COMPUTED)
     r = ch.compute(with_a_section, attacks=["badnets"])
@@ -124,3 +125,14 @@ def test_a_chapters_jobs_are_found_by_calling_it_and_a_new_section_needs_no_list
     assert r.extra.attack.name == "blended" and list(r.table.index) == ["none (clean)", "badnets"]
     assert ch.compute(with_a_section, attacks=["badnets"]).table.equals(r.table)
     assert len(jobs.COMPUTED) == before + 3                             # the rerun read them
+
+
+def test_a_bad_value_stops_the_chapter_before_any_job(capsys):
+    from reprolib.experiments import attacks as ex
+    ch = Chapter("attacks", profile="smoke", dataset="fashion-mnist", device="cpu")
+    before = len(jobs.COMPUTED)
+    with pytest.raises(ParameterError, match="ratio=1.5 is out of range"):
+        ch.compute(ex.results, attacks=["badnets"], ratio=1.5)
+    with pytest.raises(ParameterError, match="target=12"):
+        ch.compute(ex.results, attacks=["badnets"], target=12)
+    assert len(jobs.COMPUTED) == before

@@ -78,3 +78,31 @@ def test_a_damaged_cifar_file_ends_the_command_with_one_line(capsys, cifar_mini,
         err = capsys.readouterr().err.strip()
         assert err.startswith(f"repro: {batch} ") and message in err
         assert "\n" not in err and "Traceback" not in err
+
+
+def test_ctrl_c_says_which_command_resumes(capsys, monkeypatch):
+    def interrupted(args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr("reprolib.cli.cmd_plan", interrupted)
+    assert main(["plan", "attacks", "--profile", "smoke"]) == 130
+    assert "`repro plan attacks --profile smoke` resumes" in capsys.readouterr().err
+
+
+def test_a_full_disk_ends_the_command_in_one_line_and_the_next_run_finishes(capsys,
+                                                                            monkeypatch):
+    import errno
+    import os
+    from reprolib.zoo import Zoo
+
+    def full(fd):                 # the disk fills as the entry is written (simulated)
+        raise OSError(errno.ENOSPC, "No space left on device")
+    argv = ["train", "--profile", "smoke", "--epochs", "1"]
+    with monkeypatch.context() as m:
+        m.setattr(os, "fsync", full)
+        assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "no space left on the device" in err and "`repro train --profile smoke --epochs 1`" \
+        in err and "Traceback" not in err
+    assert not [p for p in Zoo().root.iterdir() if p.is_file()]        # no partial entry
+    assert main(argv) == 0 and "trained now" in capsys.readouterr().out
+    assert len(Zoo().entries()) == 1

@@ -130,7 +130,8 @@ def test_the_defenses_other_chapters_run_are_their_jobs(profile, fashion):
 
     def keys(chapter, module):
         ch = Chapter(chapter, profile=profile, dataset="fashion-mnist", device="cpu")
-        return {(j.step.kind, j.key) for j in jobs.declared(module.results, ch, attacks=attacks).jobs
+        found = jobs.declared(module.results, ch, attacks=attacks).jobs
+        return {(j.step.kind, j.key) for j in found
                 if (j.args.get("victim") or j.args).get("attack") is not None}
     ours = keys("comparison", ex)
     borrowed = (keys("neural_polarizer", neural_polarizer) | keys("none", none)

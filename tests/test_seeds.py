@@ -151,6 +151,7 @@ def run_at(seed: int, asr: float, tmp_path, pooled=()) -> Chapter:
 def test_a_run_pools_the_seeds_run_before_it_from_their_results_files(tmp_path):
     for seed, asr in ((1, 95.0), (2, 99.0)):
         one = run_at(seed, asr, tmp_path)
+        one.jobs = {"jobs": 3, "computed": seed, "cached": 3 - seed}
         one.over_seeds()
         one.finish()
     files = [tmp_path / "seed1.json", tmp_path / "seed2.json"]
@@ -161,8 +162,10 @@ def test_a_run_pools_the_seeds_run_before_it_from_their_results_files(tmp_path):
     assert row["low"] == pytest.approx(97.0 - stats.t.ppf(0.975, 2) * 2 / 3 ** 0.5)
     table = ch.seed_tables()["no_defense"]
     assert table.loc[0, "asr"] == pytest.approx(97.0) and table.loc[0, "n"] == 3
+    ch.jobs = {"jobs": 3, "computed": 0, "cached": 3}
     written = ch.finish()
     assert set(written["seeds"]) == {"0", "1", "2"} and written["record"]["seeds"] == [0, 1, 2]
+    assert written["record"]["jobs"] == {"jobs": 9, "computed": 3, "cached": 6}   # all seeds
     with pytest.raises(ParameterError, match="seed 1 again"):
         run_at(0, 97.0, tmp_path, [files[0], files[0]])
     with pytest.raises(ParameterError, match="'profile': 'smoke'"):
@@ -175,9 +178,11 @@ def test_a_run_pools_the_seeds_run_before_it_from_their_results_files(tmp_path):
 
 @pytest.mark.parametrize("profile", ["smoke", "paper"])
 def test_no_two_seeds_of_a_chapter_share_a_job(profile):
-    # each seed has its own victims, poison sets, defender subsets and draws
+    # each seed has its own victims, poison sets, defender subsets and draws (seeds 0 and 3:
+    # at smoke, seed 1's and 2's 2,000-image samples hold under 200 images of class 0, too few
+    # for SIG at 10 %, which every run refuses before it starts)
     for paper in book.chapters():
         keys = [{j.key for j in book.planned_jobs(paper, profile=profile, dataset="fashion-mnist",
                                                   device="cpu", params={"seed": s})[1]}
-                for s in (0, 1)]
+                for s in (0, 3)]
         assert keys[0] and not keys[0] & keys[1], paper

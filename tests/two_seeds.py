@@ -28,7 +28,8 @@ def write(out: Path) -> Path:
                  progress=False)
     nb = load_notebook_node(str(ROOT / "notebooks" / f"{CHAPTER}.ipynb"))
     pooled = [str(other / f"{CHAPTER}.json")]
-    nbformat.write(parameterize_notebook(nb, {"seed": 0, "pooled": pooled}), out / f"{CHAPTER}.ipynb")
+    nbformat.write(parameterize_notebook(nb, {"seed": 0, "pooled": pooled}),
+                   out / f"{CHAPTER}.ipynb")
     return out / f"{CHAPTER}.ipynb"
 
 

@@ -78,7 +78,7 @@ class Attack:
     def poison(self, data: ImageSet, ratio: float, target: int, seed: int) -> Poisoned:
         """The training set with the trigger on round(ratio × N) images, relabelled by
         `backdoor_labels` unless the attack is clean-label (all-to-all attacks ignore `target`)."""
-        _check_target(target, data)
+        check_target_class(target, data)
         indices = self.poison_indices(data.labels, ratio, target, seed)
         images, labels = data.images.clone(), data.labels.clone()
         images[indices] = self.apply(images[indices])
@@ -89,12 +89,12 @@ class Attack:
     def triggered(self, test: ImageSet, target: int) -> ImageSet:
         """Every test image whose backdoor label differs from its own (for all-to-one attacks,
         every image not of class `target`), with the trigger and its true label."""
-        _check_target(target, test)
+        check_target_class(target, test)
         keep = test.labels != self.backdoor_labels(test.labels, target, len(test.classes))
         return test.with_images(self.apply(test.images[keep]), test.labels[keep])
 
 
-def _check_target(target: int, data: ImageSet) -> None:
+def check_target_class(target: int, data: ImageSet) -> None:
     check_range("target", target, low=0, high=len(data.classes) - 1, integer=True)
 
 
