@@ -33,6 +33,7 @@ from . import display as shown
 from .provenance import code_version, library_versions
 from .zoo import atomic_write
 
+
 class Chapter:
     """The parameters a chapter runs with, resolved and checked, and what it reports."""
 
