@@ -206,24 +206,22 @@ class Step:
 
     def __call__(self, **args):
         spec = self.spec(args)              # while declaring, NotReady if an argument is pending
-        if self.check:
-            self.check(args)
         k = f"{Zoo().root}/{zoo_key(spec)}"   # a value read from this zoo
+        dry = _declaring is not None and _declaring.dry
         if _declaring is not None:
             _declaring.jobs.append(self.job(**args))
-            if _declaring.dry:
-                _declaring.missing.append(self.job(**args))
-                return Pending(self.job(**args))
-        if k in self.recent:
+        if k in self.recent and not dry:     # read before, its arguments checked then
             self.recent.move_to_end(k)
             return self.recent[k]
-        if _declaring is not None:
-            kept = self._kept(Zoo().get(spec))
-            if kept is None:
-                _declaring.missing.append(self.job(**args))
-                return Pending(self.job(**args))
-        else:
+        if self.check:
+            self.check(args)
+        if _declaring is None:
             kept = self.keep(**args)
+        else:
+            kept = None if dry else self._kept(Zoo().get(spec))
+            if kept is None:
+                _declaring.missing.append(_declaring.jobs[-1])
+                return Pending(_declaring.jobs[-1])
         value = self.read(kept, args) if self.read else kept
         if self.memo:
             self.recent[k] = value
