@@ -77,6 +77,8 @@ def test_run_rejects_bad_arguments_before_any_work(capsys):
              "sig poisons only target-class images and class 0 has 199"),
             (["run", "neural_polarizer", "-p", "clean_ratio=1.5"], "clean_ratio=1.5"),
             (["run", "none", "-p", "abl_epochs=[1, 1]"], "abl_epochs=[1, 1] must have 4"),
+            (["run", "none", "-p", "fit_images=0"], "fit_images=0 is out of range"),
+            (["run", "linf_pruning", "-p", "n_stats=0"], "n_stats=0 is out of range"),
             (["run", "mesa", "--profile", "paper", "-p", "rate=0"], "rate=0"),
             (["run", "attacks", "-p", "profile=smoke"], "use --profile instead"),
             (["run", "attacks", "-p", "model=resnet18"], "use --model instead"),

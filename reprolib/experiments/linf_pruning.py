@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 
-from ..config import Recipe, check_choice
+from ..config import Recipe, check_choice, check_range
 from ..data import ImageSet
 from ..defenses import linf_pruning as lp
 from ..defenses import neural_cleanse as nc
@@ -52,11 +52,13 @@ def pruned_and_tuned(victim: dict, pruned: list[int], n: int, seed: int, device=
 
 
 def results(ch, *, attacks, ratio=0.1, target=0, n_defender=1000, nc_steps=None,
-            synthetic_label="target") -> SimpleNamespace:
+            synthetic_label="target", n_stats=1000) -> SimpleNamespace:
     """The vanilla model and the victims, Neural Cleanse's reversal on each victim, and the
     label whose reversed trigger stands in for the real one (`synthetic_label`: the target, or
-    Neural Cleanse's suspect)."""
+    Neural Cleanse's suspect). `n_stats`, the page's statistics set, is checked here with the
+    rest, before any job."""
     check_choice("synthetic_label", synthetic_label, ("target", "suspect"))
+    check_range("n_stats", n_stats, low=1, integer=True)
     budget = nc.budget(ch.scale(nc_steps=nc_steps).nc_steps, n_defender)
     vanilla = trained_victim(**ch.victim_args(None, ratio, target))
     victims = {name: trained_victim(**ch.victim_args(name, ratio, target)) for name in attacks}

@@ -88,9 +88,11 @@ def natural_round(victim: dict, settings: none_.Settings, index: int, augment: b
 
 def results(ch, *, attacks, ratio=0.1, target=0, none_lr=0.01, none_epochs=None,
             abl_epochs=None, fractions=(0.01, 0.03, 0.05, 0.1, 0.2), natural_schedule=None,
-            areas=(0.02,), scan_steps=None) -> SimpleNamespace:
+            areas=(0.02,), scan_steps=None, fit_images=240) -> SimpleNamespace:
     """Every repair and ABL run of the chapter: the main table's, the ablation's (on BadNets,
-    or the first attack) and the natural rounds on the clean model; the main table."""
+    or the first attack) and the natural rounds on the clean model; the main table.
+    `fit_images`, the page's natural scan, is checked here with the rest, before any job."""
+    check_range("fit_images", fit_images, low=1, integer=True)
     scale = ch.scale(none_epochs=none_epochs, abl_epochs=abl_epochs,
                      natural_schedule=natural_schedule, scan_steps=scan_steps)
     augment = ch.recipe.augment
