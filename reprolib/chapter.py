@@ -66,6 +66,7 @@ class Chapter:
                                            self.seed)    # the other seeds' tables and measures
         self.seeds = [self.seed, *self.by_seed]
         self._pooled_shown = False
+        self.figures = 0                        # numbered on the page in their order
         self.jobs: dict[str, int] = {}          # the chapter's jobs: how many, cached, computed
         self._keys: set[str] = set()
         self._computed: set[str] = set()
@@ -203,6 +204,11 @@ class Chapter:
         """The paper-vs-reproduced table for `measured` (ids of reference numbers, measures of
         claims) at this run's seed, against reference/<chapter>.yaml; `over_seeds` adds the
         other seeds' measures."""
+        for c in self.reference.claims:
+            if c.premise and c.measure in measured and c.premise["measure"] not in measured:
+                raise RuntimeError(f"claim {c.id!r} is measured but not its premise "
+                                   f"{c.premise['measure']!r}: its verdict would be "
+                                   f"inconclusive for want of a measurement")
         self.measured = {k: (None if v is None else float(v)) for k, v in measured.items()}
         return self._compare()
 
@@ -254,11 +260,18 @@ class Chapter:
         self.found = [{"finding": f["finding"], "value": float(f["value"])} for f in found]
         return self.found
 
+    def figure(self, fig, caption: str) -> None:
+        """Show `fig` as the page's next numbered figure, with its `caption`."""
+        self.figures += 1
+        shown.figure(fig, self.figures, caption)
+
     def show_comparison(self) -> None:
         """The comparison over seeds (`display.comparison`), its values glued for the page's
         prose (`glue.comparison`)."""
-        shown.comparison(self.comparison, self.reference, self.seed_measures())
-        glue.comparison(self.comparison)
+        if len(self.seeds) > 1:
+            self.figures += 1
+        shown.comparison(self.comparison, self.reference, self.seed_measures(), self.figures)
+        glue.comparison(self.comparison, self.seeds)
 
     def seed_measures(self) -> dict[int, dict]:
         """What each seed measured, by seed."""

@@ -175,7 +175,8 @@ SCALES = {
                                                   # smoke defender holds 100 images
     },
     "clear": {
-        "draws_copies":     (1, 2, 10),           # (target, class) draws per attack
+        "draws_copies":     (1, 6, 10),           # (target, class) draws per attack; at quick
+                                                  # enough for about 3 successes (1 of 2 did)
         "draws_collision":  (2, 8, 20),
         "draws_brew":       (1, 2, 10),
         "brew_steps":       (10, 120, 240),       # gradient-matching steps (the paper's 240)

@@ -3,9 +3,14 @@ their intervals, and the tables over seeds."""
 from __future__ import annotations
 
 import pandas as pd
-from IPython.display import Markdown, display
+import base64
+import io
+import re
+from html import escape
 
-from . import reference, seeds as seeding
+from IPython.display import HTML, Markdown, display
+
+from . import reference, seeds as seeding, tables
 
 
 def seeds_text(seeds: list[int]) -> str:
@@ -20,31 +25,87 @@ def record_line(r: dict, wall: bool) -> str:
     return line + (f" · wall time {r['wall_time_s']:.0f} s" if wall else "")
 
 
-def comparison(table: pd.DataFrame, ref: reference.Reference, by_seed: dict[int, dict]) -> None:
-    """The comparison `table` as two tables, the paper's numbers and its claims, each value
-    with its interval over seeds (or "1 seed"); with several seeds (`by_seed`: what each
-    measured), a figure of every checked row's seeds."""
-    c = table.assign(interval=[reference.interval_text(r) for _, r in table.iterrows()])
-    numbers = c[c.kind == "number"]
-    if len(numbers):
-        display(Markdown("**The paper's numbers**"))
-        display(plain(numbers[["what", "paper", "ours", "interval", "delta", "tolerance",
-                               "verdict"]]))
-        reasons = sorted(set(numbers.why) - {""})
-        if reasons:
-            display(Markdown("Not comparable because: " + "; ".join(reasons) + "."))
+def comparison(table: pd.DataFrame, ref: reference.Reference, by_seed: dict[int, dict],
+               number: int) -> None:
+    """The comparison `table`, what was checked first: the paper's claims, then the paper's
+    numbers this run could compare, each value with its interval over seeds (or "1 seed"); the
+    numbers it could not compare fold into one line per reason, their list in a dropdown. With
+    several seeds (`by_seed`: what each measured), a figure (numbered `number`) of every
+    checked row's seeds."""
+    c = table.assign(interval=[reference.interval_text(r) if r["n"] > 1 else ""
+                               for _, r in table.iterrows()])     # one seed: no interval
     claims = c[c.kind == "claim"]
     if len(claims):
-        display(Markdown("**The paper's claims**"))
-        display(plain(claims[["what", "ours", "interval", "tolerance", "verdict"]]
-                      .rename(columns={"what": "claim", "tolerance": "checked as"})))
+        display(Markdown("**The paper's claims, checked**"))
+        display(tables.styled(
+            claims[["what", "ours", "interval", "verdict", "tolerance"]].rename(columns={
+                "what": "claim", "interval": "95 % interval", "tolerance": "checked as"}),
+            missing="not measured in this run", decimals={"ours": 2}))
+        if any(c.premise for c in ref.claims):
+            display(Markdown(premises_text(claims)))
+    numbers = c[c.kind == "number"]
+    compared = numbers[numbers.verdict != "not comparable"]
+    if len(compared):
+        display(Markdown("**The paper's numbers, compared**"))
+        display(tables.styled(
+            compared[["what", "paper", "ours", "interval", "delta", "tolerance", "verdict"]]
+            .rename(columns={"what": "the paper's number", "interval": "95 % interval",
+                             "delta": "ours − paper"}), decimals={"paper": 2, "ours": 2}))
+    for why, rows in numbers[numbers.verdict == "not comparable"].groupby("why", sort=False):
+        listed = tables.styled(rows[["what", "paper", "ours"]].rename(
+            columns={"what": "the paper's number"}), decimals={"paper": 2, "ours": 2},
+            missing="the paper gives no value, or this run did not measure it")
+        display(HTML(f"<p>{len(rows)} of the paper's numbers not comparable: {escape(why)}.</p>"
+                     f"<details><summary>The {len(rows)} numbers</summary>"
+                     f"{listed.to_html()}</details>"))
     if len(by_seed) > 1:
-        import matplotlib.pyplot as plt     # here: `repro` checks a run without matplotlib
-        from . import plots
+        from . import plots     # here: `repro` checks a run without matplotlib
         fig = plots.seeds_figure(table, ref, by_seed)
         if fig is not None:
-            display(fig)
-            plt.close(fig)
+            figure(fig, number, "Every checked row's value at each seed (dots), their mean "
+                   "(bar) and 95 % interval (line), against the paper's number or the "
+                   "claim's threshold (dashed): a verdict is only as firm as its interval.")
+
+
+MAX_WIDTH_IN = 7.0   # at the book's 110 dpi, 8-pt text stays 8 pt in the 676-px column
+
+
+def figure(fig, number: int, caption: str) -> None:
+    """`fig` as a numbered figure with its `caption` (what it shows, what to look for), the
+    figure closed. A figure wider than `MAX_WIDTH_IN` would be shrunk into the text column until
+    its text is unreadable: lay it out as a grid instead (`plots.grid`)."""
+    import matplotlib.pyplot as plt
+    width = fig.get_size_inches()[0]
+    plt.close(fig)
+    if width > MAX_WIDTH_IN + 1e-6:
+        raise ValueError(f"figure {number} is {width:.1f} in wide, more than {MAX_WIDTH_IN} in: "
+                         f"lay its panels out as a grid (plots.grid)")
+    if not caption.strip():
+        raise ValueError(f"figure {number} needs a caption: what it shows and what to look for")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", bbox_inches="tight")
+    data = base64.b64encode(buffer.getvalue()).decode()
+    display(HTML(f'<figure class="repro-figure"><img src="data:image/png;base64,{data}" '
+                 f'alt="{escape(caption)}"><figcaption><span class="caption-number">Figure '
+                 f'{number}.</span> {_inline(caption)}</figcaption></figure>'))
+
+
+def _inline(text: str) -> str:
+    """A caption's Markdown emphasis and code as HTML (the caption is HTML, not Markdown)."""
+    text = escape(text)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
+    text = re.sub(r"\*(.+?)\*", r"<em>\1</em>", text)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+
+
+def premises_text(claims: pd.DataFrame) -> str:
+    """The line under the claims: the premise rule, and each inconclusive claim's reason."""
+    text = ("A claim about a defense is judged only where its attack took hold first, on every "
+            "seed: " + "; ".join(means for _, means in reference.PREMISES.values())
+            + ". Otherwise its verdict is inconclusive.")
+    for _, row in claims[claims.verdict == "inconclusive"].iterrows():
+        text += f" *Inconclusive:* “{row['what']}”: {row['why']}."
+    return text
 
 
 def tables_over_seeds(tables: dict[str, pd.DataFrame], n: int) -> None:
@@ -52,9 +113,4 @@ def tables_over_seeds(tables: dict[str, pd.DataFrame], n: int) -> None:
     95 % interval"."""
     for name, table in tables.items():
         display(Markdown(f"**{name.replace('_', ' ')}**, over {n} seeds"))
-        display(seeding.shown(table).style.hide(axis="index"))
-
-
-def plain(frame: pd.DataFrame):
-    """A table without its index, numbers to two decimals, empty cells left empty."""
-    return frame.style.hide(axis="index").format(precision=2, na_rep="")
+        display(tables.styled(seeding.shown(table), missing="no seed measured it"))

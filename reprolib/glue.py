@@ -26,13 +26,17 @@ def glue(name: str, value) -> None:
             metadata={"scrapbook": {"name": name, "mime_prefix": PREFIX}})
 
 
-def comparison(table: pd.DataFrame) -> None:
-    """Every row's value ("ours", the mean over seeds) under the row's id, and how many rows
-    got each verdict (`n-reproduced`, `n-partly`, `n-not-reproduced`, `n-not-comparable`,
-    `n-checked`: the rows not "not comparable")."""
+def comparison(table: pd.DataFrame, seeds: list[int]) -> None:
+    """Every row's value ("ours", the mean over seeds) under the row's id; how many rows got
+    each verdict (`n-reproduced`, `n-partly`, `n-not-reproduced`, `n-inconclusive`,
+    `n-not-comparable`, and `n-checked`: the rows judged, neither inconclusive nor not
+    comparable); and what the values are over `seeds` (`seeds-note`: "seed 0", or "means over
+    seeds 0, 1, 2")."""
     for _, row in table.iterrows():
         glue(row["id"], row["ours"])
     counts = reference.verdict_counts(table["verdict"])
     for v, n in counts.items():
         glue("n-" + v.replace(" ", "-"), n)
-    glue("n-checked", len(table) - counts["not comparable"])
+    glue("n-checked", len(table) - counts["not comparable"] - counts["inconclusive"])
+    glue("seeds-note", f"seed {seeds[0]}" if len(seeds) == 1 else
+         "means over seeds " + ", ".join(map(str, seeds)))

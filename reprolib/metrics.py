@@ -82,15 +82,14 @@ def auroc(clean: list[float], attacked: list[float]) -> float:
     return ((a[:, None] > c).double() + 0.5 * (a[:, None] == c).double()).mean().item()
 
 
-def score_row(v, model=None, *, with_der: bool = True, accuracy: str = "CA %"
-              ) -> dict[str, float]:
-    """The scores of `model` (default: the victim `v`'s own) in percent: clean accuracy (under
-    the name `accuracy`), ASR and RA, and with `with_der` the DER against `v`'s undefended model.
+def score_row(v, model=None, *, with_der: bool = True) -> dict[str, float]:
+    """The scores of `model` (default: the victim `v`'s own) in percent: clean accuracy, ASR
+    and RA, and with `with_der` the DER against `v`'s undefended model.
     A clean twin (no attack) has only its clean accuracy."""
     s = v.scores(model)
     if "asr" not in s:
-        return {accuracy: 100 * s["ca"]}
-    row = {accuracy: 100 * s["ca"], "ASR %": 100 * s["asr"], "RA %": 100 * s["ra"]}
+        return {"CA %": 100 * s["ca"]}
+    row = {"CA %": 100 * s["ca"], "ASR %": 100 * s["asr"], "RA %": 100 * s["ra"]}
     if with_der:
         before = v.scores()
         row["DER %"] = 100 * der(before["ca"], before["asr"], s["ca"], s["asr"])

@@ -8,6 +8,7 @@ from .attacks import Attack
 from .config import check_choice
 from .data import ImageSet
 
+WIDTH = 6.8     # inches: a figure this wide fills the text column with its text at full size
 STYLE = {
     "figure.dpi": 110,
     "savefig.dpi": 110,
@@ -18,11 +19,32 @@ STYLE = {
     "axes.grid": True,
     "grid.alpha": 0.3,
     "legend.frameon": False,
+    "legend.fontsize": 8,
+    "xtick.labelsize": 8,
+    "ytick.labelsize": 8,
 }
 
 
 def use_style() -> None:
     plt.rcParams.update(STYLE)
+
+
+def panel_width(n: int, most: float = 3.3) -> float:
+    """The width of each of `n` panels side by side: `most`, or less so that the row fits."""
+    return min(most, WIDTH / n)
+
+
+def grid(n: int, cols: int = 3, size: tuple[float, float] = (2.2, 2.1), **options):
+    """A figure for `n` panels of `size` inches, in rows of at most `cols`, no wider than the
+    text column; returns it and its `n` axes (the spare ones switched off)."""
+    cols = min(cols, n)
+    rows = -(-n // cols)
+    width = min(size[0] * cols, WIDTH)
+    fig, axes = plt.subplots(rows, cols, figsize=(width, size[1] * rows), squeeze=False,
+                             **options)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    return fig, list(axes.flat[:n])
 
 
 def _show(ax, image: torch.Tensor) -> None:
@@ -101,10 +123,8 @@ def seeds_figure(comparison, ref, by_seed: dict[int, dict]):
     if not len(rows):
         return None
     claims, numbers = {c.id: c for c in ref.claims}, {n.id: n for n in ref.numbers}
-    cols = min(3, len(rows))
-    lines = -(-len(rows) // cols)
-    fig, axes = plt.subplots(lines, cols, figsize=(3.3 * cols, 1.4 * lines), squeeze=False)
-    for ax, (_, r) in zip(axes.flat, rows.iterrows()):
+    fig, axes = grid(len(rows), cols=2, size=(3.3, 1.4))
+    for ax, (_, r) in zip(axes, rows.iterrows()):
         key = claims[r.id].measure if r.kind == "claim" else r.id
         values = [m[key] for m in by_seed.values() if m.get(key) is not None]
         ax.plot(values, [0] * len(values), "o", color="C0", alpha=0.6, ms=4)
@@ -119,7 +139,5 @@ def seeds_figure(comparison, ref, by_seed: dict[int, dict]):
         ax.set_yticks([])
         ax.grid(False)
         ax.set_title(f"{r.id}: {r.verdict}", fontsize=8)
-    for ax in axes.flat[len(rows):]:
-        ax.axis("off")
     fig.tight_layout(pad=0.3)
     return fig

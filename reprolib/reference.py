@@ -12,6 +12,7 @@ With one seed:
     reproduced       the number is within `tolerance`, or the claim's threshold holds
     partly           within twice the tolerance, or the threshold missed by at most `margin`
     not reproduced   anything further off
+    inconclusive     a claim about a defense whose attack did not take hold (its `premise`)
     not comparable   nothing measured, the paper's value unknown, or another setting
 
 With several seeds the verdict reads their 95 % interval (`seeds.interval`):
@@ -21,6 +22,14 @@ With several seeds the verdict reads their 95 % interval (`seeds.interval`):
     partly           the number lies in the interval widened by twice the tolerance, or the
                      mean is on the claim's side and the interval straddles the threshold
     not reproduced   anything else
+
+A claim about a defense names its `premise`: the measure that says the attack took hold
+before the defense, and the rule it must meet on every seed (`PREMISES`: ASR ≥ 80 % on the
+undefended victim; for a sample-targeted attack, at least 3 successful draws). Where it does
+not, a verdict would judge the defense on a backdoor that was not there, and the claim is
+"inconclusive" instead.
+
+An interval of a bounded quantity (a percentage: `bounds`) is clipped to its range.
 """
 from __future__ import annotations
 
@@ -36,8 +45,14 @@ from .config import ParameterError, check_choice
 from .seeds import interval, values_of
 
 FOLDER = Path(__file__).with_name("reference")
-VERDICTS = ("reproduced", "partly", "not reproduced", "not comparable")
+VERDICTS = ("reproduced", "partly", "not reproduced", "inconclusive", "not comparable")
+PREMISES = {   # rule: (the least value on every seed, what it means)
+    "took_hold": (80.0, "the attack took hold (ASR ≥ 80 % on the undefended victim)"),
+    "draws": (3.0, "the attack succeeded in at least 3 draws"),
+}
+PERCENT_COLUMNS = {"ASR", "C-Acc", "R-Acc", "DER", "CA"}
 OPS = {">=": operator.ge, "<=": operator.le}
+SIGNS = {">=": "≥", "<=": "≤"}
 
 
 def verdict_counts(verdicts) -> dict[str, int]:
@@ -57,6 +72,10 @@ class Number:
     confidence: str
     tolerance: float
 
+    @property
+    def bounds(self) -> tuple[float, float] | None:
+        return (0.0, 100.0) if self.column in PERCENT_COLUMNS or "%" in self.column else None
+
 
 @dataclass(frozen=True)
 class Claim:
@@ -67,6 +86,8 @@ class Claim:
     value: float
     margin: float
     source: str
+    premise: dict | None = None     # {"measure": ..., "rule": a key of PREMISES}
+    bounds: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -99,10 +120,23 @@ def load(paper: str) -> Reference:
         raise ParameterError(f"{where}: {err}") from None
     for c in claims:
         check_choice(f"{where}: claim {c.id!r} op", c.op, OPS)
+        if c.premise is not None:
+            if set(c.premise) != {"measure", "rule"}:
+                raise ParameterError(f"{where}: claim {c.id!r} premise has the keys 'measure' "
+                                     f"and 'rule', not {sorted(c.premise)}")
+            check_choice(f"{where}: claim {c.id!r} premise rule", c.premise["rule"], PREMISES)
     ids = [x.id for x in numbers + claims]
     if len(ids) != len(set(ids)):
         raise ParameterError(f"{where}: ids must be unique, got {ids}")
     return ref
+
+
+def bounded(values: list[float], bounds) -> tuple[float, float | None, float | None]:
+    """`seeds.interval` of `values`, its ends clipped to `bounds` (low, high) when given."""
+    mean, low, high = interval(values)
+    if bounds is not None and low is not None:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    return mean, low, high
 
 
 def number_verdict(n: Number, measured, same_setting: bool) -> str:
@@ -110,7 +144,7 @@ def number_verdict(n: Number, measured, same_setting: bool) -> str:
     values = values_of(measured)
     if not values or n.value is None or not same_setting:
         return "not comparable"
-    mean, low, high = interval(values)
+    mean, low, high = bounded(values, n.bounds)
     if low is None:
         low = high = mean
     off = max(low - n.value, n.value - high, 0)   # how far the paper's value is outside
@@ -118,12 +152,29 @@ def number_verdict(n: Number, measured, same_setting: bool) -> str:
             "partly" if off <= 2 * n.tolerance else "not reproduced")
 
 
-def claim_verdict(c: Claim, measured) -> str:
-    """The verdict on `c` of `measured`: one value, or a list of one per seed."""
+def premise_unmet(c: Claim, premise) -> str:
+    """Why `c`'s premise does not hold for `premise` (its measure: one value, or one per seed;
+    a seed that did not measure it fails it), or "" when it holds or `c` has none."""
+    if c.premise is None:
+        return ""
+    least, means = PREMISES[c.premise["rule"]]
+    values = premise if isinstance(premise, list) else [premise]
+    if values and all(v is not None and v >= least for v in values):
+        return ""
+    seen = [v for v in values if v is not None]
+    here = f"here {min(seen):g}" if seen else "not measured"
+    return f"premise not met: {means}; {here}"
+
+
+def claim_verdict(c: Claim, measured, premise=None) -> str:
+    """The verdict on `c` of `measured` (one value, or a list of one per seed), given the
+    value(s) of its premise's measure."""
     values = values_of(measured)
     if not values:
         return "not comparable"
-    mean, low, high = interval(values)
+    if premise_unmet(c, premise):
+        return "inconclusive"
+    mean, low, high = bounded(values, c.bounds)
     holds = OPS[c.op]
     if low is None:
         if holds(mean, c.value):
@@ -150,7 +201,7 @@ def compare(ref: Reference, measured: dict, run: dict) -> pd.DataFrame:
     differs = differences(ref, run)
     rows = []
     for n in ref.numbers:
-        ours = _pooled(measured.get(n.id))
+        ours = _pooled(measured.get(n.id), n.bounds)
         verdict = number_verdict(n, measured.get(n.id), not differs)
         rows.append({
             "kind": "number", "id": n.id, "what": f"{n.table}: {n.row}, {n.column}",
@@ -159,23 +210,25 @@ def compare(ref: Reference, measured: dict, run: dict) -> pd.DataFrame:
             "tolerance": f"± {n.tolerance:g}", "verdict": verdict,
             "why": _why_not(n, ours["ours"], differs)})
     for c in ref.claims:
-        ours = _pooled(measured.get(c.measure))
+        ours = _pooled(measured.get(c.measure), c.bounds)
+        premise = measured.get(c.premise["measure"]) if c.premise else None
+        unmet = premise_unmet(c, premise)
         rows.append({
             "kind": "claim", "id": c.id, "what": c.text, "paper": None, **ours,
-            "delta": None, "tolerance": f"{c.measure} {c.op} {c.value:g} (partly within "
+            "delta": None, "tolerance": f"{c.measure} {SIGNS[c.op]} {c.value:g} (partly within "
                                         f"{c.margin:g})",
-            "verdict": claim_verdict(c, measured.get(c.measure)),
-            "why": "" if ours["ours"] is not None else "not measured in this run"})
+            "verdict": claim_verdict(c, measured.get(c.measure), premise),
+            "why": ("not measured in this run" if ours["ours"] is None else unmet)})
     return pd.DataFrame(rows, columns=["kind", "id", "what", "paper", "ours", "low", "high", "n",
                                        "delta", "tolerance", "verdict", "why"])
 
 
-def _pooled(measured) -> dict:
-    """Mean, interval and count of one row's measured values."""
+def _pooled(measured, bounds) -> dict:
+    """Mean, interval (within `bounds`) and count of one row's measured values."""
     values = values_of(measured)
     if not values:
         return {"ours": None, "low": None, "high": None, "n": 0}
-    mean, low, high = interval(values)
+    mean, low, high = bounded(values, bounds)
     return {"ours": mean, "low": low, "high": high, "n": len(values)}
 
 
@@ -186,7 +239,7 @@ def interval_text(row) -> str:
         return ""
     if n == 1:
         return "1 seed"
-    return f"[{row['low']:.2f}, {row['high']:.2f}], n = {n}"
+    return f"[{row['low']:.2f}, {row['high']:.2f}], n = {n}".replace(" ", "\u00a0")  # one line
 
 
 def _why_not(n: Number, ours, differs: list[str]) -> str:

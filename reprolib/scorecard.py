@@ -19,14 +19,15 @@ from .reference import VERDICTS
 
 def results(root: Path) -> dict[str, dict]:
     """Every chapter's results file, by chapter, in the book's order, each with its `stale`
-    note (`staleness.stale_text`, None when fresh) and its `tampered` one (`staleness.tampered`:
-    changed after its run), computed once here."""
+    note (`staleness.stale_text`, None when fresh), its `tampered` one (`staleness.tampered`:
+    changed after its run) and its page's `title`, computed once here."""
     files = {f.stem: json.loads(f.read_text())
              for f in sorted((root / "book" / "results").glob("*.json"))}
     for name, result in files.items():
         page = root / "book" / "runs" / f"{name}.ipynb"
         result["tampered"] = staleness.tampered(name, result, page)
         result["stale"] = staleness.stale_text(result["record"], root)
+        result["title"] = title(name, root)
     order = book_order(root)
     return dict(sorted(files.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order
                                                       else len(order), kv[0])))
@@ -40,26 +41,40 @@ def book_order(root: Path) -> list[str]:
 
 
 def verdict_counts(found: dict[str, dict]) -> str:
-    """A Markdown table: per chapter, how many of its rows got each verdict."""
+    """The datasets the chapters ran on, then a Markdown table: per chapter, how many of its
+    rows got each verdict and whether it is stale; then the totals (a chapter changed after its
+    run counts nothing)."""
     if not found:
         return "No chapter has been run yet: `repro book` runs them.\n"
-    lines = ["| chapter | " + " | ".join(VERDICTS) + " | stale |",
+    datasets = Counter(result["record"]["dataset"] for result in found.values())
+    lines = ["The chapters of this build ran on " + ", ".join(
+                 f"**{d}** ({n} chapter{'s' if n > 1 else ''})" for d, n in datasets.items())
+             + ".", "",
+             "| chapter | " + " | ".join(VERDICTS) + " | stale |",
              "|---|" + "---:|" * len(VERDICTS) + "---|"]
+    total = Counter()
     for name, result in found.items():
         counts = reference.verdict_counts(row["verdict"] for row in result["comparison"])
+        if not result["tampered"]:
+            total.update(counts)
         shown = ["—"] * len(VERDICTS) if result["tampered"] else map(str, counts.values())
         state = ("changed after its run" if result["tampered"] else
-                 "yes" if result["stale"] else "")
-        lines.append(f"| [{_paper(name)}](runs/{name}) | " + " | ".join(shown) + f" | {state} |")
+                 "yes" if result["stale"] else "no")
+        lines.append(f"| [{result['title']}](runs/{name}) | " + " | ".join(shown)
+                     + f" | {state} |")
+    lines.append("| **all chapters** | " + " | ".join(f"**{total[v]}**" for v in VERDICTS)
+                 + " | |")
     return "\n".join(lines) + "\n"
 
 
 def verdicts_page(root: Path, found: dict[str, dict] | None = None) -> str:
     """book/verdicts.md, which the introduction includes: the counts and how to read them."""
     return ("**Verdicts at a glance.** How many of each paper's checked claims and published "
-            "numbers the last run reproduced; \"not comparable\" counts the paper's numbers from "
-            "a setting (model, dataset, scale) the run did not use. The [scorecard](scorecard.md) "
-            "lists every row.\n\n" + verdict_counts(results(root) if found is None else found))
+            "numbers the last run reproduced; \"inconclusive\" counts the claims about a "
+            "defense whose attack did not take hold first (ASR below 80 % on the undefended "
+            "victim, or fewer than 3 successful draws), \"not comparable\" the paper's numbers "
+            "from a setting (model, dataset, scale) the run did not use. The "
+            "[scorecard](scorecard.md) lists every row.\n\n" + verdict_counts(results(root) if found is None else found))
 
 
 def scorecard(root: Path, found: dict[str, dict] | None = None) -> str:
@@ -79,7 +94,7 @@ def scorecard(root: Path, found: dict[str, dict] | None = None) -> str:
 def chapter_section(name: str, result: dict) -> list[str]:
     r, rows = result["record"], result["comparison"]
     n = len(r["seeds"])
-    lines = [f"## {_paper(name)}", "",
+    lines = [f"## {result['title']}", "",
              f"[The chapter](runs/{name}): profile {r['profile']} · dataset {r['dataset']} · "
              f"model {r['model']} · device {r['device']} · {n} seed{'s' if n > 1 else ''} · "
              f"code {r['code_version']}", ""]
@@ -90,15 +105,17 @@ def chapter_section(name: str, result: dict) -> list[str]:
     claims = [x for x in rows if x["kind"] == "claim"]
     numbers = [x for x in rows if x["kind"] == "number" and x["verdict"] != "not comparable"]
     if claims:
-        lines += ["| claim | ours | 95 % interval | verdict | checked as |", "|---|---|---|---|---|"]
-        lines += [_row([x["what"], _num(x["ours"]), reference.interval_text(x), _verdict(x),
-                        x["tolerance"]]) for x in claims]
+        lines += ["| claim | ours | 95 % interval | verdict |", "|---|---:|---:|---|"]
+        lines += [_row([x["what"], _num(x["ours"]), reference.interval_text(x), x["verdict"]])
+                  for x in claims]
         lines.append("")
+        lines += [f"*Inconclusive:* {x['what']}: {x['why']}.\n" for x in claims
+                  if x["verdict"] == "inconclusive"]
     if numbers:
         lines += ["| the paper's number | paper | ours | 95 % interval | verdict | tolerance |",
-                  "|---|---|---|---|---|---|"]
+                  "|---|---:|---:|---:|---|---:|"]
         lines += [_row([x["what"], _num(x["paper"]), _num(x["ours"]), reference.interval_text(x),
-                        _verdict(x), x["tolerance"]]) for x in numbers]
+                        x["verdict"], x["tolerance"]]) for x in numbers]
         lines.append("")
     apart = Counter(x["why"] for x in rows
                     if x["kind"] == "number" and x["verdict"] == "not comparable")
@@ -110,7 +127,7 @@ def chapter_section(name: str, result: dict) -> list[str]:
 def findings(found: dict[str, dict]) -> list[str]:
     """The measured findings of the chapters that state some (the comparison), as a section of
     their own: they are ours, not a paper's claims, and have no verdict."""
-    rows = [_row([f"[{_paper(name)}](runs/{name})", x["finding"], _num(x["value"]),
+    rows = [_row([f"[{result['title']}](runs/{name})", x["finding"], _num(x["value"]),
                   result["record"]["profile"], result["record"]["dataset"]])
             for name, result in found.items() for x in result.get("findings", [])]
     if not rows:
@@ -122,12 +139,16 @@ def findings(found: dict[str, dict]) -> list[str]:
             *rows, ""]
 
 
-def _paper(name: str) -> str:
+def title(name: str, root: Path) -> str:
+    """The chapter's title as its page shows it (the executed page's first heading, else the
+    notebook's), so that every table that names the chapter names it as the page does."""
+    for page in (root / "book" / "runs" / f"{name}.ipynb", root / "notebooks" / f"{name}.ipynb"):
+        if page.is_file():
+            first = json.loads(page.read_text())["cells"][0]["source"]
+            heading = "".join(first).split("\n")[0]
+            if heading.startswith("# "):
+                return heading[2:].strip()
     return reference.load(name).paper if name in reference.papers() else name
-
-
-def _verdict(row: dict) -> str:
-    return row["verdict"] + (f" ({row['why']})" if row.get("why") else "")
 
 
 def _row(cells: list) -> str:
@@ -135,4 +156,4 @@ def _row(cells: list) -> str:
 
 
 def _num(value) -> str:
-    return "" if value is None else f"{value:.2f}"
+    return "—" if value is None else f"{value:.2f}"

@@ -18,6 +18,7 @@ import pandas as pd
 from scipy import stats
 
 from .config import ParameterError, check_range
+from .tables import header, precision as decimals
 
 LEVEL = 0.95
 
@@ -102,10 +103,12 @@ def over_seeds(frames: dict[int, pd.DataFrame]) -> pd.DataFrame:
     return out[columns + ["n"]]
 
 
-def shown(table: pd.DataFrame, precision: int = 2) -> pd.DataFrame:
-    """`over_seeds`' table for reading: each mean and its half-width as one "mean ± h" cell."""
+def shown(table: pd.DataFrame) -> pd.DataFrame:
+    """`over_seeds`' table for reading: each mean and its half-width as one "mean ± h" cell,
+    at the precision the book gives the column (`tables.precision`)."""
     out = table.copy()
     for c in [c for c in table.columns if not c.startswith("± ")]:
+        precision = decimals(header(c), table[c]) if pd.api.types.is_numeric_dtype(table[c]) else 2
         if f"± {c}" in table.columns:
             out[c] = [("" if pd.isna(m) else f"{m:.{precision}f}" if pd.isna(h)
                        else f"{m:.{precision}f} ± {h:.{precision}f}")

@@ -1,12 +1,9 @@
-"""`repro run`, `repro book`, staleness, and a browser check of the committed book."""
-import functools
-import http.server
+"""`repro run`, `repro book`, staleness and the scorecard (the book in a browser: test_pages.py)."""
 import json
 import os
 import re
 import shutil
 import socket
-import threading
 from pathlib import Path
 
 import nbformat
@@ -18,7 +15,6 @@ from reprolib.cli import main
 from reprolib.zoo import Zoo
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = Path(os.environ.get("REPRO_CHROMIUM", "/usr/bin/chromium"))
 
 
 def project_copy(root: Path, runs: bool = False) -> Path:
@@ -149,7 +145,7 @@ def test_a_results_file_or_page_edited_after_its_run_is_seen_and_not_counted(tmp
     results.write_text(written.replace('"ours": 97.0', '"ours": 99.0'))
     found = scorecard.results(tmp_path)["tiny"]
     assert "`book/results/tiny.json` no longer match" in found["tampered"]
-    assert "| [tiny](runs/tiny) | — | — | — | — | changed after its run |" in \
+    assert "| [tiny](runs/tiny) | — | — | — | — | — | changed after its run |" in \
         scorecard.verdict_counts({"tiny": found})
     assert "97.00" not in "\n".join(scorecard.chapter_section("tiny", found))
     results.write_text(written)
@@ -214,14 +210,19 @@ def test_the_scorecard_opens_with_verdict_counts_and_folds_what_is_not_comparabl
     numbers = [{"kind": "number", "id": f"n{i}", "what": f"T: row {i}", "paper": 95.03,
                 "ours": 99.0, "low": 98.0, "high": 100.0, "n": 3, "delta": None,
                 "tolerance": "± 3", "verdict": "not comparable", "why": far} for i in range(3)]
-    results_file(tmp_path, "attacks", [*numbers, claim])
+    unjudged = dict(claim, id="d", what="FT removes it", verdict="inconclusive",
+                    why="premise not met: the attack took hold (ASR ≥ 80 %); here 36.6")
+    results_file(tmp_path, "attacks", [*numbers, claim, unjudged])
     page = scorecard.scorecard(tmp_path)
-    counts = page.index("| chapter | reproduced | partly | not reproduced | not comparable |")
-    assert ("| [BackdoorBench (no defense)](runs/attacks) | 1 | 0 | 0 | 3 |"
-            in page)
+    assert "ran on **fashion-mnist** (1 chapter)." in page
+    counts = page.index("| chapter | reproduced | partly | not reproduced | inconclusive | "
+                        "not comparable | stale |")
+    assert "| [BackdoorBench (no defense)](runs/attacks) | 1 | 0 | 0 | 1 | 3 | no |" in page
+    assert "| **all chapters** | **1** | **0** | **0** | **1** | **3** | |" in page
+    assert "*Inconclusive:* FT removes it: premise not met" in page
     section = page.index("## BackdoorBench (no defense)")
     assert counts < section and page.index("| claim |") < page.index(f"3 of the paper's numbers")
-    assert "| ASR \\| high | 97.12 | 1 seed | reproduced | asr >= 90 |" in page
+    assert "| ASR \\| high | 97.12 | 1 seed | reproduced |" in page
     assert f"3 of the paper's numbers not comparable: {far}." in page
     assert "row 1" not in page                               # folded into that line
     assert scorecard.verdicts_page(tmp_path).count("| [BackdoorBench") == 1
@@ -317,109 +318,6 @@ def test_the_committed_pages_are_what_repro_book_would_write_now():
         assert notes == ([f"**{why}**"] if why else []), f"{p}: the stale note is not current"
 
 
-@pytest.fixture(scope="module")
-def committed_book(tmp_path_factory):
-    """The committed book built as `make book` builds it on a fresh clone, over an empty zoo."""
-    root = project_copy(tmp_path_factory.mktemp("book"), runs=True)
-    mp = pytest.MonkeyPatch()
-    mp.setenv("REPRO_CACHE_DIR", str(root / "zoo"))
-    try:
-        html = book.build(root, progress=False)
-    finally:
-        mp.undo()
-    return root, html
-
-
-@pytest.mark.notebook
-def test_the_committed_book_builds_without_running_a_chapter(committed_book):
-    root, html = committed_book
-    assert not (root / "zoo").exists(), "building the committed book trained something"
-    for chapter in book.chapters(root):
-        assert (html / "book" / "runs" / f"{chapter}.html").is_file()
-        result = json.loads((root / "book" / "results" / f"{chapter}.json").read_text())
-        assert result["comparison"], f"{chapter} compared nothing with its paper"
-        assert f"notebooks/{chapter}.ipynb" in result["record"]["executed"]
-    card = (html / "book" / "scorecard.html").read_text()
-    assert card.count("<tr") > 1 and "fashion-mnist" in card and "not comparable:" in card
-
-
-@pytest.mark.browser
-def test_every_page_opens_in_a_browser_with_its_title_tables_and_images(committed_book):
-    assert CHROMIUM.exists(), (f"the browser check needs Chromium at {CHROMIUM}: on Debian "
-                               f"`apt-get install chromium`, or point $REPRO_CHROMIUM at one")
-    from playwright.sync_api import sync_playwright
-    root, html = committed_book
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(html))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_address[1]}"
-    pages = {"book/intro.html": ("Backdoor defenses, reproduced", 2, 0),
-             "book/runs/attacks.html": ("The attacks", 2, 1),
-             "book/runs/linf_pruning.html": ("neuron pruning", 6, 6),
-             "book/runs/neural_polarizer.html": ("Neural Polarizer", 7, 4),
-             "book/runs/none.html": ("NONE", 8, 4),
-             "book/runs/mesa.html": ("MESA", 8, 6),
-             "book/runs/clear.html": ("CLEAR", 6, 4),
-             "book/runs/comparison.html": ("Every defense against every attack", 6, 2),
-             "book/scorecard.html": ("Scorecard", 7, 0),
-             "book/bibliography.html": ("Bibliography", 0, 0),
-             "book/using/installing.html": ("Installing and testing", 1, 0),
-             "book/using/running.html": ("Running chapters", 0, 0),
-             "book/using/profiles.html": ("Profiles, models and seeds", 2, 0),
-             "book/using/data.html": ("Data", 0, 0),
-             "book/using/cache.html": ("The cache, jobs and Ray", 0, 0),
-             "book/using/library.html": ("The library", 0, 0),
-             "book/using/reliability.html": ("Reliability", 3, 0)}
-    shots = ROOT / "_build" / "browser-check"
-    shots.mkdir(parents=True, exist_ok=True)
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
-                "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            for path, (title, min_tables, min_images) in pages.items():
-                response = page.goto(f"{base}/{path}", wait_until="load")
-                assert response.ok, path
-                assert title in page.locator("h1").first.inner_text(), path
-                assert page.locator("table").count() >= min_tables, path
-                sizes = page.eval_on_selector_all(
-                    "img", "imgs => imgs.map(i => [i.src, i.complete ? i.naturalWidth : 0])")
-                assert len(sizes) >= min_images, path
-                assert all(width > 0 for _, width in sizes), f"{path}: images not loaded: {sizes}"
-                if "/runs/" in path:    # each chapter cites its sources, linked to the list
-                    # (an entry's anchor: the sidebar's link to the page is on every page)
-                    assert page.locator("article a[href*='bibliography.html#']").count(), path
-                    # the prose's measured numbers, glued from the run
-                    assert page.locator("article .pasted-text").count() >= 3, path
-                text = page.locator("main").inner_text()
-                # (the "Using the suite" pages name the folders the suite reads, on purpose)
-                assert "/using/" in path or ".partial" not in text and not re.search(
-                    r"(?<![\w.:/])/(home|root|tmp|work|usr|var|opt)/", text), f"{path}: a path"
-                assert page.eval_on_selector(   # prose first, not code
-                    "article h1", "h => h.nextElementSibling.tagName") == "P", path
-                cut = page.eval_on_selector_all("main table", """tables => tables.filter(t => {
-                    const article = t.closest('article') || document.body;
-                    for (let p = t.parentElement; p && p !== article; p = p.parentElement) {
-                        if (['auto', 'scroll'].includes(getComputedStyle(p).overflowX)) return false;
-                    }
-                    return t.getBoundingClientRect().right > article.getBoundingClientRect().right + 1;
-                }).length""")
-                assert cut == 0, f"{path}: {cut} tables cut at the column's edge"
-            page.goto(f"{base}/book/bibliography.html", wait_until="load")
-            listed = page.locator("main").inner_text().lower()   # the style lowers titles
-            assert all(paper in listed for paper in ("clear: clean-up", "neural polarizer",
-                                                     "training with more confidence",
-                                                     "generative distribution modeling",
-                                                     "defending against backdoor attack"))
-            page.goto(f"{base}/book/runs/attacks.html", wait_until="load")
-            page.screenshot(path=str(shots / "attacks.png"), full_page=True)
-            browser.close()
-    finally:
-        server.shutdown()
-    assert (shots / "attacks.png").stat().st_size > 10_000
-
-
 def test_every_row_of_the_reliability_page_is_a_test_and_its_counts_are_the_rows():
     page = (ROOT / "book" / "using" / "reliability.md").read_text()
     sections = re.split(r"^## ", page, flags=re.M)[1:]
@@ -468,5 +366,6 @@ def test_the_prose_quotes_only_numbers_the_chapter_glues(path):
     keys = set(re.findall(r"\{glue:text\}`([^`:]+)", prose))
     ref = reference.load(path.stem)
     glued = ({n.id for n in ref.numbers} | {c.id for c in ref.claims}
-             | {"n-" + v.replace(" ", "-") for v in reference.VERDICTS} | {"n-checked"})
+             | {"n-" + v.replace(" ", "-") for v in reference.VERDICTS}
+             | {"n-checked", "seeds-note"})
     assert keys and keys <= glued, f"glued by nobody: {sorted(keys - glued)}"

@@ -27,25 +27,27 @@ def test_the_score_row_is_in_percent_with_the_der_against_the_undefended_model()
                                  "DER %": 100 * (0.90 - 0.04 + 1) / 2})
     assert list(row) == ["CA %", "ASR %", "RA %", "DER %"]
     assert score_row(v)["DER %"] == pytest.approx(50.0)          # nothing changed
-    plain = score_row(v, "tuned", with_der=False, accuracy="BA %")
-    assert list(plain) == ["BA %", "ASR %", "RA %"] and plain["BA %"] == pytest.approx(86.0)
+    plain = score_row(v, "tuned", with_der=False)
+    assert list(plain) == ["CA %", "ASR %", "RA %"] and plain["CA %"] == pytest.approx(86.0)
 
 
 def test_the_comparison_is_glued_for_the_prose_as_myst_nb_reads_it(monkeypatch):
     shown = []
     monkeypatch.setattr("reprolib.glue.display",
                         lambda bundle, raw, metadata: shown.append((bundle, metadata)))
-    glue.comparison(pd.DataFrame({"id": ["a", "b", "c", "d"], "ours": [97.123, None, 0.5, 3.0],
+    glue.comparison(pd.DataFrame({"id": ["a", "b", "c", "d", "e"],
+                                  "ours": [97.123, None, 0.5, 3.0, 1.0],
                                   "verdict": ["reproduced", "not comparable", "reproduced",
-                                              "partly"]}))
+                                              "partly", "inconclusive"]}), [0])
     glued = {}
     for bundle, metadata in shown:
         prefix = metadata["scrapbook"]["mime_prefix"]
         assert prefix == "application/papermill.record/" and list(bundle) == [prefix + "text/plain"]
         glued[metadata["scrapbook"]["name"]] = bundle[prefix + "text/plain"]
-    assert glued == {"a": "97.1", "b": "not measured", "c": "0.50", "d": "3.00",
+    assert glued == {"a": "97.1", "b": "not measured", "c": "0.50", "d": "3.00", "e": "1.00",
                      "n-reproduced": "2", "n-partly": "1", "n-not-reproduced": "0",
-                     "n-not-comparable": "1", "n-checked": "3"}
+                     "n-inconclusive": "1", "n-not-comparable": "1", "n-checked": "3",
+                     "seeds-note": "seed 0"}
 
 
 def test_each_chapter_reads_its_scale_knobs_at_its_profile():

@@ -32,6 +32,45 @@ def test_claim_verdicts_by_threshold_and_margin():
     assert claim_verdict(at_least, 92) == "reproduced" and claim_verdict(at_least, 85) == "partly"
 
 
+def test_a_claim_about_a_defense_is_judged_only_where_its_attack_took_hold():
+    removes = Claim("removes", "the defense removes the backdoor", "asr_after", "<=", 5.0, 5.0,
+                    "abstract", premise={"measure": "victim_asr", "rule": "took_hold"})
+    assert claim_verdict(removes, 2.0, 97.0) == "reproduced"
+    assert claim_verdict(removes, 2.0, [97.0, 80.0]) == "reproduced"        # 80 is enough
+    assert claim_verdict(removes, 2.0, 36.6) == "inconclusive"    # nothing there to remove
+    assert claim_verdict(removes, 2.0, [97.0, 79.9]) == "inconclusive"      # every seed
+    assert claim_verdict(removes, 2.0, [97.0, None]) == "inconclusive"      # a seed unmeasured
+    assert claim_verdict(removes, 2.0) == "inconclusive"                    # never measured
+    assert claim_verdict(removes, None, 97.0) == "not comparable"
+    assert "here 36.6" in reference.premise_unmet(removes, 36.6)
+    pockets = Claim("p", "pockets", "share", ">=", 50.0, 25.0, "abstract",
+                    premise={"measure": "successful_draws", "rule": "draws"})
+    assert claim_verdict(pockets, 80.0, 2) == "inconclusive"
+    assert claim_verdict(pockets, 80.0, 3) == "reproduced"
+    assert reference.premise_unmet(C, None) == ""       # a claim with no premise
+
+
+def test_an_interval_stays_inside_its_metrics_range():
+    asr = Claim("a", "ASR high", "asr", ">=", 90.0, 10.0, "s", bounds=(0, 100))
+    ref = Reference("P", "cite", {"dataset": "cifar10", "model": "m"}, [N], [asr])
+    row = compare(ref, {"x.asr": [99.0, 100.0, 100.0], "asr": [0.0, 0.5, 0.1]},
+                  PAPER_RUN | {"model": "m"}).set_index("id")
+    assert row.loc["x.asr", "high"] == 100.0 and row.loc["x.asr", "low"] < 100.0
+    assert row.loc["a", "low"] == 0.0 and row.loc["a", "high"] > 0.0
+    unbounded = Claim("r", "ratio", "ratio", ">=", 1.0, 1.0, "s")
+    assert reference.bounded([0.0, 0.5, 0.1], unbounded.bounds)[1] < 0
+
+
+def test_a_premise_names_its_measure_and_a_known_rule(tmp_path, monkeypatch):
+    (tmp_path / "p.yaml").write_text(
+        "paper: P\ncitation: c\nsetting: {dataset: cifar10, model: m}\nclaims:\n"
+        "  - {id: a, text: t, measure: m, op: '<=', value: 5, margin: 5, source: s,\n"
+        "     premise: {measure: v, rule: strong}}\n")
+    monkeypatch.setattr(reference, "FOLDER", tmp_path)
+    with pytest.raises(ParameterError, match="premise rule.*strong.*took_hold"):
+        reference.load("p")
+
+
 PAPER_RUN = {"profile": "paper", "dataset": "cifar10", "model": "preact_resnet18"}
 
 

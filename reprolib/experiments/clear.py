@@ -228,8 +228,8 @@ def attack_table(runs: list[Run]) -> pd.DataFrame:
 def attack_summary(attacks: pd.DataFrame) -> pd.DataFrame:
     """Per attack: draws, successes, the attacked models' mean CA and seconds, success rate."""
     table = attacks.groupby("attack", sort=False).agg(
-        draws=("success", "size"), succeeded=("success", "sum"), mean_ca=("ca", "mean"),
-        seconds=("seconds", "mean"))
+        **{"draws": ("success", "size"), "succeeded": ("success", "sum"),
+           "mean CA %": ("ca", "mean"), "mean time (s)": ("seconds", "mean")})
     table["success %"] = 100 * table.succeeded / table.draws
     return table
 
@@ -334,7 +334,7 @@ def detection_table(runs: list[Run], draws, clean_scores: dict, threshold: dict)
 
 def score_figure(runs: list[Run], draws, clean_scores: dict, threshold: dict):
     """Every model's score against its setting's threshold, clean references first."""
-    fig, axes = plt.subplots(1, 2, figsize=(8, 2.8))
+    fig, axes = plt.subplots(1, 2, figsize=(6.8, 2.8))
     for ax, s in zip(axes, ("transfer", "from scratch")):
         ax.scatter(clean_scores[s], np.zeros(len(clean_scores[s])), marker="o", color="0.5",
                    label="clean")
@@ -497,7 +497,7 @@ def pocket_figure(shown: Run, test, train_set, seed: int, extent: float = 1.5):
     if shown.after:
         panels["after CLEAR"] = shown.after["CLEAR relabel + FT"]
     cmap = ListedColormap(plt.get_cmap("tab10").colors[:len(test.classes)])
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.0 * len(panels) + 1.2, 3.0))
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.1 * len(panels) + 0.2, 2.6))
     for ax, (title, net) in zip(np.atleast_1d(axes), panels.items()):
         grid = clear.decision_slice(net, test, origin, toward, across, extent=extent, steps=41)
         ax.imshow(grid, origin="lower", extent=(-extent, extent, -extent, extent), cmap=cmap,
@@ -525,7 +525,7 @@ def feature_figure(shown: Run, test, seed: int):
     xy = clear.features(shown.extractor, both, dim=2).cpu()
     poison_mask = torch.zeros(len(data), dtype=torch.bool)
     poison_mask[shown.atk.indices] = True
-    fig, ax = plt.subplots(figsize=(4.6, 3.8))
+    fig, ax = plt.subplots(figsize=(6.2, 3.8))
     g = torch.Generator().manual_seed(seed)
     for c, colour in ((shown.true, "C0"), (shown.attacker, "C1")):
         members = ((data.labels.cpu() == c) & ~poison_mask).nonzero().flatten()
@@ -548,7 +548,9 @@ def feature_figure(shown: Run, test, seed: int):
                    f"{int(poison_mask[best.pocket.cpu()].sum())} of them poisons.")
     else:
         caption = "CLEAR wrapped no pocket holding a poison of this model."
-    ax.legend(fontsize=7, markerscale=1.5)
+    ax.legend(markerscale=1.5, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    ax.set_xlabel("first principal direction")
+    ax.set_ylabel("second principal direction")
     ax.set_title(f"{shown.attack}, draw {shown.draw}")
     fig.tight_layout()
     return fig, caption
@@ -583,7 +585,7 @@ def ablation(runs: list[Run], extractor, dims, ks) -> pd.DataFrame:
 
 
 def ablation_figure(table: pd.DataFrame, ks):
-    fig, axes = plt.subplots(1, 2, figsize=(8, 2.8), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(6.6, 2.8), sharey=True)
     for ax, who in zip(axes, ("CLEAR", "Deep k-NN")):
         for k in ks:
             if k in table.index.get_level_values("k"):
@@ -593,7 +595,7 @@ def ablation_figure(table: pd.DataFrame, ks):
         ax.set_xlabel("PCA dimension")
         ax.set_title(f"{who}: recall of the poisons")
     axes[0].set_ylabel("recall %")
-    axes[0].legend(fontsize=7)
+    axes[0].legend()
     fig.tight_layout()
     return fig
 
@@ -605,7 +607,7 @@ def claims(runs: list[Run], per_draw: pd.DataFrame, detection: pd.DataFrame,
     after = per_draw[per_draw.method == "CLEAR relabel + FT"]
     scratch = [r for r in runs if not r.transfer]
     aurocs = detection["AUROC"].dropna()
-    measured = {}
+    measured = {"successful_draws": len(won)}
     if won:
         measured["pocket_share"] = 100 * np.mean([r.knn_r >= 0.5 for r in won])
         measured["clear_recall"] = 100 * np.mean([r.clear_r for r in won])
@@ -629,7 +631,7 @@ def _at(precision: float) -> str:
 def summary(runs: list[Run], attacks: pd.DataFrame, detection: pd.DataFrame,
             mitigation: pd.DataFrame, clean_ca: float, train_seconds: float) -> list[str]:
     lines = [f"**{name}** ({SETTING[name]}): {int(row.succeeded)} of {int(row.draws)} draws "
-             f"succeeded; attacked CA {row.mean_ca:.2f} % (clean {clean_ca:.2f} %)."
+             f"succeeded; attacked CA {row['mean CA %']:.2f} % (clean {clean_ca:.2f} %)."
              for name, row in attack_summary(attacks).iterrows()]
     for name, row in detection.iterrows():
         if row.succeeded:

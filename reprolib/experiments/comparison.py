@@ -274,7 +274,7 @@ def tradeoff_figure(main: pd.DataFrame, attacks):
     three panels a row, the legend in a spare panel (or above)."""
     cols = min(3, len(attacks))
     rows = -(-len(attacks) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.2 * rows), squeeze=False,
+    fig, axes = plt.subplots(rows, cols, figsize=(2.25 * cols, 2.3 * rows), squeeze=False,
                              sharex=True)
     colors = {d: f"C{i}" for i, d in enumerate(DEFENSES)}
     for ax, name in zip(axes.flat, attacks):
@@ -295,18 +295,18 @@ def tradeoff_figure(main: pd.DataFrame, attacks):
         ax.axis("off")
     handles = axes.flat[0].get_legend_handles_labels()
     if spare:
-        spare[0].legend(*handles, loc="center", fontsize=8)
+        spare[0].legend(*handles, loc="center")
         fig.tight_layout()
     else:
-        fig.legend(*handles, fontsize=7, ncol=9, loc="upper center")
-        fig.tight_layout(rect=(0, 0, 1, 0.9))
+        fig.legend(*handles, ncol=5, loc="upper center")
+        fig.tight_layout(rect=(0, 0, 1, 0.85))
     return fig
 
 
 def der_figure(main: pd.DataFrame, attacks):
     """DER (%) per defense and attack, as a heat map."""
     grid = main["DER %"].unstack("attack").reindex(index=DEFENSES, columns=list(attacks))
-    fig, ax = plt.subplots(figsize=(1.2 * len(attacks) + 2.2, 0.42 * len(DEFENSES) + 1))
+    fig, ax = plt.subplots(figsize=(min(0.8 * len(attacks) + 2.4, 6.8), 0.42 * len(DEFENSES) + 1))
     image = ax.imshow(grid.values, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
     ax.grid(False)
     for (i, j), value in np.ndenumerate(grid.values):

@@ -8,6 +8,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 
+from .. import plots
 from ..config import Recipe, check_choice, check_range
 from ..data import ImageSet
 from ..defenses import linf_pruning as lp
@@ -145,7 +146,7 @@ def gradcam_figure(vanilla, victims: dict, reversal: dict, suspect: dict, shown)
     inputs = {name: [("clean", shown), ("real", v.attack.apply(shown)),
                      ("synthetic", reversal[name].stamp(shown, suspect[name]))]
               for name, v in victims.items()}
-    fig, axes = plt.subplots(2 * len(victims), 9, figsize=(9, 2.1 * len(victims)), squeeze=False)
+    fig, axes = plt.subplots(2 * len(victims), 9, figsize=(6.8, 1.7 * len(victims)), squeeze=False)
     panels = [(name, label, model) for name in victims
               for label, model in (("vanilla", vanilla.model), ("backdoored", victims[name].model))]
     for r, (name, label, model) in enumerate(panels):
@@ -157,8 +158,8 @@ def gradcam_figure(vanilla, victims: dict, reversal: dict, suspect: dict, shown)
                 ax.imshow(heat[i], cmap="jet", alpha=0.45)
                 _bare(ax)
                 if r == 0:
-                    ax.set_title(kind, fontsize=7)
-        axes[r, 0].set_ylabel(f"{name}\n{label}", fontsize=7)
+                    ax.set_title(kind, fontsize=8)
+        axes[r, 0].set_ylabel(f"{name}\n{label}", fontsize=8)
     fig.tight_layout(pad=0.2)
     return fig
 
@@ -198,7 +199,7 @@ def norm_maps(vanilla, victims: dict, stats: ImageSet, reversal: dict, suspect: 
 def norm_histograms(maps: dict, name: str):
     """Per norm (rows) and {vanilla, backdoored} × {clean, trigger} (columns), the histogram of
     the channels' mean norms; the synthetic trigger's outlined."""
-    fig, axes = plt.subplots(3, 4, figsize=(8, 4.6), sharey="row")
+    fig, axes = plt.subplots(3, 4, figsize=(6.8, 4.6), sharey="row")
     for c, (model_name, kind) in enumerate((m, k) for m in MODELS for k in ("clean", "real")):
         for r, p in enumerate(lp.NORMS):
             values = lp.channel_norms(maps[name, model_name][kind])[p].mean(0)
@@ -216,7 +217,8 @@ def norm_histograms(maps: dict, name: str):
 def tails(maps: dict, attacks) -> tuple[pd.DataFrame, object]:
     """The largest standardised change of each norm per (attack, model, trigger), and the figure
     of the sorted changes under the real trigger."""
-    fig, axes = plt.subplots(1, len(attacks), figsize=(4 * len(attacks), 2.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(attacks), figsize=(plots.panel_width(len(attacks)) * len(attacks), 2.8),
+                             squeeze=False)
     rows = []
     for ax, name in zip(axes[0], attacks):
         for model_name, style in (("backdoored", "-"), ("vanilla", "--")):
@@ -232,7 +234,7 @@ def tails(maps: dict, attacks) -> tuple[pd.DataFrame, object]:
         ax.set_title(f"{name}, real trigger")
         ax.set_xlabel("channels, sorted")
         ax.set_ylabel("standardised change")
-    axes[0, 0].legend(fontsize=7)
+    axes[0, 0].legend()
     fig.tight_layout()
     return pd.DataFrame(rows).set_index(["attack", "model", "trigger"]), fig
 
@@ -298,7 +300,7 @@ STYLES = {"linf": ("C3", "-"), "l2": ("C1", "-"), "l1": ("C0", "-"), "nc_gap": (
 
 def pruning_figure(curves: dict, attacks, channels: int):
     """Test ASR (real trigger) and CA against the share of channels pruned, per ranking."""
-    fig, axes = plt.subplots(2, len(attacks), figsize=(4.2 * len(attacks), 5), squeeze=False,
+    fig, axes = plt.subplots(2, len(attacks), figsize=(plots.panel_width(len(attacks)) * len(attacks), 5), squeeze=False,
                              sharex=True)
     for c, name in enumerate(attacks):
         for rank, (color, style) in STYLES.items():
@@ -310,7 +312,7 @@ def pruning_figure(curves: dict, attacks, channels: int):
         axes[0, c].set_ylabel("ASR % (real trigger)")
         axes[1, c].set_ylabel("CA %")
         axes[1, c].set_xlabel("fraction of last-conv channels pruned")
-    axes[0, 0].legend(fontsize=7, ncol=2)
+    axes[0, 0].legend(ncol=2)
     fig.tight_layout()
     return fig
 
@@ -368,6 +370,7 @@ def claims(attacks, cam_table: pd.DataFrame, tail: pd.DataFrame, points: pd.Data
         measured[f"vanilla_tail_{name}"] = (tail.loc[(name, "vanilla", "real"), "linf"]
                                             / tail.loc[(name, "backdoored", "real"), "linf"])
         row = points.loc[(name, "linf", "i")]
+        measured[f"undefended_asr_{name}"] = row["asr before"]
         if pd.notna(row["asr after"]):
             measured[f"linf_prune_asr_{name}"] = row["asr after"]
             measured[f"linf_prune_ca_drop_{name}"] = row["ca before"] - row["ca after"]
@@ -377,6 +380,7 @@ def claims(attacks, cam_table: pd.DataFrame, tail: pd.DataFrame, points: pd.Data
     if "badnets" in attacks and "blended" in attacks:
         measured["linf_edge_shrinks"] = (measured["linf_bias_blended"]
                                          - measured["linf_bias_badnets"])
+    measured["undefended_asr_min"] = min(measured[f"undefended_asr_{name}"] for name in attacks)
     return measured
 
 

@@ -264,7 +264,7 @@ def defense_figure(results: pd.DataFrame, which: str, title: str, patches_: dict
     paper's Fig. 4), each pattern drawn under its tick."""
     table = per_pattern(results[results.family == which])
     x = np.arange(len(table))
-    fig, ax = plt.subplots(figsize=(max(4.5, 0.28 * len(x) + 2.5), 3.2))
+    fig, ax = plt.subplots(figsize=(min(max(4.5, 0.28 * len(x) + 2.5), plots.WIDTH), 3.6))
     mean, std = table["mean", "baseline"], table["std", "baseline"]
     ax.fill_between(x, (mean - std).clip(lower=0), mean + std, color="0.8", label="baseline ± std")
     ax.plot(x, mean, "o-", color="0.45", lw=1, ms=3, label="baseline mean")
@@ -278,8 +278,7 @@ def defense_figure(results: pd.DataFrame, which: str, title: str, patches_: dict
         [patches_[p].tensor() for p in table.index]), channels, zoom=3.5,
         xycoords=("data", "axes fraction"))
     ax.set_ylabel("ASR after retraining, %")
-    ax.set_title(title)
-    ax.legend(fontsize=6, loc="upper left", ncol=2)
+    ax.legend(loc="lower left", bbox_to_anchor=(0, 1.01), ncol=3, borderaxespad=0)
     fig.tight_layout()
     return fig
 
@@ -302,14 +301,14 @@ def beta_figure(found: mesa.Search, embedding: str, seed: int, channels: int, n:
     betas = list(found.generators)
     draws = {b: mesa.sample(g, n, seed=seed) for b, g in found.generators.items()}
     xy = plots.embed(torch.cat(list(draws.values())), embedding, seed=seed)
-    fig, axes = plt.subplots(1, 1 + len(betas), figsize=(3.0 * (1 + len(betas)), 3.0))
+    fig, axes = plots.grid(1 + len(betas), size=(2.2, 2.2))
     for i, b in enumerate(betas):
         part = xy[n * i:n * (i + 1)]
         axes[0].scatter(*part.T, s=6, color=f"C{i}", label=f"β = {b}")
         _frame(axes[1 + i], xy)
         plots.thumbnails(axes[1 + i], part[:40], draws[b][:40], channels, zoom=2.5)
         axes[1 + i].set_title(f"β = {b}")
-    axes[0].legend(fontsize=7)
+    axes[0].legend()
     axes[0].set_title("all samples")
     fig.tight_layout()
     return fig
@@ -342,9 +341,9 @@ def alpha_sweep(defended: Defended, by_alpha: dict, *, held_out: ImageSet, targe
 def alpha_figure(by_alpha: dict, embedding: str, seed: int, channels: int, n: int = 128):
     draws = {a: mesa.sample(g, n, seed=seed) for a, g in by_alpha.items()}
     xy = plots.embed(torch.cat(list(draws.values())), embedding, seed=seed)
-    fig, axes = plt.subplots(1, len(draws), figsize=(3.0 * len(draws), 3.0), squeeze=False)
-    for i, a in enumerate(draws):
-        ax = axes[0, i]
+    fig, axes = plots.grid(len(draws), size=(2.2, 2.2))
+    for ax, a in zip(axes, draws):
+        i = list(draws).index(a)
         _frame(ax, xy)
         plots.thumbnails(ax, xy[n * i:n * i + 40], draws[a][:40], channels, zoom=2.5)
         ax.set_title(f"α = {a:g}")
@@ -357,8 +356,8 @@ def distribution_figure(runs: dict, patches_: dict, embedding: str, seed: int, c
     """For up to four black-and-white patterns: MESA's samples (every β) in one embedding with
     the original patch (red frame) and the baseline's reversed triggers (black frames)."""
     shown = [p for p in patches_ if family(p) == "black and white"][:4]
-    fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 3.1), squeeze=False)
-    for ax, name in zip(axes[0], shown):
+    fig, axes = plots.grid(len(shown), cols=2, size=(3.3, 3.0))
+    for ax, name in zip(axes, shown):
         found, reversed_ = runs[name].found, runs[name].reversed
         cloud = torch.cat([mesa.sample(g, n, seed=seed) for g in found.generators.values()]).cpu()
         original = patches_[name].tensor()[None]
@@ -372,7 +371,7 @@ def distribution_figure(runs: dict, patches_: dict, embedding: str, seed: int, c
                          zoom=2.5, frame="k")
         plots.thumbnails(ax, xy[-1:], original, channels, zoom=3.5, frame="red")
         ax.set_title(f"pattern {name}")
-    axes[0, 0].legend(fontsize=6)
+    axes[0].legend()
     fig.tight_layout()
     return fig
 
@@ -446,6 +445,7 @@ def claims(results: pd.DataFrame, samples: pd.DataFrame, detected: pd.DataFrame,
         "mesa.asr.max": mesa_rows["ASR %"].max(), "baseline.asr.min": base_rows["ASR %"].min(),
         "baseline.asr.max": base_rows["ASR %"].max(),
         "attack_asr_mean": attack_rows["ASR %"].mean(),
+        "undefended_asr_min": attack_rows["ASR %"].min(),
         "attack_ca_drop": clean_ca - attack_rows["CA %"].mean(),
         "mesa_minus_baseline_asr": mesa_rows["ASR %"].mean() - base_rows["ASR %"].mean(),
         "mesa_max_minus_baseline_max": mesa_rows["ASR %"].max() - base_rows["ASR %"].max(),

@@ -10,6 +10,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 
+from .. import plots
 from ..metrics import score_row
 from ..config import Recipe, check_range, profile
 from ..config import scale as scale_of
@@ -169,7 +170,7 @@ def loss_figure(polarized: dict):
     ax.set_xlabel("epoch after the warm-up")
     ax.set_ylabel("outer loss")
     ax.set_yscale("log")
-    ax.legend(fontsize=7)
+    ax.legend()
     fig.tight_layout()
     return fig
 
@@ -209,7 +210,7 @@ def clean_data_sweep(victims: dict, attacks, shares, main: pd.DataFrame, clean_r
 
 
 def clean_data_figure(by_data: pd.DataFrame, victims: dict, attacks):
-    fig, axes = plt.subplots(2, len(attacks), figsize=(4 * len(attacks), 4.6), sharex=True,
+    fig, axes = plt.subplots(2, len(attacks), figsize=(plots.panel_width(len(attacks)) * len(attacks), 4.6), sharex=True,
                              squeeze=False)
     for c, name in enumerate(attacks):
         for defense, color in (("NPD", "C3"), ("FT", "C0")):
@@ -223,7 +224,7 @@ def clean_data_figure(by_data: pd.DataFrame, victims: dict, attacks):
         axes[1, c].set_xlabel("clean data, % of the training set")
     axes[0, 0].set_ylabel("ASR %")
     axes[1, 0].set_ylabel("CA %")
-    axes[1, 0].legend(fontsize=7)
+    axes[1, 0].legend()
     fig.tight_layout()
     return fig
 
@@ -251,7 +252,7 @@ def poisoning_sweep(victims: dict, attacks, ratios, main: pd.DataFrame, *, ratio
 
 
 def poisoning_figure(by_poison: pd.DataFrame, attacks):
-    fig, axes = plt.subplots(1, len(attacks), figsize=(4 * len(attacks), 2.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(attacks), figsize=(plots.panel_width(len(attacks)) * len(attacks), 3.0), squeeze=False)
     for ax, name in zip(axes[0], attacks):
         part = by_poison.loc[name]
         x = range(len(part))
@@ -263,8 +264,8 @@ def poisoning_figure(by_poison: pd.DataFrame, attacks):
         ax.set_xlabel("poisoned training images")
         ax.set_title(name)
     axes[0, 0].set_ylabel("%")
-    fig.legend(*axes[0, 0].get_legend_handles_labels(), fontsize=7, ncol=4, loc="upper center")
-    fig.tight_layout(rect=(0, 0, 1, 0.9))
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), ncol=2, loc="upper center")
+    fig.tight_layout(rect=(0, 0, 1, 0.82))
     return fig
 
 
@@ -277,7 +278,7 @@ def principal_axes(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def feature_figure(victims: dict, polarized: dict, attacks, seed: int):
     """Clean (by class) and triggered (black) test features before and after NPD, on the
     backdoored model's first two principal axes."""
-    fig, axes = plt.subplots(len(attacks), 2, figsize=(7, 3.2 * len(attacks)), squeeze=False)
+    fig, axes = plt.subplots(len(attacks), 2, figsize=(5.6, 2.7 * len(attacks)), squeeze=False)
     for row, name in zip(axes, attacks):
         v = victims[name]
         clean_view = v.test.sample(min(500, len(v.test)), seed)
@@ -289,11 +290,16 @@ def feature_figure(victims: dict, polarized: dict, attacks, seed: int):
         for ax, (title, (c_feat, t_feat)) in zip(row, (("backdoored", before),
                                                        ("after NPD", after))):
             c_xy, t_xy = (c_feat - centre) @ axes2, (t_feat - centre) @ axes2
-            ax.scatter(c_xy[:, 0], c_xy[:, 1], c=clean_view.labels, cmap="tab10", s=4, alpha=0.6)
-            ax.scatter(t_xy[:, 0], t_xy[:, 1], c="k", s=4, marker="x")
+            for k, label in enumerate(clean_view.classes):
+                mine = clean_view.labels.cpu() == k
+                ax.scatter(c_xy[mine, 0], c_xy[mine, 1], color=plt.cm.tab10(k), s=4, alpha=0.6,
+                           label=label)
+            ax.scatter(t_xy[:, 0], t_xy[:, 1], c="k", s=4, marker="x", label="triggered")
             ax.set_title(f"{name}: {title}")
             ax.set_xticks([])
             ax.set_yticks([])
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="center left",
+               bbox_to_anchor=(1.0, 0.5), markerscale=2.5, title="clean, by class")
     fig.tight_layout()
     return fig
 
@@ -336,6 +342,8 @@ def claims(main: pd.DataFrame, cost: pd.DataFrame, by_data: pd.DataFrame, shares
     if len(npd_rows):
         measured["npd_asr_max"] = npd_rows["ASR %"].max()
         measured["npd_ca_drop_max"] = drops.loc[npd_rows.index].max()
+        measured["undefended_asr_min"] = main.xs("none", level="defense").loc[
+            npd_rows.index, "ASR %"].min()
     measured["npd_parameter_share"] = cost[("NPD / FT", "parameters %")].max()
     scarce = [r for r in shares if r <= 0.005]
     if scarce:

@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 
 from ..metrics import score_row
-from .. import models
+from .. import models, plots
 from ..config import ParameterError, check_range
 from ..devices import resolve as resolve_device
 from ..defenses import abl as abl_
@@ -143,8 +143,8 @@ def settings(scale, *, none_lr: float, augment: bool, fractions, areas):
 
 
 def row(v, model, defense: str, seconds=None, diverged: bool = False) -> dict:
-    """A defense's row: BA, ASR and RA in percent, its seconds and whether it diverged."""
-    return {"defense": defense, **score_row(v, model, with_der=False, accuracy="BA %"),
+    """A defense's row: CA, ASR and RA in percent, its seconds and whether it diverged."""
+    return {"defense": defense, **score_row(v, model, with_der=False),
             "seconds": seconds, "diverged": diverged}
 
 
@@ -170,7 +170,7 @@ def main_table(victims: dict, isolated: dict, repaired: dict
 
 
 def main_view(main: pd.DataFrame, attacks) -> pd.DataFrame:
-    return main[["BA %", "ASR %", "RA %"]].unstack("defense").reindex(
+    return main[["CA %", "ASR %", "RA %"]].unstack("defense").reindex(
         columns=DEFENSES, level="defense").reindex(list(attacks))
 
 
@@ -194,8 +194,8 @@ def ratio_table(main: pd.DataFrame, victims: dict) -> pd.DataFrame:
 
 def score_figure(repaired: dict, victims: dict):
     """NONE's per-image scores of clean and poisoned training images, with the Jenks break."""
-    fig, axes = plt.subplots(1, len(victims), figsize=(3.1 * len(victims), 2.6), squeeze=False)
-    for ax, (name, v) in zip(axes[0], victims.items()):
+    fig, axes = plots.grid(len(victims), size=(2.25, 2.2))
+    for ax, (name, v) in zip(axes, victims.items()):
         first = repaired[name].rounds[0]
         poisoned = torch.zeros(len(v.train), dtype=torch.bool)
         poisoned[v.poison_indices.cpu()] = True
@@ -207,8 +207,8 @@ def score_figure(repaired: dict, victims: dict):
         ax.set_yscale("log")
         ax.set_title(name)
         ax.set_xlabel("sample score")
-    axes[0, 0].set_ylabel("training images")
-    axes[0, 0].legend(fontsize=7)
+    axes[0].set_ylabel("training images")
+    axes[0].legend()
     fig.tight_layout()
     return fig
 
@@ -239,7 +239,7 @@ def linearity_figure(v, picture: dict):
     """Per channel, each class's mean peak against α; then the suspicious channel's peaks on
     the training images the model is sure are (S) and are not (W) the target class."""
     layer, labels, curves = picture["layer"], picture["labels"], picture["curves"]
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3))
+    fig, axes = plots.grid(4, cols=2, size=(3.4, 2.6))
     for ax, (kind, c) in zip(axes, picture["channels"].items()):
         for k in range(len(v.test.classes)):
             ax.plot(picture["alphas"], curves[:, labels == k, c].mean(1), color=plt.cm.tab10(k),
@@ -248,7 +248,9 @@ def linearity_figure(v, picture: dict):
                      fontsize=8)
         ax.set_xlabel("α (0: clean, 1: triggered)")
     axes[0].set_ylabel("peak activation (pre-BN)")
-    axes[1].legend(fontsize=6, ncol=2)
+    axes[3].axis("off")
+    axes[3].legend(*axes[1].get_legend_handles_labels(), ncol=2, loc="center",
+                   title="test images of class")
     a = picture["acts"].peaks[layer][:, picture["channels"]["suspicious"]].cpu()
     p = picture["acts"].probs[:, v.target].cpu()
     bins = np.linspace(a.min().item(), a.max().item(), 50)
@@ -259,7 +261,7 @@ def linearity_figure(v, picture: dict):
     axes[2].set_yscale("log")
     axes[2].set_title(f"suspicious channel, target class {v.target}", fontsize=8)
     axes[2].set_xlabel("peak activation")
-    axes[2].legend(fontsize=7)
+    axes[2].legend()
     fig.tight_layout()
     return fig
 
@@ -282,13 +284,13 @@ def ablation_figure(ablated: pd.DataFrame, fractions, undefended_ba: float, titl
     sweep = ablated.loc[[f"f = {f:g}" for f in fractions]]
     fig, ax = plt.subplots(figsize=(4.5, 2.6))
     ax.plot(sweep["fraction"] * 100, sweep["ASR %"], "o-", color="C3", label="ASR")
-    ax.plot(sweep["fraction"] * 100, sweep["BA %"], "o-", color="C0", label="BA")
-    ax.axhline(undefended_ba, color="C0", ls=":", label="BA, no defense")
+    ax.plot(sweep["fraction"] * 100, sweep["CA %"], "o-", color="C0", label="CA")
+    ax.axhline(undefended_ba, color="C0", ls=":", label="CA, no defense")
     ax.set_xscale("log")
     ax.set_xlabel("channels reset per layer, %")
     ax.set_ylabel("%")
     ax.set_title(title)
-    ax.legend(fontsize=7)
+    ax.legend()
     fig.tight_layout()
     return fig
 
@@ -296,7 +298,7 @@ def ablation_figure(ablated: pd.DataFrame, fractions, undefended_ba: float, titl
 def natural(clean, natural_rounds: list, *, areas, scan_steps: int, check_images: int,
             seed: int, fit_images: int = 240):
     """The clean model scanned by bounded REASR at every area, then each of `natural_rounds`
-    (NONE's natural setting, round after round): the scans per (model, area), BA per model,
+    (NONE's natural setting, round after round): the scans per (model, area), CA per model,
     and the ratio of the standard model's REASR to the last round's. Triggers are fitted on
     `fit_images` test images and measured on up to `check_images` others."""
     check_range("fit_images", fit_images, low=1, high=len(clean.test) - 1, integer=True)
@@ -310,13 +312,13 @@ def natural(clean, natural_rounds: list, *, areas, scan_steps: int, check_images
                 for s in [reasr.scan(model, fit, check, a, steps=scan_steps, seed=seed)]]
 
     scans = scanned(clean.model, "standard")
-    accuracy = [{"model": "standard", "BA %": 100 * clean.scores()["ca"], "seconds": 0.0,
+    accuracy = [{"model": "standard", "CA %": 100 * clean.scores()["ca"], "seconds": 0.0,
                  "diverged": False}]
     spent = 0.0
     for r, result in enumerate(natural_rounds):
         model, spent = result.model, spent + result.seconds
         scans += scanned(model, f"NONE round {r + 1}")
-        accuracy.append({"model": f"NONE round {r + 1}", "BA %": 100 * clean.scores(model)["ca"],
+        accuracy.append({"model": f"NONE round {r + 1}", "CA %": 100 * clean.scores(model)["ca"],
                          "seconds": spent, "diverged": result.diverged})
     scans = pd.DataFrame(scans).set_index(["model", "area %"])
     return (scans, pd.DataFrame(accuracy).set_index("model"),
@@ -344,7 +346,7 @@ def natural_figure(scans: pd.DataFrame, rounds: int):
                 label=f"NONE round {r}" if r in (1, rounds) else None)
     ax.set_xlabel("trigger area bound, % of the image")
     ax.set_ylabel("max REASR %")
-    ax.legend(fontsize=7)
+    ax.legend()
     fig.tight_layout()
     return fig
 
@@ -355,11 +357,13 @@ def claims(main: pd.DataFrame, ratios: pd.DataFrame, natural_ratios: dict) -> di
                 "none_asr_ratio_injected": ratios.loc["NONE", "ratio of means"],
                 "none_asr_ratio_natural": natural_ratios["ratio of means"],
                 "none_minus_abl_asr": (main.xs("NONE", level="defense")["ASR %"].mean()
-                                       - main.xs("ABL", level="defense")["ASR %"].mean())}
+                                       - main.xs("ABL", level="defense")["ASR %"].mean()),
+                "undefended_asr_min": main.xs("no defense", level="defense")["ASR %"].min()}
     if "badnets" in main.index.get_level_values("attack"):
         measured["none_badnets_asr"] = main.loc[("badnets", "NONE"), "ASR %"]
-        measured["none_badnets_ba_drop"] = (main.loc[("badnets", "no defense"), "BA %"]
-                                            - main.loc[("badnets", "NONE"), "BA %"])
+        measured["undefended_asr_badnets"] = main.loc[("badnets", "no defense"), "ASR %"]
+        measured["none_badnets_ca_drop"] = (main.loc[("badnets", "no defense"), "CA %"]
+                                            - main.loc[("badnets", "NONE"), "CA %"])
     return measured
 
 
@@ -371,9 +375,9 @@ def summary(main: pd.DataFrame, filtered: pd.DataFrame, ratios: pd.DataFrame, sc
         q = filtered.loc[(name, "NONE (Jenks drop)")]
         lines.append(
             f"**{name}**: ASR {a.loc['no defense', 'ASR %']:.1f} % → ABL "
-            f"{a.loc['ABL', 'ASR %']:.1f} % / NONE {a.loc['NONE', 'ASR %']:.1f} %; BA "
-            f"{a.loc['no defense', 'BA %']:.2f} % → ABL {a.loc['ABL', 'BA %']:.2f} % / NONE "
-            f"{a.loc['NONE', 'BA %']:.2f} %; NONE dropped {q['flagged']:.0f} images (precision "
+            f"{a.loc['ABL', 'ASR %']:.1f} % / NONE {a.loc['NONE', 'ASR %']:.1f} %; CA "
+            f"{a.loc['no defense', 'CA %']:.2f} % → ABL {a.loc['ABL', 'CA %']:.2f} % / NONE "
+            f"{a.loc['NONE', 'CA %']:.2f} %; NONE dropped {q['flagged']:.0f} images (precision "
             f"{q['precision %']:.1f} %, recall {q['recall %']:.1f} %)"
             + ("; NONE's fine-tuning diverged, so the defender kept the backdoored model"
                if a.loc['NONE', 'diverged'] else "") + ".")
@@ -385,6 +389,6 @@ def summary(main: pd.DataFrame, filtered: pd.DataFrame, ratios: pd.DataFrame, sc
     final = scans.loc[f"NONE round {rounds}", "max REASR %"]
     lines.append(f"Natural backdoors: mean max REASR {standard.mean():.1f} % (standard) → "
                  f"{final.mean():.1f} % after {rounds} NONE round(s), "
-                 f"{natural_ratios['ratio of means']:.2f}×; BA {accuracy['BA %'].iloc[0]:.2f} % "
-                 f"→ {accuracy['BA %'].iloc[-1]:.2f} %. Paper: 1.75×.")
+                 f"{natural_ratios['ratio of means']:.2f}×; CA {accuracy['CA %'].iloc[0]:.2f} % "
+                 f"→ {accuracy['CA %'].iloc[-1]:.2f} %. Paper: 1.75×.")
     return lines
