@@ -29,9 +29,9 @@ def use_style() -> None:
     plt.rcParams.update(STYLE)
 
 
-def panel_width(n: int, most: float = 3.3) -> float:
-    """The width of each of `n` panels side by side: `most`, or less so that the row fits."""
-    return min(most, WIDTH / n)
+def row_width(n: int, most: float = 3.3) -> float:
+    """The width of a row of `n` panels, each `most` inches, or less so that the row fits."""
+    return min(most * n, WIDTH)
 
 
 def grid(n: int, cols: int = 3, size: tuple[float, float] = (2.2, 2.1), **options):

@@ -74,7 +74,8 @@ def verdicts_page(root: Path, found: dict[str, dict] | None = None) -> str:
             "defense whose attack did not take hold first (ASR below 80 % on the undefended "
             "victim, or fewer than 3 successful draws), \"not comparable\" the paper's numbers "
             "from a setting (model, dataset, scale) the run did not use. The "
-            "[scorecard](scorecard.md) lists every row.\n\n" + verdict_counts(results(root) if found is None else found))
+            "[scorecard](scorecard.md) lists every row.\n\n"
+            + verdict_counts(results(root) if found is None else found))
 
 
 def scorecard(root: Path, found: dict[str, dict] | None = None) -> str:

@@ -140,11 +140,12 @@ def _numeric(column: pd.Series) -> bool:
 
 def _interval_column(column: pd.Series) -> bool:
     """A column of "mean ± half-width" cells (`seeds.shown`)."""
-    return column.map(lambda v: v == MISSING or bool(re.match(r"^-?[\d.,]+( ± [\d.,]+)?$", v))).all()
+    interval = re.compile(r"^-?[\d.,]+( ± [\d.,]+)?$")
+    return column.map(lambda v: v == MISSING or bool(interval.match(v))).all()
 
 
 def _text(value) -> str:
-    return {True: "yes", False: "no"}.get(value, str(value)) if isinstance(value, bool) else str(value)
+    return ("yes" if value else "no") if isinstance(value, bool) else str(value)
 
 
 def _number(value, places: int) -> str:

@@ -221,7 +221,7 @@ def test_the_scorecard_opens_with_verdict_counts_and_folds_what_is_not_comparabl
     assert "| **all chapters** | **1** | **0** | **0** | **1** | **3** | |" in page
     assert "*Inconclusive:* FT removes it: premise not met" in page
     section = page.index("## BackdoorBench (no defense)")
-    assert counts < section and page.index("| claim |") < page.index(f"3 of the paper's numbers")
+    assert counts < section and page.index("| claim |") < page.index("3 of the paper's numbers")
     assert "| ASR \\| high | 97.12 | 1 seed | reproduced |" in page
     assert f"3 of the paper's numbers not comparable: {far}." in page
     assert "row 1" not in page                               # folded into that line

@@ -63,8 +63,8 @@ MEASURE = """() => {
   const cells = [...article.querySelectorAll('td')].map(c => c.innerText.trim());
   const headers = [...article.querySelectorAll('th')].map(c => c.innerText.trim());
   const prose = article.cloneNode(true);
-  prose.querySelectorAll('pre, code, .cell_input, details.hide, script, style, .math, mjx-container')
-       .forEach(e => e.remove());
+  prose.querySelectorAll('pre, code, .cell_input, details.hide, script, style, .math, ' +
+                         'mjx-container').forEach(e => e.remove());
   const title = article.querySelector('h1').innerText.replace(/#$/, '').trim();
   return {column, wide, uncaptioned, cells, headers, text: prose.innerText, title,
           images: [...article.querySelectorAll('img')].map(i => i.complete ? i.naturalWidth : 0),

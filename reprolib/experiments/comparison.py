@@ -274,8 +274,7 @@ def tradeoff_figure(main: pd.DataFrame, attacks):
     three panels a row, the legend in a spare panel (or above)."""
     cols = min(3, len(attacks))
     rows = -(-len(attacks) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.25 * cols, 2.3 * rows), squeeze=False,
-                             sharex=True)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.25 * cols, 2.3 * rows), squeeze=False)
     colors = {d: f"C{i}" for i, d in enumerate(DEFENSES)}
     for ax, name in zip(axes.flat, attacks):
         part = main.loc[name]

@@ -217,7 +217,7 @@ def norm_histograms(maps: dict, name: str):
 def tails(maps: dict, attacks) -> tuple[pd.DataFrame, object]:
     """The largest standardised change of each norm per (attack, model, trigger), and the figure
     of the sorted changes under the real trigger."""
-    fig, axes = plt.subplots(1, len(attacks), figsize=(plots.panel_width(len(attacks)) * len(attacks), 2.8),
+    fig, axes = plt.subplots(1, len(attacks), figsize=(plots.row_width(len(attacks)), 2.8),
                              squeeze=False)
     rows = []
     for ax, name in zip(axes[0], attacks):
@@ -300,8 +300,8 @@ STYLES = {"linf": ("C3", "-"), "l2": ("C1", "-"), "l1": ("C0", "-"), "nc_gap": (
 
 def pruning_figure(curves: dict, attacks, channels: int):
     """Test ASR (real trigger) and CA against the share of channels pruned, per ranking."""
-    fig, axes = plt.subplots(2, len(attacks), figsize=(plots.panel_width(len(attacks)) * len(attacks), 5), squeeze=False,
-                             sharex=True)
+    fig, axes = plt.subplots(2, len(attacks), figsize=(plots.row_width(len(attacks)), 5),
+                             squeeze=False, sharex=True)
     for c, name in enumerate(attacks):
         for rank, (color, style) in STYLES.items():
             t = curves[name, rank]["test"]

@@ -210,8 +210,8 @@ def clean_data_sweep(victims: dict, attacks, shares, main: pd.DataFrame, clean_r
 
 
 def clean_data_figure(by_data: pd.DataFrame, victims: dict, attacks):
-    fig, axes = plt.subplots(2, len(attacks), figsize=(plots.panel_width(len(attacks)) * len(attacks), 4.6), sharex=True,
-                             squeeze=False)
+    fig, axes = plt.subplots(2, len(attacks), figsize=(plots.row_width(len(attacks)), 4.6),
+                             sharex=True, squeeze=False)
     for c, name in enumerate(attacks):
         for defense, color in (("NPD", "C3"), ("FT", "C0")):
             part = by_data.loc[name].xs(defense, level="defense")
@@ -252,7 +252,8 @@ def poisoning_sweep(victims: dict, attacks, ratios, main: pd.DataFrame, *, ratio
 
 
 def poisoning_figure(by_poison: pd.DataFrame, attacks):
-    fig, axes = plt.subplots(1, len(attacks), figsize=(plots.panel_width(len(attacks)) * len(attacks), 3.0), squeeze=False)
+    fig, axes = plt.subplots(1, len(attacks), figsize=(plots.row_width(len(attacks)), 3.0),
+                             squeeze=False)
     for ax, name in zip(axes[0], attacks):
         part = by_poison.loc[name]
         x = range(len(part))

@@ -343,10 +343,10 @@ def natural_figure(scans: pd.DataFrame, rounds: int):
     for r in range(1, rounds + 1):
         curve = scans.loc[f"NONE round {r}", "max REASR %"]
         ax.plot(curve.index, curve, "o-", color=plt.cm.Reds(0.35 + 0.65 * r / rounds), lw=1,
-                label=f"NONE round {r}" if r in (1, rounds) else None)
+                label=f"NONE round {r}")
     ax.set_xlabel("trigger area bound, % of the image")
     ax.set_ylabel("max REASR %")
-    ax.legend()
+    ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
     return fig
 
