@@ -108,9 +108,9 @@ def premises_text(claims: pd.DataFrame) -> str:
     return text
 
 
-def tables_over_seeds(tables: dict[str, pd.DataFrame], n: int) -> None:
-    """Each table over `n` seeds (`seeds.over_seeds`), each cell "mean ± half-width of the
+def tables_over_seeds(kept: dict[str, pd.DataFrame], n: int) -> None:
+    """Each kept table over `n` seeds (`seeds.over_seeds`), each cell "mean ± half-width of the
     95 % interval"."""
-    for name, table in tables.items():
+    for name, table in kept.items():
         display(Markdown(f"**{name.replace('_', ' ')}**, over {n} seeds"))
         display(tables.styled(seeding.shown(table), missing="no seed measured it"))
