@@ -62,8 +62,9 @@ class Chapter:
         self.comparison: pd.DataFrame | None = None
         self.found: list[dict] = []             # measured findings: no paper's claims
         self.measured: dict[str, float | None] = {}   # this seed's, for the comparison
-        self.by_seed = seeding.read_pooled(pooled, self.run_setting | {"chapter": name},
-                                           self.seed)    # the other seeds' tables and measures
+        self.by_seed = seeding.read_pooled(   # the other seeds' tables and measures, each
+            pooled, self.run_setting | {"chapter": name,       # read from the same copy
+                                        "dataset_source": self.dataset_source}, self.seed)
         self.seeds = [self.seed, *self.by_seed]
         self._pooled_shown = False
         self.figures = 0                        # numbered on the page in their order
@@ -75,7 +76,8 @@ class Chapter:
 
     def record(self) -> dict:
         return {"chapter": self.name, "profile": self.profile, "dataset": self.dataset,
-                "dataset_why": self.dataset_why, "model": self.model, "model_why": self.model_why,
+                "dataset_why": self.dataset_why, "dataset_source": self.dataset_source,
+                "model": self.model, "model_why": self.model_why,
                 "device": devices.name(self.device),
                 "seeds": self.seeds,                 # the page is the first seed's
                 "code_version": code_version(),
@@ -96,6 +98,15 @@ class Chapter:
         for r in self.by_seed.values():
             found.update(r["executed"])
         return dict(sorted(found.items()))
+
+    @property
+    def dataset_source(self) -> str:
+        """Which copy of the dataset the run reads (`data.source_of`): the official files, or an
+        image-folder copy, lossless or lossy."""
+        try:
+            return data.source_of(self.dataset, self.data_dir)
+        except data.DatasetNotFound:
+            return "not found yet: the official files, once downloaded"
 
     @property
     def paper_recipe(self) -> bool:

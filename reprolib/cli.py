@@ -18,10 +18,12 @@ import argparse
 import errno
 import os
 import sys
+import time
+from pathlib import Path
 
 import torch
 
-from . import book, config, data, devices, jobs, models
+from . import book, config, data, devices, imagefolder, jobs, models
 from .provenance import code_version
 from .attacks import ATTACKS, attack as make_attack
 from .train import evaluate, trained
@@ -39,11 +41,22 @@ def _pct(x: float) -> str:
 
 
 def cmd_data(args) -> None:
-    for name in args.datasets:
+    names = args.datasets or (["cifar10"] if args.source else ["fashion-mnist"])
+    if args.source:
+        if names != ["cifar10"]:
+            raise config.ParameterError(f"--from reads a copy of CIFAR-10, not of {names}: "
+                                        f"repro data cifar10 --from PATH")
+        start = time.perf_counter()
+        folder = data.decode_cifar10(Path(args.source), data.data_roots(args.data_dir),
+                                     allow_partial=args.allow_partial)
+        print(f"decoded {args.source} into {folder} in {time.perf_counter() - start:.0f} s")
+    for name in names:
+        start = time.perf_counter()
         train_set, test_set = data.load(name, args.data_dir)
         print(f"{name}: {data.locate(name, args.data_dir, download=False)} "
-              f"({len(train_set)} train + {len(test_set)} test images, "
-              f"{tuple(train_set.images.shape[1:])})")
+              f"({len(train_set):,} train + {len(test_set):,} test images, "
+              f"{tuple(train_set.images.shape[1:])}; {data.source_of(name, args.data_dir)}), "
+              f"read in {time.perf_counter() - start:.1f} s")
 
 
 def cmd_train(args) -> None:
@@ -205,8 +218,13 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("--device", default="auto", help="auto, cpu or cuda")
 
     p = sub.add_parser("data", help="find or download datasets")
-    p.add_argument("datasets", nargs="*", default=["fashion-mnist"])
+    p.add_argument("datasets", nargs="*", help="default: fashion-mnist (cifar10 with --from)")
     p.add_argument("--data-dir", default=None)
+    p.add_argument("--from", dest="source", default=None, metavar="PATH",
+                   help="a CIFAR-10 image folder (train/, test/, a folder per class) or a "
+                        ".tar.xz, .tar.gz or .zip of one, decoded once into the data folder")
+    p.add_argument("--allow-partial", action="store_true",
+                   help="with --from: accept fewer images than CIFAR-10's 50,000 + 10,000")
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("train", help="train one clean model through the zoo")
@@ -281,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["REPRO_CACHE_DIR"] = args.cache_dir
     try:
         args.func(args)
-    except (config.ParameterError, data.DatasetNotFound, data.DatasetCorrupt) as err:
+    except (config.ParameterError, data.DatasetNotFound, data.DatasetCorrupt,
+            imagefolder.ImageFolderError) as err:
         print(f"repro: {err}", file=sys.stderr)
         return 2
     except book.RunFailed as err:

@@ -8,6 +8,9 @@ of its samples.
 Where files are looked for, in order: the explicit `data_dir`, `$REPRO_DATA_DIR`, the user cache
 (`~/.cache/repro/data`), the system folder `/usr/share/datasets` (Debian's `dataset-fashion-mnist`).
 When none holds the files they are downloaded, checksum-verified, into the first of the first three.
+CIFAR-10 is also read from an image-folder copy (PNG or JPEG files, or an archive of them) in
+those folders, decoded once into a file of its own (`reprolib.imagefolder`); the official batches
+come first, then a decoded copy, then a copy still to decode, then the download.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from . import imagefolder
 from .config import ParameterError, check_choice, check_range
 
 SYSTEM_ROOTS = (Path("/usr/share/datasets"),)
@@ -175,7 +179,12 @@ def _cifar_split(paths: list[Path], label_key: bytes) -> tuple[torch.Tensor, tor
 
 
 def read_cifar10(folder: Path) -> tuple:
-    """The official `cifar-10-batches-py` folder (or a subset of its training batches)."""
+    """The official `cifar-10-batches-py` folder (or a subset of its training batches), or the
+    folder of an image-folder copy decoded by `imagefolder.decode`."""
+    if (folder / imagefolder.DECODED).is_file():
+        t, _ = imagefolder.load_decoded(folder / imagefolder.DECODED)
+        return (t["train_images"], t["train_labels"], t["test_images"], t["test_labels"],
+                imagefolder.CLASSES)
     names = tuple(n.decode() for n in _unpickle(folder / "batches.meta")[b"label_names"])
     train_paths = sorted(folder.glob("data_batch_[1-5]"))
     return (*_cifar_split(train_paths, b"labels"), *_cifar_split([folder / "test_batch"], b"labels"),
@@ -293,6 +302,10 @@ def locate(name: str, data_dir: str | Path | None = None, download: bool | None 
         folder = root / source.folder
         if all((folder / f).is_file() for f in source.files):
             return folder
+    if name == "cifar10":
+        copy = image_folder_copy(roots)
+        if copy is not None:
+            return copy
     if download is None:
         download = not os.environ.get("REPRO_OFFLINE")
     failure = "downloading is off (download=False or $REPRO_OFFLINE is set)"
@@ -308,6 +321,43 @@ def locate(name: str, data_dir: str | Path | None = None, download: bool | None 
         f"$REPRO_DATA_DIR or data_dir at a folder holding '{source.folder}/')"
         + (", or on Debian: apt-get install dataset-fashion-mnist" if name == "fashion-mnist" else "")
         + ".")
+
+
+def image_folder_copy(roots: list[tuple[Path, str]]) -> Path | None:
+    """The folder of a decoded image-folder copy of CIFAR-10 in `roots`; else the first copy
+    found there to decode (`imagefolder.candidates`), decoded now; else None."""
+    for root, _ in roots:
+        if (root / imagefolder.FOLDER / imagefolder.DECODED).is_file():
+            return root / imagefolder.FOLDER
+    for root, _ in roots:
+        for found in imagefolder.candidates(root):
+            return decode_cifar10(found, roots)
+    return None
+
+
+def decode_cifar10(path: Path, roots: list[tuple[Path, str]] | None = None, *,
+                   allow_partial: bool = False) -> Path:
+    """Decode the image-folder copy at `path` into the first root of `roots` that can be
+    written (the source's own folder may be read-only); returns the decoded copy's folder."""
+    roots = roots or data_roots()
+    writable = [root for root, why in roots if why != "system"]
+    for root in writable:
+        try:
+            imagefolder.decode(path, root / imagefolder.FOLDER, allow_partial=allow_partial)
+            return root / imagefolder.FOLDER
+        except PermissionError:
+            continue
+    raise OSError(f"no data folder could hold the decoded copy of {path} (tried "
+                  f"{', '.join(str(r / imagefolder.FOLDER) for r in writable)})")
+
+
+def source_of(name: str, data_dir: str | Path | None = None) -> str:
+    """What the copy of dataset `name` that `load` reads is: the official files, or an
+    image-folder copy and its format (lossless, or lossy with its JPEG quality)."""
+    folder = locate(name, data_dir, download=False)
+    if (folder / imagefolder.DECODED).is_file():
+        return imagefolder.provenance(folder / imagefolder.DECODED).describe()
+    return "official batches" if name.startswith("cifar") else "official idx files"
 
 
 def default_dataset(data_dir: str | Path | None = None) -> tuple[str, str]:

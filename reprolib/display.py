@@ -19,7 +19,9 @@ def seeds_text(seeds: list[int]) -> str:
 
 def record_line(r: dict, wall: bool) -> str:
     """The run record `r` (`Chapter.record`) in one line, with its wall time if `wall`."""
-    line = (f"profile **{r['profile']}** · dataset **{r['dataset']}** ({r['dataset_why']}) · "
+    source = f"{r['dataset_source']}; " if r.get("dataset_source") else ""
+    line = (f"profile **{r['profile']}** · dataset **{r['dataset']}** ({source}"
+            f"{r['dataset_why']}) · "
             f"model **{r['model']}** ({r['model_why']}) · device {r['device']} · "
             f"{seeds_text(r['seeds'])} · code {r['code_version']}")
     return line + (f" · wall time {r['wall_time_s']:.0f} s" if wall else "")

@@ -46,7 +46,7 @@ def verdict_counts(found: dict[str, dict]) -> str:
     run counts nothing)."""
     if not found:
         return "No chapter has been run yet: `repro book` runs them.\n"
-    datasets = Counter(result["record"]["dataset"] for result in found.values())
+    datasets = Counter(_dataset(result["record"]) for result in found.values())
     lines = ["The chapters of this build ran on " + ", ".join(
                  f"**{d}** ({n} chapter{'s' if n > 1 else ''})" for d, n in datasets.items())
              + ".", "",
@@ -96,7 +96,7 @@ def chapter_section(name: str, result: dict) -> list[str]:
     r, rows = result["record"], result["comparison"]
     n = len(r["seeds"])
     lines = [f"## {result['title']}", "",
-             f"[The chapter](runs/{name}): profile {r['profile']} · dataset {r['dataset']} · "
+             f"[The chapter](runs/{name}): profile {r['profile']} · dataset {_dataset(r)} · "
              f"model {r['model']} · device {r['device']} · {n} seed{'s' if n > 1 else ''} · "
              f"code {r['code_version']}", ""]
     if result["tampered"]:
@@ -150,6 +150,12 @@ def title(name: str, root: Path) -> str:
             if heading.startswith("# "):
                 return heading[2:].strip()
     return reference.load(name).paper if name in reference.papers() else name
+
+
+def _dataset(record: dict) -> str:
+    """The run's dataset and, where the run recorded it, which copy it read."""
+    source = record.get("dataset_source")
+    return f"{record['dataset']} ({source})" if source else record["dataset"]
 
 
 def _row(cells: list) -> str:

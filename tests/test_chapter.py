@@ -138,3 +138,14 @@ def test_a_bad_value_stops_the_chapter_before_any_job(capsys):
     with pytest.raises(ParameterError, match="target=12"):
         ch.compute(ex.results, attacks=["badnets"], target=12)
     assert len(jobs.COMPUTED) == before
+
+
+def test_a_claim_measured_without_its_premise_stops_the_chapter():
+    ch = Chapter("linf_pruning", profile="smoke", dataset="fashion-mnist", device="cpu")
+    with pytest.raises(RuntimeError, match="'prune-removes' is measured but not its premise "
+                                           "'undefended_asr_badnets'"):
+        ch.compare({"linf_prune_asr_badnets": 3.0})
+    table = ch.compare({"linf_prune_asr_badnets": 3.0, "undefended_asr_badnets": 41.0})
+    row = table.set_index("id").loc["prune-removes"]
+    assert row["verdict"] == "inconclusive" and "here 41" in row["why"]
+    assert ch.record()["dataset_source"] == "official idx files"
