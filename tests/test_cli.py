@@ -46,7 +46,8 @@ def test_data_reports_the_folder_and_sizes(capsys, cifar_mini):
     with pytest.warns(UserWarning, match="160 training images"):
         assert main(["data", "cifar10", "--data-dir", str(cifar_mini)]) == 0
     out = capsys.readouterr().out
-    assert f"cifar10: {cifar_mini / 'cifar-10-batches-py'} (160 train + 40 test images, (3, 32, 32))" in out
+    assert (f"cifar10: {cifar_mini / 'cifar-10-batches-py'} (160 train + 40 test images, "
+            f"(3, 32, 32); official batches), read in") in out
 
 
 class Forbidden:
