@@ -65,8 +65,9 @@ def comparison(table: pd.DataFrame, ref: reference.Reference, by_seed: dict[int,
         fig = plots.seeds_figure(table, ref, by_seed)
         if fig is not None:
             figure(fig, number, "Every checked row's value at each seed (dots), their mean "
-                   "(bar) and 95 % interval (line), against the paper's number or the "
-                   "claim's threshold (dashed): a verdict is only as firm as its interval.")
+                   "(black square) and 95 % interval (its bar), against the claim's threshold "
+                   "(dashed) or the paper's number (red line, its tolerance shaded): a verdict "
+                   "is only as firm as its interval.")
 
 
 MAX_WIDTH_IN = 7.0   # at the book's 110 dpi, 8-pt text stays 8 pt in the 676-px column
