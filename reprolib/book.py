@@ -129,7 +129,7 @@ def plan(paper: str, *, throughput: float | None = None, **how) -> dict:
     from .victims import datasets
     ch, jobs = planned_jobs(paper, **how)
     if throughput is None:
-        p = config.profile(ch.profile)
+        p = config.profile(ch.profile, ch.dataset)
         train_set = datasets(ch.dataset, ch.data_dir, p.n_train, p.n_test, ch.seed)[0]
         throughput = measure(ch.model, len(train_set.classes), train_set.images.shape[1],
                              device=ch.device)
@@ -297,7 +297,7 @@ def build(root: Path = ROOT, *, rerun: bool = False, stale: bool = False, profil
     `stale`) at `seeds` (default: each chapter's), mark the pages that are stale, write the
     scorecard and the verdict counts, and build the HTML book; returns _build/html."""
     # the pages' writer stays out of the chapters' kernels, so that changing it stales no page
-    from . import scorecard
+    from . import lossy, scorecard
     todo = [p for p in chapters(root) if rerun or not (root / "book" / "runs" / f"{p}.ipynb").is_file()
             or (stale and stale_text(p, root))]
     params = check_run(todo, profile=profile, model=model, dataset=dataset, device=device,
@@ -313,6 +313,7 @@ def build(root: Path = ROOT, *, rerun: bool = False, stale: bool = False, profil
                        result["tampered"] or result["stale"])
     (root / "book" / "scorecard.md").write_text(scorecard.scorecard(root, found))
     (root / "book" / "verdicts.md").write_text(scorecard.verdicts_page(root, found))
+    (root / "book" / "jpeg.md").write_text(lossy.page(lossy.read(root)))
     jupyter_book = Path(sys.executable).with_name("jupyter-book")
     done = subprocess.run([str(jupyter_book), "build", str(root), "--warningiserror",
                            "--keep-going", "--quiet"])

@@ -46,17 +46,20 @@ class Chapter:
         config.profile(self.profile)
         self.reference = reference.load(name)
         asked = model or os.environ.get("REPRO_MODEL") or "auto"
-        self.model = models.choose(asked, self.profile, self.reference.setting["model"])
-        self.model_why = {"auto": f"auto at profile {self.profile}",
-                          "paper": "the paper's"}.get(asked, "named by the run's parameters")
+        models.choose(asked, self.profile, self.reference.setting["model"])     # checked first
         if dataset == "auto":
             self.dataset, self.dataset_why = data.default_dataset(data_dir)
         else:
             self.dataset = config.check_choice("dataset", dataset, ["auto", *data.DATASETS])
             self.dataset_why = "named by the run's parameters"
+        self.model = models.choose(asked, self.profile, self.reference.setting["model"],
+                                   self.dataset)
+        self.model_why = {"auto": f"auto at profile {self.profile}",
+                          "paper": "the paper's"}.get(asked, "named by the run's parameters")
         self.device = devices.resolve(device)
         self.seed = config.check_range("seed", seed, low=0, high=2**32 - 1, integer=True)
         self.data_dir = data_dir
+        self.dataset_source, self.lossy_copy = self._copy()
         self.results = Path(results) if results else None
         self.tables: dict[str, pd.DataFrame] = {}
         self.comparison: pd.DataFrame | None = None
@@ -77,6 +80,7 @@ class Chapter:
     def record(self) -> dict:
         return {"chapter": self.name, "profile": self.profile, "dataset": self.dataset,
                 "dataset_why": self.dataset_why, "dataset_source": self.dataset_source,
+                "lossy_copy": self.lossy_copy,
                 "model": self.model, "model_why": self.model_why,
                 "device": devices.name(self.device),
                 "seeds": self.seeds,                 # the page is the first seed's
@@ -99,14 +103,16 @@ class Chapter:
             found.update(r["executed"])
         return dict(sorted(found.items()))
 
-    @property
-    def dataset_source(self) -> str:
-        """Which copy of the dataset the run reads (`data.source_of`): the official files, or an
-        image-folder copy, lossless or lossy."""
+    def _copy(self) -> tuple[str, str | None]:
+        """Which copy of the dataset the run reads (`data.source_of`), and the name its verdicts
+        carry if that copy is lossy (`Copy.lossy_name`)."""
         try:
-            return data.source_of(self.dataset, self.data_dir)
+            copy = data.copy_of(self.dataset, self.data_dir)
         except data.DatasetNotFound:
-            return "not found yet: the official files, once downloaded"
+            return "not found yet: the official files, once downloaded", None
+        if copy is None:
+            return data.source_of(self.dataset, self.data_dir), None
+        return copy.describe(), copy.lossy_name
 
     @property
     def paper_recipe(self) -> bool:
@@ -114,7 +120,7 @@ class Chapter:
         small CNN of `smoke` and `quick` trains by its profile's recipe; any other model by the
         reference code's (BackdoorBench's, or the chapter's own code's), over the profile's
         epochs below `paper`."""
-        p = config.profile(self.profile)
+        p = config.profile(self.profile, self.dataset)
         return self.profile == "paper" or self.model != p.model
 
     @property
@@ -126,7 +132,7 @@ class Chapter:
     @property
     def recipe(self) -> config.Recipe:
         """The recipe of this chapter's models (see `paper_recipe`)."""
-        p = config.profile(self.profile)
+        p = config.profile(self.profile, self.dataset)
         if not self.paper_recipe:
             return p.recipe
         paper = self.reference_recipe
@@ -135,14 +141,15 @@ class Chapter:
     def model_and_recipe(self, wanet: bool = False) -> str:
         """What the chapter's Setting says of its models at each profile, and of this run's.
         `wanet`: the chapter trains WaNet victims, whose recipe BackdoorBench changes."""
-        small = {p: config.profile(p).recipe.describe() for p in ("smoke", "quick")}
+        small = {p: config.profile(p, self.dataset) for p in ("smoke", "quick")}
+        small = {p: f"{x.model}, {x.recipe.describe()}" for p, x in small.items()}
         whose = "its own code's recipe" if self.reference.recipe else "BackdoorBench's recipe"
         wanet_note = (" A WaNet victim trained by the paper's recipe takes BackdoorBench's "
                       "changes for WaNet: lr 0.01 constant, no augmentation before the warp, "
                       "a 5-px crop, 10° rotation and flip after it." if wanet else "")
-        return (f"**Models and recipes.** At `smoke` and `quick` the models are the small CNN, "
-                f"trained by the profile's recipe (smoke: {small['smoke']}; quick: "
-                f"{small['quick']}). At `paper`, and at any profile with `model=\"paper\"`, "
+        return (f"**Models and recipes.** At `smoke` and `quick` the models are small CNNs, "
+                f"trained by the profile's recipe (on {self.dataset}, smoke: {small['smoke']}; "
+                f"quick: {small['quick']}). At `paper`, and at any profile with `model=\"paper\"`, "
                 f"the model is {self.reference.setting['model']}, trained by {whose}: "
                 f"{self.reference_recipe.describe()}; below `paper` over the profile's "
                 f"epochs.{wanet_note} This run: **{self.model}**, {self.recipe.describe()}.")
@@ -226,7 +233,8 @@ class Chapter:
     def _compare(self) -> pd.DataFrame:
         runs = self.seed_measures().values()
         pooled = {k: [r.get(k) for r in runs] for k in self.measured}
-        self.comparison = reference.compare(self.reference, pooled, self.run_setting)
+        self.comparison = reference.compare(self.reference, pooled, self.run_setting,
+                                            self.lossy_copy)
         return self.comparison
 
     def over_seeds(self) -> pd.DataFrame:

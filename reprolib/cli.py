@@ -60,7 +60,7 @@ def cmd_data(args) -> None:
 
 
 def cmd_train(args) -> None:
-    p = config.profile(args.profile)
+    p = config.profile(args.profile, args.dataset)
     recipe = p.recipe if args.epochs is None else p.recipe.replace(epochs=args.epochs)
     model_name = args.model or p.model
     device = devices.resolve(args.device)
@@ -77,7 +77,7 @@ def cmd_train(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    p = config.profile(args.profile)
+    p = config.profile(args.profile, args.dataset)
     device = devices.resolve(args.device)
     attacks = [make_attack(name) for name in args.attack]  # every name checked before training
     print(_run_record(args.profile, args.dataset, device))
@@ -115,13 +115,19 @@ def cmd_zoo(args) -> None:
             a = spec["args"]
             attack = a["attack"]["name"] if isinstance(a["attack"], dict) else a["attack"]
             what = (f"victim {attack or 'clean'} ratio {a['ratio']} seed {a['seed']}  "
-                    f"{a['dataset']}, profile {a['profile']}")
+                    f"{a['dataset']}{_copy(c)}, profile {a['profile']}")
         else:
             about = ", ".join(f"{k}={v}" for k, v in spec.get("about", {}).items())
-            what = f"{spec['model']:<16} seed {spec['seed']}  {about}"
+            what = f"{spec['model']:<16} seed {spec['seed']}  {about}{_copy(c)}"
         scores = " ".join(f"{k.upper()} {_pct(v).strip()}" for k, v in m.items())
         print(f"{c['key']}  {what}  {scores}  ({c['wall_time_s']:.0f} s on {c['device']}, "
               f"{c['created']})")
+
+
+def _copy(card: dict) -> str:
+    """A model card's dataset copy when it is not the official files ("" for those)."""
+    source = card.get("dataset_source", "")
+    return f" ({source})" if source and not source.startswith("official") else ""
 
 
 def _minutes(seconds: float) -> str:
@@ -193,6 +199,18 @@ def cmd_run(args) -> None:
         page = book.run(paper, profile=args.profile, model=args.model, dataset=args.dataset,
                         device=args.device, params=params[paper])
         print(f"{paper}: {page} and book/results/{paper}.json")
+
+
+def cmd_jpeg(args) -> None:
+    from . import lossy
+    config.check_range("quality", args.quality, low=1, high=95, integer=True)
+    for name in args.attack:
+        make_attack(name)                       # every name checked before training
+    result = lossy.run(config.ROOT / lossy.RESULT, dataset=args.dataset, attacks=args.attack,
+                       seeds=args.seeds, quality=args.quality, profile=args.profile,
+                       data_dir=args.data_dir, device=args.device)
+    print(lossy.page(result))
+    print(f"written to {config.ROOT / lossy.RESULT}; `repro book` puts it in the introduction")
 
 
 def cmd_book(args) -> None:
@@ -286,6 +304,20 @@ def parser() -> argparse.ArgumentParser:
                        help="run again the chapters whose notebook or library files changed "
                             "since their run")
     p.set_defaults(func=cmd_book)
+
+    p = sub.add_parser("jpeg", help="what a JPEG round trip of the dataset does to CA and ASR "
+                       "(the introduction's table)")
+    p.add_argument("--dataset", default="fashion-mnist", help=", ".join(data.DATASETS))
+    p.add_argument("--data-dir", default=None, help="folder holding the dataset")
+    p.add_argument("--profile", default="quick", help=", ".join(config.PROFILES))
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], metavar="SEED")
+    p.add_argument("--quality", type=int, default=75, help="JPEG quality, 1 to 95")
+    p.add_argument("--attack", nargs="+", default=["badnets", "blended"],
+                   help="one or more of " + ", ".join(ATTACKS))
+    p.add_argument("--cache-dir", default=None, help="zoo folder (default $REPRO_CACHE_DIR "
+                   "or ~/.cache/repro/zoo)")
+    p.set_defaults(func=cmd_jpeg)
 
     p = sub.add_parser("zoo", help="list the cached models")
     common(p, dataset=False)

@@ -61,6 +61,7 @@ class ImageSet:
     classes: tuple[str, ...]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    source: str = ""          # which copy of the dataset (`source_of`); not part of the digest
 
     def __post_init__(self):
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
@@ -351,13 +352,37 @@ def decode_cifar10(path: Path, roots: list[tuple[Path, str]] | None = None, *,
                   f"{', '.join(str(r / imagefolder.FOLDER) for r in writable)})")
 
 
+def copy_of(name: str, data_dir: str | Path | None = None) -> imagefolder.Copy | None:
+    """The image-folder copy that dataset `name` is read from; None for the official files."""
+    return _copy(locate(name, data_dir, download=False))
+
+
+def _copy(folder: Path) -> imagefolder.Copy | None:
+    decoded = folder / imagefolder.DECODED
+    return imagefolder.provenance(decoded) if decoded.is_file() else None
+
+
 def source_of(name: str, data_dir: str | Path | None = None) -> str:
     """What the copy of dataset `name` that `load` reads is: the official files, or an
     image-folder copy and its format (lossless, or lossy with its JPEG quality)."""
-    folder = locate(name, data_dir, download=False)
-    if (folder / imagefolder.DECODED).is_file():
-        return imagefolder.provenance(folder / imagefolder.DECODED).describe()
+    return _source(name, locate(name, data_dir, download=False))
+
+
+def _source(name: str, folder: Path) -> str:
+    copy = _copy(folder)
+    if copy is not None:
+        return copy.describe()
     return "official batches" if name.startswith("cifar") else "official idx files"
+
+
+def copy_checksum(name: str, data_dir: str | Path | None = None) -> str | None:
+    """The pixels' SHA-256 of the image-folder copy that dataset `name` is read from; None for
+    the official files (or when it is not found, which `load` reports)."""
+    try:
+        copy = copy_of(name, data_dir)
+    except DatasetNotFound:
+        return None
+    return copy.sha256 if copy else None
 
 
 def default_dataset(data_dir: str | Path | None = None) -> tuple[str, str]:
@@ -445,8 +470,9 @@ def load(name: str, data_dir: str | Path | None = None, *, channels: int | None 
         train_x, test_x = train_x.expand(-1, channels, -1, -1), test_x.expand(-1, channels, -1, -1)
         train_x, test_x = train_x.contiguous(), test_x.contiguous()
         mean, std = mean * channels, std * channels
-    return (ImageSet(train_x, train_y, classes, mean, std),
-            ImageSet(test_x, test_y, classes, mean, std))
+    copy = _source(name, folder)
+    return (ImageSet(train_x, train_y, classes, mean, std, copy),
+            ImageSet(test_x, test_y, classes, mean, std, copy))
 
 
 # --------------------------------------------------------------------------------------------
@@ -459,13 +485,13 @@ class Batches:
     An epoch is split into ceil(N / batch_size) batches of near-equal size, so no batch is
     larger than `batch_size` and none is a stray single sample. With `shuffle`, the order is a
     fresh permutation each epoch; with `augment`, every image gets its own random crop (from the
-    image zero-padded by 4 pixels) and horizontal flip, drawn on the CPU from `seed` so that the
-    sequence of batches is the same on any device."""
+    image zero-padded by 4 pixels) and horizontal flip (with `augment="flip"` the flip only),
+    drawn on the CPU from `seed` so that the sequence of batches is the same on any device."""
 
     PAD = 4
 
     def __init__(self, data: ImageSet, batch_size: int, *, shuffle: bool = False,
-                 augment: bool = False, seed: int = 0):
+                 augment: bool | str = False, seed: int = 0):
         self.data = data
         self.batch_size = check_range("batch_size", batch_size, low=1, integer=True)
         self.shuffle, self.augment = shuffle, augment
@@ -497,7 +523,8 @@ class Batches:
     def draw(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The next `n` crop offsets (rows, columns into the padded image) and flips."""
         g = self.generator
-        shifts = torch.randint(0, 2 * self.PAD + 1, (n, 2), generator=g)
+        shifts = (torch.randint(0, 2 * self.PAD + 1, (n, 2), generator=g) if self.augment is True
+                  else torch.full((n, 2), self.PAD))          # "flip": the window not moved
         return shifts, torch.rand(n, generator=g) < 0.5
 
     def crop_flip(self, idx, shifts, flips):

@@ -35,7 +35,8 @@ def comparison(table: pd.DataFrame, ref: reference.Reference, by_seed: dict[int,
     several seeds (`by_seed`: what each measured), a figure (numbered `number`) of every
     checked row's seeds."""
     c = table.assign(interval=[reference.interval_text(r) if r["n"] > 1 else ""
-                               for _, r in table.iterrows()])     # one seed: no interval
+                               for _, r in table.iterrows()],     # one seed: no interval
+                     verdict=[reference.verdict_text(r) for _, r in table.iterrows()])
     claims = c[c.kind == "claim"]
     if len(claims):
         display(Markdown("**The paper's claims, checked**"))

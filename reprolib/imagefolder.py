@@ -50,6 +50,13 @@ class Copy:
     quality: int | None          # JPEG: libjpeg's quality, estimated from the tables
     sha256: str                  # of the decoded images and labels
 
+    @property
+    def lossy_name(self) -> str | None:
+        """How a verdict names a lossy copy ("JPEG-75 copy"); None for the official pixels."""
+        if self.lossless:
+            return None
+        return f"{self.format}-{self.quality} copy" if self.quality else f"lossy {self.format} copy"
+
     def describe(self) -> str:
         if self.lossless:
             return (f"lossless {self.format} image folder (the official pixels, as far as can "

@@ -42,7 +42,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 from tqdm import tqdm
 
-from . import config, devices
+from . import config, data, devices
 from .zoo import Zoo, key as zoo_key
 
 NOT_KEYED = ("device", "data_dir", "progress", "zoo")
@@ -124,14 +124,17 @@ def unpack(kept: Kept, modules: dict | Callable | None = None) -> Any:
 
 def canonical(value: Any) -> Any:
     """`value` as plain JSON data for a key: dataclasses by type and fields (an Attack by its
-    `settings()`), tuples as lists, tensors by their digest."""
+    `settings()`), tuples as lists, tensors by their digest, and a dict that names a dataset
+    read from an image-folder copy also by that copy's pixels (`_copy_of`)."""
     if hasattr(value, "settings") and dataclasses.is_dataclass(value):
         return canonical(value.settings())
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {"type": type(value).__name__,
                 **{f.name: canonical(getattr(value, f.name)) for f in dataclasses.fields(value)}}
     if isinstance(value, dict):
-        return {str(k): canonical(v) for k, v in value.items() if k not in NOT_KEYED}
+        plain = {str(k): canonical(v) for k, v in value.items() if k not in NOT_KEYED}
+        copy = _copy_of(value)
+        return {**plain, "dataset_copy": copy} if copy else plain
     if isinstance(value, (list, tuple)):
         return [canonical(v) for v in value]
     if isinstance(value, Pending):
@@ -143,6 +146,16 @@ def canonical(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     raise TypeError(f"a step argument of type {type(value).__name__} cannot be part of a key")
+
+
+def _copy_of(args: dict) -> str | None:
+    """The pixels' checksum of the image-folder copy that the dataset named in `args` is read
+    from (None for the official files): `data_dir` is not keyed, and two copies of CIFAR-10
+    with different pixels must never share a key."""
+    name = args.get("dataset")
+    if not isinstance(name, str) or name not in data.DATASETS:
+        return None
+    return data.copy_checksum(name, args.get("data_dir"))
 
 
 @dataclass(frozen=True)

@@ -192,12 +192,15 @@ def differences(ref: Reference, run: dict) -> list[str]:
     return [f"{k} {run.get(k)} (paper: {v})" for k, v in wanted.items() if run.get(k) != v]
 
 
-def compare(ref: Reference, measured: dict, run: dict) -> pd.DataFrame:
+def compare(ref: Reference, measured: dict, run: dict, lossy_copy: str | None = None
+            ) -> pd.DataFrame:
     """One row per number and claim of `ref`: the paper's value, ours (the mean of the values
     in `measured`, keyed by number id or claim measure: one value, or a list of one per seed),
     its 95 % interval ("low", "high"; empty with one seed) and how many seeds measured it
     ("n"), the difference, the tolerance and the verdict. `run` is the run's profile, dataset
-    and model."""
+    and model. `lossy_copy`: the lossy copy of the dataset the run read ("JPEG-75 copy"), which
+    every verdict it gives carries ("on"), so that those are kept apart from verdicts on the
+    official pixels."""
     differs = differences(ref, run)
     rows = []
     for n in ref.numbers:
@@ -219,8 +222,16 @@ def compare(ref: Reference, measured: dict, run: dict) -> pd.DataFrame:
                                         f"{c.margin:g})",
             "verdict": claim_verdict(c, measured.get(c.measure), premise),
             "why": ("not measured in this run" if ours["ours"] is None else unmet)})
+    for row in rows:
+        row["on"] = lossy_copy if lossy_copy and row["verdict"] != "not comparable" else ""
     return pd.DataFrame(rows, columns=["kind", "id", "what", "paper", "ours", "low", "high", "n",
-                                       "delta", "tolerance", "verdict", "why"])
+                                       "delta", "tolerance", "verdict", "why", "on"])
+
+
+def verdict_text(row) -> str:
+    """A row's verdict as the page and the scorecard print it: with the lossy copy it was
+    measured on, if any ("reproduced, on a JPEG-75 copy")."""
+    return row["verdict"] + (f", on a {row['on']}" if row.get("on") else "")
 
 
 def _pooled(measured, bounds) -> dict:

@@ -52,18 +52,22 @@ def verdict_counts(found: dict[str, dict]) -> str:
              + ".", "",
              "| chapter | " + " | ".join(VERDICTS) + " | stale |",
              "|---|" + "---:|" * len(VERDICTS) + "---|"]
-    total = Counter()
+    totals: dict[str, Counter] = {"": Counter()}     # by the lossy copy measured on, if any
     for name, result in found.items():
         counts = reference.verdict_counts(row["verdict"] for row in result["comparison"])
         if not result["tampered"]:
-            total.update(counts)
+            totals.setdefault(result["record"].get("lossy_copy") or "", Counter()).update(counts)
         shown = ["—"] * len(VERDICTS) if result["tampered"] else map(str, counts.values())
         state = ("changed after its run" if result["tampered"] else
                  "yes" if result["stale"] else "no")
         lines.append(f"| [{result['title']}](runs/{name}) | " + " | ".join(shown)
                      + f" | {state} |")
-    lines.append("| **all chapters** | " + " | ".join(f"**{total[v]}**" for v in VERDICTS)
-                 + " | |")
+    for copy, total in sorted(totals.items()):
+        if copy == "" and not total and len(totals) > 1:
+            continue
+        on = f", on a {copy}" if copy else (", on the official pixels" if len(totals) > 1 else "")
+        lines.append(f"| **all chapters{on}** | " + " | ".join(f"**{total[v]}**" for v in VERDICTS)
+                     + " | |")
     return "\n".join(lines) + "\n"
 
 
@@ -107,8 +111,8 @@ def chapter_section(name: str, result: dict) -> list[str]:
     numbers = [x for x in rows if x["kind"] == "number" and x["verdict"] != "not comparable"]
     if claims:
         lines += ["| claim | ours | 95 % interval | verdict |", "|---|---:|---:|---|"]
-        lines += [_row([x["what"], _num(x["ours"]), reference.interval_text(x), x["verdict"]])
-                  for x in claims]
+        lines += [_row([x["what"], _num(x["ours"]), reference.interval_text(x),
+                        reference.verdict_text(x)]) for x in claims]
         lines.append("")
         lines += [f"*Inconclusive:* {x['what']}: {x['why']}.\n" for x in claims
                   if x["verdict"] == "inconclusive"]
@@ -116,7 +120,7 @@ def chapter_section(name: str, result: dict) -> list[str]:
         lines += ["| the paper's number | paper | ours | 95 % interval | verdict | tolerance |",
                   "|---|---:|---:|---:|---|---:|"]
         lines += [_row([x["what"], _num(x["paper"]), _num(x["ours"]), reference.interval_text(x),
-                        x["verdict"], x["tolerance"]]) for x in numbers]
+                        reference.verdict_text(x), x["tolerance"]]) for x in numbers]
         lines.append("")
     apart = Counter(x["why"] for x in rows
                     if x["kind"] == "number" and x["verdict"] == "not comparable")

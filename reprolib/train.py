@@ -193,6 +193,7 @@ def trained(model_name: str, data: ImageSet, recipe: Recipe, *, seed: int = 0,
         history = train(model, data, recipe, seed=seed, device=device, progress=progress,
                         desc=desc, per_batch=per_batch)
         return model.state_dict(), {"history": asdict(history), "device": device_name(device),
+                                    "dataset_source": data.source,
                                     "metrics": score(model) if score else {}}
 
     card, weights = (zoo or Zoo()).fetch(spec, fit)

@@ -28,7 +28,7 @@ from . import config, data, devices, models
 from .attacks import Attack, Poisoned, attack as make_attack
 from .attacks.base import check_target_class
 from .attacks.patch import Patch
-from .jobs import NOT_KEYED, Kept, step
+from .jobs import Kept, step
 from .train import evaluate, train
 from .zoo import Zoo
 
@@ -162,9 +162,9 @@ def checked(dataset: str = "fashion-mnist", *, attack: str | Attack | None = "ba
     one raises `ParameterError` naming it. Returns the model's name and the attack (None for a
     clean twin). A chapter declaring its jobs calls it for each victim, so that a bad value
     stops the run before any job starts."""
-    p = config.profile(profile)
-    model_name = config.check_choice("model", model or p.model, tuple(models.MODELS))
     config.check_choice("dataset", dataset, data.DATASETS)
+    p = config.profile(profile, dataset)
+    model_name = config.check_choice("model", model or p.model, tuple(models.MODELS))
     config.check_range("seed", seed, low=0, high=2**32 - 1, integer=True)
     if isinstance(attack, Attack) and attack_params:
         raise config.ParameterError(f"attack parameters {sorted(attack_params)} were given with "
@@ -190,7 +190,7 @@ def setting(dataset: str = "fashion-mnist", *, attack: str | Attack | None = "ba
     data sampled and poisoned again (every step of it is seeded), without training."""
     model_name, atk = checked(dataset, attack=attack, ratio=ratio, target=target, seed=seed,
                               profile=profile, model=model, data_dir=data_dir, **attack_params)
-    p = config.profile(profile)
+    p = config.profile(profile, dataset)
     recipe = recipe or p.recipe
     train_set, test_set = datasets(dataset, data_dir, p.n_train, p.n_test, seed)
     if atk is None:
@@ -202,10 +202,16 @@ def setting(dataset: str = "fashion-mnist", *, attack: str | Attack | None = "ba
                    atk.backdoor_labels(backdoor.labels, target, len(test_set.classes)))
 
 
+def _data_args(args: dict) -> dict:
+    """`args` less where the work runs and whether it shows a bar: what `setting` takes
+    (`data_dir` stays: it is not keyed, the copy's pixels are, but it is where the data is)."""
+    return {k: v for k, v in args.items() if k not in ("device", "progress", "zoo")}
+
+
 def _read_victim(kept: Kept, args: dict) -> Victim:
     """The victim with its kept weights, on the device `args` ask for, in the layout training
     leaves a model in (so that it computes exactly what the one just trained did)."""
-    s = setting(**{k: v for k, v in args.items() if k not in NOT_KEYED})
+    s = setting(**_data_args(args))
     net = s.skeleton(args.get("seed", 0))
     net.load_state_dict(kept.tensors)
     net = net.to(devices.resolve(args.get("device", "auto")),
@@ -215,7 +221,7 @@ def _read_victim(kept: Kept, args: dict) -> Victim:
 
 
 def _sets(args: dict) -> tuple[data.ImageSet, data.ImageSet]:
-    p = config.profile(args.get("profile", "quick"))
+    p = config.profile(args.get("profile", "quick"), args["dataset"])
     return datasets(args["dataset"], args.get("data_dir"), p.n_train, p.n_test,
                     args.get("seed", 0))
 
@@ -233,7 +239,7 @@ def n_classes(args: dict) -> int:
 
 
 def _victim_work(args: dict) -> float:
-    p = config.profile(args.get("profile", "quick"))
+    p = config.profile(args.get("profile", "quick"), args["dataset"])
     return sizes(args)[0] * (args.get("recipe") or p.recipe).epochs
 
 
@@ -246,12 +252,12 @@ def _victim_name(args: dict) -> str:
 
 @step("victim", version="2", read=_read_victim, work=_victim_work, describe=_victim_name,
       known=lambda args: {"asked": args}, memo=8, signature=victim,
-      check=lambda args: checked(**{k: v for k, v in args.items() if k not in NOT_KEYED}))
+      check=lambda args: checked(**_data_args(args)))
 def trained_victim(**args) -> Kept:
     """The victim `victim(**args)` gives, trained: keeps its weights, training history and
     scores (version 2: the weights themselves, where version 1 kept the key of a separate
     model entry)."""
-    s = setting(**{k: v for k, v in args.items() if k not in NOT_KEYED})
+    s = setting(**_data_args(args))
     seed, device = args.get("seed", 0), devices.resolve(args.get("device", "auto"))
     net = s.skeleton(seed)
     label = s.poisoned.attack.name if s.poisoned else "clean"
@@ -259,7 +265,7 @@ def trained_victim(**args) -> Kept:
                     progress=args.get("progress", True), desc=f"{label} {s.model_name}",
                     per_batch=s.poisoned.per_batch if s.poisoned else None)
     return Kept(net.state_dict(), {"recipe": asdict(s.recipe), "history": asdict(history),
-                                   "metrics": s.score(net)})
+                                   "dataset_source": s.train.source, "metrics": s.score(net)})
 
 
 def injected(base: Victim, patch: Patch, *, rate: float = 0.01, target: int = 0,

@@ -191,11 +191,12 @@ def test_a_run_streams_progress_to_the_terminal_and_makes_the_page_for_reading(t
     assert page.read_bytes() == before
 
 
-def results_file(root: Path, chapter: str, rows: list[dict], **more) -> None:
+def results_file(root: Path, chapter: str, rows: list[dict], *, record: dict | None = None,
+                 **more) -> None:
     (root / "book" / "results").mkdir(parents=True, exist_ok=True)
     record = {"chapter": chapter, "profile": "quick", "dataset": "fashion-mnist",
               "model": "small_cnn", "device": "cpu", "seeds": [0], "code_version": "0.1.0+abc",
-              "executed": {}}
+              "executed": {}, **(record or {})}
     (root / "book" / "results" / f"{chapter}.json").write_text(json.dumps(
         {"record": record, "comparison": rows, **more}))
 
@@ -226,6 +227,24 @@ def test_the_scorecard_opens_with_verdict_counts_and_folds_what_is_not_comparabl
     assert f"3 of the paper's numbers not comparable: {far}." in page
     assert "row 1" not in page                               # folded into that line
     assert scorecard.verdicts_page(tmp_path).count("| [BackdoorBench") == 1
+
+
+def test_verdicts_on_a_lossy_copy_say_so_and_are_counted_apart(tmp_path):
+    claim = {"kind": "claim", "id": "c", "what": "ASR high", "paper": None, "ours": 97.1,
+             "low": None, "high": None, "n": 1, "delta": None, "tolerance": "asr >= 90",
+             "verdict": "reproduced", "why": "", "on": ""}
+    results_file(tmp_path, "attacks", [claim])
+    results_file(tmp_path, "mesa", [dict(claim, on="JPEG-75 copy"),
+                                    dict(claim, verdict="not reproduced", on="JPEG-75 copy")],
+                 record={"dataset": "cifar10", "dataset_source": "JPEG copy, quality 75",
+                         "lossy_copy": "JPEG-75 copy"})
+    page = scorecard.scorecard(tmp_path)
+    assert "| **all chapters, on the official pixels** | **1** | **0** | **0** |" in page
+    assert "| **all chapters, on a JPEG-75 copy** | **1** | **0** | **1** |" in page
+    assert "| ASR high | 97.10 | 1 seed | reproduced, on a JPEG-75 copy |" in page
+    assert "| ASR high | 97.10 | 1 seed | reproduced |" in page
+    results_file(tmp_path, "attacks", [claim], record={"lossy_copy": "JPEG-75 copy"})
+    assert "on the official pixels" not in scorecard.scorecard(tmp_path)
 
 
 def test_scorecard_lists_measured_findings_apart_from_the_claims(tmp_path):

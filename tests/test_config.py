@@ -71,3 +71,14 @@ def test_the_code_version_takes_the_named_commit_over_git(monkeypatch):
     assert provenance.code_version() == f"{__version__}+0123456789ab"
     monkeypatch.delenv("REPRO_CODE_COMMIT")
     assert provenance.code_version().startswith(f"{__version__}+")     # this checkout's commit
+
+
+def test_a_dataset_can_have_its_own_model_and_recipe_at_a_profile():
+    fashion, cifar = config.profile("quick", "fashion-mnist"), config.profile("quick", "cifar10")
+    assert fashion is config.profile("quick") and cifar.model in models.MODELS
+    assert cifar.recipe.augment == "flip" and cifar.recipe.describe().endswith(", flip")
+    assert config.profile("paper", "cifar10") is config.profile("paper")
+    assert models.choose("auto", "quick", "preact_resnet18", "cifar10") == "small_cnn_wide"
+    assert models.choose("auto", "quick", "preact_resnet18", "fashion-mnist") == "small_cnn"
+    with pytest.raises(ParameterError, match="augment='crop'"):
+        Recipe(epochs=1, augment="crop")

@@ -251,3 +251,15 @@ def test_augmentation_is_a_padded_crop_and_optional_flip_per_image():
             seen_shifts.add(matches[0][:2])
             flipped += matches[0][2]
     assert len(seen_shifts) > 20 and 5 < flipped < 35
+
+
+def test_flip_only_augmentation_moves_no_pixel_and_flips_about_half():
+    ds = random_set(40)
+    flipped = 0
+    for x, _, idx in data.Batches(ds, 10, shuffle=True, augment="flip", seed=5):
+        pixels = torch.round((x * 0.25 + 0.5) * 255).to(torch.uint8)
+        for image, i in zip(pixels, idx):
+            same, mirrored = torch.equal(image, ds.images[i]), torch.equal(image, ds.images[i].flip(-1))
+            assert same != mirrored, f"image {i} is neither itself nor its mirror image"
+            flipped += mirrored
+    assert 5 < flipped < 35

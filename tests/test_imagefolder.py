@@ -14,8 +14,10 @@ from PIL import Image
 from reprolib import data, imagefolder
 from reprolib.cli import main
 from reprolib.config import Recipe
+from reprolib.jobs import canonical
+from reprolib.victims import trained_victim
 from reprolib.train import trained
-from reprolib.zoo import Zoo
+from reprolib.zoo import Zoo, key as zoo_key
 
 FIXTURE = Path(__file__).resolve().parent / "data" / "cifar10-mini" / "cifar-10-batches-py"
 
@@ -159,3 +161,22 @@ def test_two_copies_with_different_pixels_never_share_a_zoo_key(tmp_path, offici
         keys.append(card["key"])
     assert keys[0] != keys[1]
     assert np.abs(png[0].float().numpy() - jpeg[0].float().numpy()).mean() > 1    # truly lossy
+
+
+def test_a_victim_and_every_job_built_on_it_are_keyed_by_the_copy_they_read(tmp_path, official):
+    """`data_dir` is not part of a job's key, so the copy's pixels must be."""
+    roots = {}
+    for name, suffix, save in (("png", ".png", {}), ("jpeg", ".jpg", {"quality": 75})):
+        root = tmp_path / name
+        folder = write_folder(tmp_path / f"cifar10-{name}", official, suffix, **save)
+        data.decode_cifar10(folder, [(root, "given")], allow_partial=True)
+        roots[name] = str(root)
+    roots["official"] = str(FIXTURE.parent)
+    victims = {name: dict(dataset="cifar10", attack="badnets", profile="smoke", data_dir=root)
+               for name, root in roots.items()}
+    victim_keys = {name: trained_victim.job(**args).key for name, args in victims.items()}
+    assert len(set(victim_keys.values())) == 3
+    on_top = {name: zoo_key(canonical({"victim": args, "defense": "npd"}))
+              for name, args in victims.items()}
+    assert len(set(on_top.values())) == 3
+    assert "dataset_copy" not in canonical(victims["official"])   # its keys are as they were

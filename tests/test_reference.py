@@ -88,6 +88,16 @@ def test_compare_builds_one_row_per_number_and_claim_with_deltas():
     assert pd.isna(other.loc[0, "delta"])        # no difference across settings is shown
 
 
+def test_a_number_measured_on_a_lossy_copy_is_compared_and_its_verdict_names_the_copy():
+    ref = Reference("P", "cite", {"dataset": "cifar10", "model": "preact_resnet18"}, [N], [C])
+    rows = compare(ref, {"x.asr": 94.0}, PAPER_RUN, lossy_copy="JPEG-75 copy")
+    assert rows.loc[0, "verdict"] == "reproduced" and rows.loc[0, "on"] == "JPEG-75 copy"
+    assert reference.verdict_text(rows.loc[0]) == "reproduced, on a JPEG-75 copy"
+    far = compare(ref, {"x.asr": 94.0}, {**PAPER_RUN, "profile": "quick"}, "JPEG-75 copy")
+    assert far.loc[0, "verdict"] == "not comparable" and far.loc[0, "on"] == ""
+    assert reference.verdict_text(compare(ref, {"x.asr": 94.0}, PAPER_RUN).loc[0]) == "reproduced"
+
+
 @pytest.mark.parametrize("key, value", [("profile", "quick"), ("profile", "smoke"),
                                         ("dataset", "cifar100"), ("model", "resnet18")])
 def test_numbers_are_comparable_exactly_when_profile_dataset_and_model_match(key, value):

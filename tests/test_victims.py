@@ -98,3 +98,11 @@ def test_the_victims_own_scores_are_measured_once_and_others_each_time(monkeypat
     other = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(1024, 10))
     v.scores(other), v.scores(other)
     assert calls == [v.model, other, other]
+
+
+def test_a_victim_reads_its_data_from_the_data_dir_it_is_asked_with(cifar_mini):
+    """`data_dir` is not keyed, but the training must still read the data from it."""
+    with pytest.warns(UserWarning, match="training images"):
+        v = victim("cifar10", attack="badnets", data_dir=str(cifar_mini), **SMOKE)
+    assert v.train.classes[0] == "airplane" and "data_dir" not in v.card["spec"]["args"]
+    assert v.card["dataset_source"] == "official batches"        # the copy, in the model card

@@ -226,7 +226,7 @@ def results(ch, *, target=0, n_patterns=None, n_random=None, rounds=None, rate=0
     and the retrainings of the rate sensitivity; the runs' rows as tables."""
     scale = ch.scale(n_patterns=n_patterns, n_random=n_random, rounds=rounds)
     check_parameters(scale, rate=rate, rates=rates, alphas=alphas, embedding=embedding)
-    p = profile(ch.profile)
+    p = profile(ch.profile, ch.dataset)
     channels = datasets(ch.dataset, ch.data_dir, p.n_train, p.n_test, ch.seed)[1].images.shape[1]
     way = how(ch, scale, target=target, rate=rate, search_batch=search_batch,
               reverse_batch=reverse_batch)

@@ -49,7 +49,7 @@ def results(ch, *, attacks, ratio=0.1, target=0, clean_ratio=0.05, clean_ratios=
     how, shares = setup(ch, npd_epochs=npd_epochs, ft_epochs=ft_epochs,
                         clean_ratios=clean_ratios, clean_ratio=clean_ratio,
                         poison_ratios=poison_ratios)
-    p = profile(ch.profile)
+    p = profile(ch.profile, ch.dataset)
     image = datasets(ch.dataset, ch.data_dir, p.n_train, p.n_test, ch.seed)[1].images[0]
     victims = {name: trained_victim(**ch.victim_args(name, ratio, target)) for name in attacks}
     both = section(main_table, victims, clean_ratio, **how)
