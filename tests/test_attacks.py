@@ -157,18 +157,19 @@ def test_wanet_cross_images_get_fresh_noise_in_each_batch_and_keep_their_label()
 
 def test_registry_names_and_parameters_are_checked():
     assert sorted(ATTACKS) == ["badnets", "badnets_all2all", "blended", "sig", "wanet"]
-    assert attack("blended", alpha=0.3).settings() == {"name": "blended", "alpha": 0.3}
+    assert attack("blended", alpha=0.3).settings() == {"name": "blended", "alpha": 0.3,
+                                                       "image": "cartoon"}
     with pytest.raises(ParameterError, match="attack='trojan' is not allowed; choose one of: "
                                              "'badnets', 'badnets_all2all', 'blended', 'sig', "
                                              "'wanet'"):
         attack("trojan")
-    with pytest.raises(ParameterError, match="blended has no parameter beta; allowed: alpha"):
+    with pytest.raises(ParameterError, match="blended has no parameter beta; allowed: alpha, image"):
         attack("blended", beta=0.1)
     for name, bad in [("blended", {"alpha": 0}), ("blended", {"alpha": 1.5}),
                       ("sig", {"delta": -5}), ("wanet", {"k": 1}), ("wanet", {"s": 0}),
-                      ("badnets", {"size": 40})]:
+                      ("badnets", {"size": 40}), ("blended", {"image": "kitty"})]:
         key, value = next(iter(bad.items()))
-        with pytest.raises(ParameterError, match=f"{key}={value}"):
+        with pytest.raises(ParameterError, match=f"{key}={value!r}"):
             attack(name, **bad)
     with pytest.raises(ParameterError, match="ratio=1.5"):
         attack("badnets").poison(toy(), 1.5, 0, 0)
