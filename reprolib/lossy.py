@@ -107,6 +107,7 @@ def read(root: Path) -> dict | None:
 
 def table(rows: pd.DataFrame) -> pd.DataFrame:
     """Per attack and copy: CA and ASR as "mean ± half-width" over the seeds (95 % t)."""
+    rows = rows.sort_values("attack", kind="stable")      # each attack's two copies together
     frames = {seed: g.drop(columns="seed").reset_index(drop=True)
               for seed, g in rows.groupby("seed")}
     return seeding.shown(seeding.over_seeds(frames))
@@ -124,7 +125,8 @@ def page(result: dict | None) -> str:
     r = result["record"]
     shown = table(pd.DataFrame(result["rows"]))
     n = len(r["seeds"])
-    lines = [head + f"Measured on {r['dataset']}, whose exact pixels we have, as it is and after "
+    name = {"fashion-mnist": "Fashion-MNIST", "cifar10": "CIFAR-10"}.get(r["dataset"], r["dataset"])
+    lines = [head + f"Measured on {name}, whose exact pixels we have, as it is and after "
              f"a JPEG round trip at quality {r['quality']} (grey, so without JPEG's halved colour "
              f"resolution): the {r['model']} of profile {r['profile']}, poisoned at ratio "
              f"{RATIO:g}, target {TARGET}; mean ± 95 % half-width over {n} seeds.", "",

@@ -10,7 +10,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from reprolib import book, scorecard, staleness
+from reprolib import book, lossy, scorecard, staleness
 from reprolib.cli import main
 from reprolib.zoo import Zoo
 
@@ -330,6 +330,7 @@ def test_the_committed_pages_are_what_repro_book_would_write_now():
     # verdict counts and each page's stale note must be current (if not: `repro book`, commit)
     assert (ROOT / "book" / "scorecard.md").read_text() == scorecard.scorecard(ROOT)
     assert (ROOT / "book" / "verdicts.md").read_text() == scorecard.verdicts_page(ROOT)
+    assert (ROOT / "book" / "jpeg.md").read_text() == lossy.page(lossy.read(ROOT))
     for p in book.chapters():
         page = nbformat.read(ROOT / "book" / "runs" / f"{p}.ipynb", as_version=4)
         notes = [c.source for c in page.cells if "stale-note" in c.metadata.get("tags", [])]
