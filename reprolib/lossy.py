@@ -6,7 +6,7 @@ The book's CIFAR-10 is a JPEG copy at quality 75 (the official batches cannot be
 it was built). JPEG at quality 75 keeps a 32×32 image's shapes and drops fine texture (PSNR about
 30 dB on CIFAR-10): a model trained and tested on such a copy is expected to lose a little CA, a
 point or two, and a trigger made of fine texture may lose some of its strength. Fashion-MNIST, whose
-official pixels we have, measures both: `repro jpeg` writes `book/results/jpeg.json`, and
+official pixels we have, measures both: `repro jpeg` writes `book/jpeg.json`, and
 `repro book` the table the introduction shows (`page`). It is grey, so it measures the loss of
 detail but not JPEG's halved colour resolution.
 """
@@ -54,8 +54,9 @@ def measure(dataset: str = "fashion-mnist", *, attacks=("badnets", "blended"), s
             quality: int = 75, profile: str = "quick", data_dir: str | None = None,
             device: str = "auto", progress: bool = True) -> pd.DataFrame:
     """One row per seed, attack and copy ("as it is", "JPEG-<quality>"): the CA and ASR of a
-    victim of `profile` poisoned at ratio 0.1, target 0, trained and tested on that copy. The
-    attacker poisons the copy's images, as one would poison a JPEG copy of CIFAR-10."""
+    victim of `profile` poisoned at ratio 0.1, target 0, trained and tested on that copy, and the
+    seconds its training took (when it was trained: a model may come from the zoo). The attacker
+    poisons the copy's images, as one would poison a JPEG copy of CIFAR-10."""
     p = config.profile(profile, dataset)
     device = devices.resolve(device)
     chosen = [make_attack(name) for name in attacks]
@@ -77,7 +78,8 @@ def measure(dataset: str = "fashion-mnist", *, attacks=("badnets", "blended"), s
                                   per_batch=poisoned.per_batch)
                 m = card["metrics"]
                 rows.append({"attack": atk.name, "copy": copy, "seed": seed,
-                             "ca": 100 * m["ca"], "asr": 100 * m["asr"]})
+                             "ca": 100 * m["ca"], "asr": 100 * m["asr"],
+                             "train_s": card["wall_time_s"]})
     return pd.DataFrame(rows)
 
 
@@ -108,7 +110,7 @@ def read(root: Path) -> dict | None:
 def table(rows: pd.DataFrame) -> pd.DataFrame:
     """Per attack and copy: CA and ASR as "mean ± half-width" over the seeds (95 % t)."""
     rows = rows.sort_values("attack", kind="stable")      # each attack's two copies together
-    frames = {seed: g.drop(columns="seed").reset_index(drop=True)
+    frames = {seed: g.drop(columns=["seed", "train_s"]).reset_index(drop=True)
               for seed, g in rows.groupby("seed")}
     return seeding.shown(seeding.over_seeds(frames))
 
@@ -133,7 +135,9 @@ def page(result: dict | None) -> str:
              "| attack | copy | CA % | ASR % |", "|---|---|---:|---:|"]
     lines += [f"| {ATTACKS.get(row['attack'], row['attack'])} | {row['copy']} | {row['ca']} | "
               f"{row['asr']} |" for _, row in shown.iterrows()]
+    trained = sum(row["train_s"] for row in result["rows"])
     lines += ["", f"*Run:* `repro jpeg` · device {r['device']} · seeds "
-              f"{', '.join(map(str, r['seeds']))} · {r['wall_time_s']:.0f} s · code "
+              f"{', '.join(map(str, r['seeds']))} · {r['wall_time_s']:.0f} s (its "
+              f"{len(result['rows'])} models took {trained:.0f} s to train) · code "
               f"{r['code_version']}", ""]
     return "\n".join(lines)

@@ -26,7 +26,7 @@ def test_measure_trains_each_attack_on_both_copies_and_the_page_shows_them(tmp_p
     monkeypatch.setenv("REPRO_CACHE_DIR", str(tmp_path / "zoo"))
     rows = lossy.measure("fashion-mnist", attacks=("badnets",), seeds=(0, 1), profile="smoke",
                          device="cpu", progress=False)
-    assert list(rows.columns) == ["attack", "copy", "seed", "ca", "asr"]
+    assert list(rows.columns) == ["attack", "copy", "seed", "ca", "asr", "train_s"]
     assert sorted(set(rows["copy"])) == ["JPEG-75", "as it is"] and len(rows) == 4
     assert rows[["ca", "asr"]].apply(lambda c: c.between(0, 100)).all().all()
     result = lossy.run(tmp_path / "jpeg.json", dataset="fashion-mnist", attacks=("badnets",),
@@ -34,5 +34,5 @@ def test_measure_trains_each_attack_on_both_copies_and_the_page_shows_them(tmp_p
     assert result["record"]["seeds"] == [0, 1] and result["record"]["profile"] == "smoke"
     page = lossy.page(result)
     assert "| BadNets | as it is |" in page and "| BadNets | JPEG-75 |" in page
-    assert page.count(" ± ") >= 4 and "over 2 seeds" in page
+    assert page.count(" ± ") >= 4 and "over 2 seeds" in page and "its 4 models took" in page
     assert "has not been run yet" in lossy.page(None)
