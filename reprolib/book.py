@@ -178,9 +178,21 @@ def run(paper: str, *, profile: str = "quick", model: str = "auto", dataset: str
     page, table = _files(first)
     for_reading(page, root)
     staleness.seal(table, page)
+    set_aside(results / f"{paper}.json", table)
     os.replace(table, results / f"{paper}.json")
     os.replace(page, runs / f"{paper}.ipynb")
     return runs / f"{paper}.ipynb"
+
+
+def set_aside(old: Path, new: Path) -> None:
+    """Keep the results `old` as results/DATASET/CHAPTER.json when the run `new` replacing it ran
+    on another dataset: a later run on that dataset's chapter says which verdicts changed."""
+    if not old.is_file():
+        return
+    before = json.loads(old.read_text())["record"]["dataset"]
+    if before != json.loads(new.read_text())["record"]["dataset"]:
+        (old.parent / before).mkdir(exist_ok=True)
+        os.replace(old, old.parent / before / old.name)
 
 
 def sweep(partial: Path) -> list[Path]:

@@ -290,7 +290,23 @@ class Chapter:
         if len(self.seeds) > 1:
             self.figures += 1
         shown.comparison(self.comparison, self.reference, self.seed_measures(), self.figures)
+        for before in self.runs_on_other_datasets():
+            display(Markdown(shown.verdict_changes(self.comparison, before)))
         glue.comparison(self.comparison, self.seeds)
+
+    def runs_on_other_datasets(self, root: Path = config.ROOT) -> list[dict]:
+        """The book's last results of this chapter at this profile on another dataset: the
+        committed one, if it ran on another, and those `book.run` set aside when a run on a new
+        dataset replaced them (book/results/DATASET/CHAPTER.json)."""
+        results = root / "book" / "results"
+        found = []
+        for path in [results / f"{self.name}.json", *sorted(results.glob(f"*/{self.name}.json"))]:
+            if path.is_file():
+                before = json.loads(path.read_text())
+                r = before["record"]
+                if r["dataset"] != self.dataset and r["profile"] == self.profile:
+                    found.append(before)
+        return found
 
     def seed_measures(self) -> dict[int, dict]:
         """What each seed measured, by seed."""

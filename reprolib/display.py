@@ -27,6 +27,30 @@ def record_line(r: dict, wall: bool) -> str:
     return line + (f" · wall time {r['wall_time_s']:.0f} s" if wall else "")
 
 
+def verdict_changes(table: pd.DataFrame, before: dict) -> str:
+    """One line per row whose verdict differs from the run in `before` (a results file of the
+    same chapter on another dataset), both judged, with both values."""
+    r = before["record"]
+    old = {row["id"]: row for row in before["comparison"]
+           if row["verdict"] != "not comparable"}
+    lines = []
+    for _, row in table.iterrows():
+        was = old.get(row["id"])
+        if was is None or row["verdict"] == "not comparable" or was["verdict"] == row["verdict"]:
+            continue
+        lines.append(f"- {row['what']}: {was['verdict']} on {r['dataset']} "
+                     f"({_value(was['ours'])}), {row['verdict']} here ({_value(row['ours'])})")
+    head = (f"**Against the {r['dataset']} run** (profile {r['profile']}, code "
+            f"{r['code_version']}): ")
+    if not lines:
+        return head + "every verdict both runs gave is the same."
+    return head + f"{len(lines)} verdict{'s' if len(lines) > 1 else ''} changed.\n\n" + "\n".join(lines)
+
+
+def _value(v) -> str:
+    return "not measured" if v is None or pd.isna(v) else f"{v:.2f}"
+
+
 def comparison(table: pd.DataFrame, ref: reference.Reference, by_seed: dict[int, dict],
                number: int) -> None:
     """The comparison `table`, what was checked first: the paper's claims, then the paper's

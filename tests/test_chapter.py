@@ -1,3 +1,4 @@
+import json
 from types import SimpleNamespace
 
 import pandas as pd
@@ -149,3 +150,30 @@ def test_a_claim_measured_without_its_premise_stops_the_chapter():
     row = table.set_index("id").loc["prune-removes"]
     assert row["verdict"] == "inconclusive" and "here 41" in row["why"]
     assert ch.record()["dataset_source"] == "official idx files"
+
+
+def test_a_run_on_another_dataset_says_which_verdicts_changed_with_both_values(tmp_path):
+    from reprolib import book, display
+    ch = Chapter("linf_pruning", profile="smoke", dataset="fashion-mnist", device="cpu")
+    table = ch.compare({"linf_prune_asr_badnets": 3.0, "undefended_asr_badnets": 41.0})
+    results = tmp_path / "book" / "results"
+    results.mkdir(parents=True)
+    rows = [dict(row, verdict="reproduced", ours=2.5) for row in table.to_dict("records")]
+    before = {"record": {"dataset": "cifar10", "profile": "smoke", "code_version": "0.1.0+abc"},
+              "comparison": rows}
+    (results / "linf_pruning.json").write_text(json.dumps(before))
+    assert ch.runs_on_other_datasets(tmp_path) == [before]
+    line = display.verdict_changes(table, before)
+    assert line.startswith("**Against the cifar10 run** (profile smoke, code 0.1.0+abc): 1 verdict "
+                           "changed.")
+    assert "reproduced on cifar10 (2.50), inconclusive here (3.00)" in line
+    # a run on the same dataset or at another profile is not compared with
+    (results / "linf_pruning.json").write_text(json.dumps(
+        {**before, "record": {**before["record"], "profile": "quick"}}))
+    assert ch.runs_on_other_datasets(tmp_path) == []
+    # replacing results from another dataset sets them aside for the next run to compare with
+    new = tmp_path / "new.json"
+    new.write_text(json.dumps({"record": {"dataset": "fashion-mnist"}}))
+    book.set_aside(results / "linf_pruning.json", new)
+    assert (results / "cifar10" / "linf_pruning.json").is_file()
+    assert not (results / "linf_pruning.json").exists()
