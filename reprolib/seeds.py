@@ -66,7 +66,8 @@ def over_seeds(frames: dict[int, pd.DataFrame]) -> pd.DataFrame:
     text columns and named index (and its place among rows with the same text); a numeric
     column equal in every seed (a label, a ratio) stays as it is, any other becomes its mean,
     its interval's half-width ("± COLUMN") and how many seeds gave a value ("n COLUMN", kept
-    only where some seed gave none); "n" counts the seeds that have the row."""
+    only where some but not all of a row's seeds gave one: a value no seed gave shows as
+    missing); "n" counts the seeds that have the row."""
     parts = []
     for seed, frame in frames.items():
         f = frame.reset_index() if any(n is not None for n in frame.index.names) else frame
@@ -98,7 +99,7 @@ def over_seeds(frames: dict[int, pd.DataFrame]) -> pd.DataFrame:
     order = [c for c in every.columns if c not in ("_seed", "_row")]
     out = pd.DataFrame(rows)
     out = out.drop(columns=[c for c in out.columns if c.startswith("n ") and c[2:] in numeric
-                            and (out[c] == out["n"]).all()])
+                            and ((out[c] == out["n"]) | (out[c] == 0)).all()])
     columns = [x for c in order for x in (c, f"± {c}", f"n {c}") if x in out.columns]
     return out[columns + ["n"]]
 

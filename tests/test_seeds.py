@@ -96,6 +96,10 @@ def test_a_table_over_seeds_matches_rows_by_their_text_and_keeps_fixed_columns()
     out = seeds.over_seeds({0: a[["attack", "asr"]], 1: none}).set_index("attack")
     assert out.loc["badnets", "asr"] == 90.0 and pd.isna(out.loc["badnets", "± asr"])
     assert (out.loc["badnets", "n"], out.loc["badnets", "n asr"]) == (2, 1)
+    # a value no seed of a row gave (a clean model's ASR) is missing, not "0 seeds"
+    clean = pd.DataFrame({"attack": ["clean", "badnets"], "asr": [float("nan"), 90.0]})
+    out = seeds.over_seeds({0: clean, 1: clean.assign(asr=[float("nan"), 92.0])})
+    assert "n asr" not in out.columns and pd.isna(out.loc[0, "asr"])
 
 
 def test_the_seeds_of_a_run_are_resolved_and_checked():
