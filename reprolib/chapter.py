@@ -297,16 +297,17 @@ class Chapter:
     def runs_on_other_datasets(self, root: Path = config.ROOT) -> list[dict]:
         """The book's last results of this chapter at this profile on another dataset: the
         committed one, if it ran on another, and those `book.run` set aside when a run on a new
-        dataset replaced them (book/results/DATASET/CHAPTER.json)."""
+        dataset replaced them (book/results/DATASET/CHAPTER.json); one a dataset, the committed
+        one first."""
         results = root / "book" / "results"
-        found = []
+        found = {}
         for path in [results / f"{self.name}.json", *sorted(results.glob(f"*/{self.name}.json"))]:
             if path.is_file():
                 before = json.loads(path.read_text())
                 r = before["record"]
                 if r["dataset"] != self.dataset and r["profile"] == self.profile:
-                    found.append(before)
-        return found
+                    found.setdefault(r["dataset"], before)
+        return list(found.values())
 
     def seed_measures(self) -> dict[int, dict]:
         """What each seed measured, by seed."""

@@ -163,6 +163,11 @@ def test_a_run_on_another_dataset_says_which_verdicts_changed_with_both_values(t
               "comparison": rows}
     (results / "linf_pruning.json").write_text(json.dumps(before))
     assert ch.runs_on_other_datasets(tmp_path) == [before]
+    (results / "cifar10").mkdir()
+    (results / "cifar10" / "linf_pruning.json").write_text(json.dumps(
+        {**before, "comparison": []}))
+    assert ch.runs_on_other_datasets(tmp_path) == [before]      # one a dataset, the newest
+    (results / "cifar10" / "linf_pruning.json").unlink()
     line = display.verdict_changes(table, before)
     assert line.startswith("**Against the cifar10 run** (profile smoke, code 0.1.0+abc): 1 verdict "
                            "changed.")
