@@ -111,7 +111,7 @@ class Chapter:
         except data.DatasetNotFound:
             return "not found yet: the official files, once downloaded", None
         if copy is None:
-            return data.source_of(self.dataset, self.data_dir), None
+            return data.official_source(self.dataset), None
         return copy.describe(), copy.lossy_name
 
     @property

@@ -203,9 +203,6 @@ def cmd_run(args) -> None:
 
 def cmd_jpeg(args) -> None:
     from . import lossy
-    config.check_range("quality", args.quality, low=1, high=95, integer=True)
-    for name in args.attack:
-        make_attack(name)                       # every name checked before training
     result = lossy.run(config.ROOT / lossy.RESULT, dataset=args.dataset, attacks=args.attack,
                        seeds=args.seeds, quality=args.quality, profile=args.profile,
                        data_dir=args.data_dir, device=args.device)

@@ -370,8 +370,11 @@ def source_of(name: str, data_dir: str | Path | None = None) -> str:
 
 def _source(name: str, folder: Path) -> str:
     copy = _copy(folder)
-    if copy is not None:
-        return copy.describe()
+    return official_source(name) if copy is None else copy.describe()
+
+
+def official_source(name: str) -> str:
+    """How a source line names dataset `name`'s official files."""
     return "official batches" if name.startswith("cifar") else "official idx files"
 
 

@@ -28,7 +28,7 @@ from .attacks import attack as make_attack
 from .provenance import code_version, library_versions
 from .tables import ATTACKS
 from .train import evaluate, trained
-from .victims import datasets
+from .victims import at_most, datasets
 from .zoo import atomic_write
 
 RATIO, TARGET = 0.1, 0
@@ -57,15 +57,18 @@ def measure(dataset: str = "fashion-mnist", *, attacks=("badnets", "blended"), s
     victim of `profile` poisoned at ratio 0.1, target 0, trained and tested on that copy, and the
     seconds its training took (when it was trained: a model may come from the zoo). The attacker
     poisons the copy's images, as one would poison a JPEG copy of CIFAR-10."""
+    seeds = seeding.resolve(None, list(seeds), 1)
+    chosen = [make_attack(name) for name in attacks]     # every name checked before training
     p = config.profile(profile, dataset)
     device = devices.resolve(device)
-    chosen = [make_attack(name) for name in attacks]
+    full = datasets(dataset, data_dir, None, None, 0)
+    copies = {"as it is": (None, full),           # each copy encoded once, sampled per seed
+              f"JPEG-{quality}": (quality, [s.with_images(jpeg(s.images, quality)) for s in full])}
     rows = []
     for seed in seeds:
-        train_set, test_set = datasets(dataset, data_dir, p.n_train, p.n_test, seed)
-        for copy, q in (("as it is", None), (f"JPEG-{quality}", quality)):
-            train_copy = train_set if q is None else train_set.with_images(jpeg(train_set.images, q))
-            test_copy = test_set if q is None else test_set.with_images(jpeg(test_set.images, q))
+        for copy, (q, (train_full, test_full)) in copies.items():
+            train_copy, test_copy = (at_most(train_full, p.n_train, seed),
+                                     at_most(test_full, p.n_test, seed))
             for atk in chosen:
                 poisoned = atk.poison(train_copy, RATIO, TARGET, seed)
                 backdoor = atk.triggered(test_copy, TARGET)

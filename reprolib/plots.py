@@ -7,6 +7,7 @@ import torch
 from .attacks import Attack
 from .config import check_choice
 from .data import ImageSet
+from .tables import ATTACKS
 
 WIDTH = 6.8     # inches: a figure this wide fills the text column with its text at full size
 STYLE = {
@@ -66,7 +67,7 @@ def trigger_grid(data: ImageSet, attacks: list[Attack], n: int = 4, seed: int = 
     chosen = data.sample(n, seed).images
     size = (1.1 * (n + 1), 1.15 * (1 + len(attacks)))
     fig, axes = plt.subplots(1 + len(attacks), n + 1, figsize=size, squeeze=False)
-    rows = [("clean", chosen)] + [(a.name, a.apply(chosen)) for a in attacks]
+    rows = [("clean", chosen)] + [(ATTACKS.get(a.name, a.name), a.apply(chosen)) for a in attacks]
     for r, (name, images) in enumerate(rows):
         for c in range(n):
             _show(axes[r, c], images[c])

@@ -52,7 +52,7 @@ def verdict_counts(found: dict[str, dict]) -> str:
              + ".", "",
              "| chapter | " + " | ".join(VERDICTS) + " | stale |",
              "|---|" + "---:|" * len(VERDICTS) + "---|"]
-    totals: dict[str, Counter] = {"": Counter()}     # by the lossy copy measured on, if any
+    totals: dict[str, Counter] = {}     # by the lossy copy measured on ("": official pixels)
     for name, result in found.items():
         counts = reference.verdict_counts(row["verdict"] for row in result["comparison"])
         if not result["tampered"]:
@@ -62,9 +62,7 @@ def verdict_counts(found: dict[str, dict]) -> str:
                  "yes" if result["stale"] else "no")
         lines.append(f"| [{result['title']}](runs/{name}) | " + " | ".join(shown)
                      + f" | {state} |")
-    for copy, total in sorted(totals.items()):
-        if copy == "" and not total and len(totals) > 1:
-            continue
+    for copy, total in sorted((totals or {"": Counter()}).items()):
         on = f", on a {copy}" if copy else (", on the official pixels" if len(totals) > 1 else "")
         lines.append(f"| **all chapters{on}** | " + " | ".join(f"**{total[v]}**" for v in VERDICTS)
                      + " | |")

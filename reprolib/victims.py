@@ -109,10 +109,10 @@ def datasets(name: str, data_dir: str | None, n_train: int | None, n_test: int |
     if None or if the dataset is smaller, as the 200-image CIFAR-10 fixture of the tests is),
     sampled from `seed` (read once per process)."""
     train_set, test_set = data.load(name, data_dir)
-    return _at_most(train_set, n_train, seed), _at_most(test_set, n_test, seed)
+    return at_most(train_set, n_train, seed), at_most(test_set, n_test, seed)
 
 
-def _at_most(images: data.ImageSet, n: int | None, seed: int) -> data.ImageSet:
+def at_most(images: data.ImageSet, n: int | None, seed: int) -> data.ImageSet:
     return images if n is None or n >= len(images) else images.sample(n, seed)
 
 

@@ -36,3 +36,10 @@ def test_measure_trains_each_attack_on_both_copies_and_the_page_shows_them(tmp_p
     assert "| BadNets | as it is |" in page and "| BadNets | JPEG-75 |" in page
     assert page.count(" ± ") >= 4 and "over 2 seeds" in page and "its 4 models took" in page
     assert "has not been run yet" in lossy.page(None)
+
+
+def test_measure_refuses_a_repeated_seed_and_a_bad_attack_before_reading_any_data():
+    with pytest.raises(ParameterError, match="repeats a seed"):
+        lossy.measure(seeds=(0, 0))
+    with pytest.raises(ParameterError, match="nope"):
+        lossy.measure(attacks=("nope",), data_dir="/nonexistent")
