@@ -146,6 +146,13 @@ class WideSmallCNN(SmallCNN):
 
 MODELS = {"preact_resnet18": PreActResNet18, "resnet18": ResNet18, "small_cnn": SmallCNN,
           "small_cnn_wide": WideSmallCNN}
+
+
+def architecture(model: nn.Module) -> str:
+    """The architecture `model` is built as, by class name, a variant counting as its base
+    (WideSmallCNN is a SmallCNN): what a defense's per-architecture layer map is keyed by."""
+    bases = (PreActResNet18, ResNet18, SmallCNN)
+    return next((c.__name__ for c in type(model).__mro__ if c in bases), type(model).__name__)
 CHOICES = ("auto", "paper", *MODELS)
 
 

@@ -29,7 +29,7 @@ def test_the_jenks_break_is_the_best_two_class_split(seed):
         none.jenks_split(torch.tensor([1.0]))
 
 
-@pytest.mark.parametrize("name", ["small_cnn", "resnet18", "preact_resnet18"])
+@pytest.mark.parametrize("name", list(models.MODELS))
 def test_a_reset_zeroes_exactly_the_chosen_channels_and_their_downstream_slices(name):
     model = models.build(name, 10, 1, seed=0)
     for m in model.modules():              # non-zero BN affine, so that zeroing shows
@@ -61,7 +61,7 @@ def test_a_reset_zeroes_exactly_the_chosen_channels_and_their_downstream_slices(
 
 
 def test_the_monitored_layers_exist_and_chain_with_matching_widths():
-    for name in ("small_cnn", "resnet18", "preact_resnet18"):
+    for name in models.MODELS:                   # every model the profiles can choose
         model = models.build(name, 10, 3)
         layers = dict(model.named_modules())
         for u in none.units(model):

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from ..config import ParameterError, check_range
 from ..data import ImageSet
-from ..models import model_device
+from ..models import architecture, model_device
 
 INSERT_AT = {"PreActResNet18": "layer4.1.conv1", "ResNet18": "layer4.1.conv1",
              "SmallCNN": "conv4"}
@@ -55,7 +55,7 @@ class Polarized(nn.Module):
 
     def __init__(self, model: nn.Module, at: str | None = None):
         super().__init__()
-        at = at or INSERT_AT.get(type(model).__name__)
+        at = at or INSERT_AT.get(architecture(model))
         if at is None:
             raise ParameterError(f"model={type(model).__name__} has no default insertion point; "
                                  f"pass `at`, a conv layer name (defaults: {INSERT_AT})")

@@ -29,7 +29,7 @@ import torch.nn as nn
 from .. import metrics
 from ..config import ParameterError, Recipe, check_range
 from ..data import Batches, ImageSet
-from ..models import model_device
+from ..models import architecture, model_device
 from ..train import evaluating, train
 
 
@@ -69,7 +69,7 @@ UNITS = {
 
 
 def units(model: nn.Module) -> list[Unit]:
-    name = type(model).__name__
+    name = architecture(model)
     if name not in UNITS:
         raise ParameterError(f"model={name} has no NONE layer map; allowed: {sorted(UNITS)}")
     return UNITS[name]
@@ -188,7 +188,7 @@ def code_union(model: nn.Module, chosen: dict[str, torch.Tensor]) -> dict[str, t
     """The channels the released code resets: from the unit after `UNION_FROM` on, each unit
     resets the union of every selection since that layer (its own included), so layer4.0.conv1
     also zeroes layer3.1.conv2's indices and the head loses the union of all of layer 4's."""
-    name = type(model).__name__
+    name = architecture(model)
     if name not in UNION_FROM:
         raise ParameterError(f"model={name}: the code's layer-4 reset applies to the ResNets "
                              f"only; allowed: {sorted(UNION_FROM)}")
@@ -306,6 +306,6 @@ def variants(settings: Settings, fractions, model: nn.Module) -> dict[str, Setti
     found["no warm-up (code)"] = dataclasses.replace(settings, warmup=False)
     found["no filtering"] = dataclasses.replace(settings, drop=False)
     found["no reset"] = dataclasses.replace(settings, zero=False)
-    if type(model).__name__ in UNION_FROM:
+    if architecture(model) in UNION_FROM:
         found["code's layer-4 union"] = dataclasses.replace(settings, code_union=True)
     return found
