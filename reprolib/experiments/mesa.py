@@ -266,12 +266,16 @@ def defense_figure(results: pd.DataFrame, which: str, title: str, patches_: dict
     x = np.arange(len(table))
     fig, ax = plt.subplots(figsize=(min(max(4.5, 0.28 * len(x) + 2.5), plots.WIDTH), 3.6))
     mean, std = table["mean", "baseline"], table["std", "baseline"]
+    # a band and a line need two patterns; the bars and dashes also show a lone one
     ax.fill_between(x, (mean - std).clip(lower=0), mean + std, color="0.8", label="baseline ± std")
+    ax.vlines(x, (mean - std).clip(lower=0), mean + std, color="0.8", lw=4)
     ax.plot(x, mean, "o-", color="0.45", lw=1, ms=3, label="baseline mean")
     for m, colour in zip(METHODS[:4], ["C0", "C1", "C2", "C3"]):
         ax.plot(x, table["mean", m], "o-", color=colour, lw=1, ms=3, label=m)
-    ax.plot(x, table["mean", "ideal (true patch)"], "k--", lw=1, label="ideal (true patch)")
-    ax.plot(x, table["mean", "clean fine-tune"], ":", color="0.3", lw=1, label="clean fine-tune")
+    ax.plot(x, table["mean", "ideal (true patch)"], "k--", marker="_", ms=12, lw=1,
+            label="ideal (true patch)")
+    ax.plot(x, table["mean", "clean fine-tune"], ":", color="0.3", marker="_", ms=12, lw=1,
+            label="clean fine-tune")
     ax.set_xticks(x)
     ax.set_xticklabels([])
     plots.thumbnails(ax, [(i, -0.08) for i in x], torch.stack(
