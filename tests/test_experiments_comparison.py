@@ -41,8 +41,8 @@ def test_ranking_reads_mean_der_worst_asr_and_ca_losses(main):
     third = ranked.loc[ex.DEFENSES[3]]
     assert third["mean DER %"] == pytest.approx(55.0)   # (60 + 50) / 2
     assert third["worst ASR %"] == pytest.approx(30.0)
-    assert third["largest CA loss"] == pytest.approx(3.0)
-    assert third["CA loss, clean twin"] == pytest.approx(6.0)
+    assert third["largest CA loss (points)"] == pytest.approx(3.0)
+    assert third["CA loss, clean twin (points)"] == pytest.approx(6.0)
 
 
 def test_ties_share_a_rank_and_findings_follow_the_table(main):

@@ -238,10 +238,10 @@ def ranking(main: pd.DataFrame, attacks) -> pd.DataFrame:
     table = pd.DataFrame({
         "mean DER %": attacked["DER %"].groupby("defense").mean(),
         "worst ASR %": attacked["ASR %"].groupby("defense").max(),
-        "largest CA loss": loss.groupby("defense").max()})
+        "largest CA loss (points)": loss.groupby("defense").max()})
     if "clean" in main.index.get_level_values("attack"):
-        clean = main.loc["clean"]
-        table["CA loss, clean twin"] = clean.loc["none", "CA %"] - clean["CA %"].drop("none")
+        clean = main.loc["clean"]["CA %"]
+        table["CA loss, clean twin (points)"] = clean.loc["none"] - clean.drop("none")
     table.insert(1, "rank", table["mean DER %"].rank(ascending=False, method="min").astype(int))
     return table.reindex(DEFENSES).sort_values("rank", kind="stable")
 
@@ -362,7 +362,7 @@ def findings(main: pd.DataFrame, ranked: pd.DataFrame, attacks) -> list[dict]:
     """What this run measured, stated as findings of ours (not a paper's claims)."""
     best = ranked.index[ranked["rank"] == 1].tolist()
     low = ranked.index[ranked["worst ASR %"] < 10].tolist()
-    cheap = ranked.index[ranked["largest CA loss"] <= 2].tolist()
+    cheap = ranked.index[ranked["largest CA loss (points)"] <= 2].tolist()
     found = [
         {"finding": f"highest mean DER over {len(attacks)} attacks: {', '.join(best)}",
          "value": ranked.loc[best[0], "mean DER %"]},
@@ -370,8 +370,8 @@ def findings(main: pd.DataFrame, ranked: pd.DataFrame, attacks) -> list[dict]:
          "value": float(len(low))},
         {"finding": "defenses losing at most 2 CA points on every attack: "
                     + (", ".join(cheap) or "none"), "value": float(len(cheap))}]
-    if "CA loss, clean twin" in ranked:
-        worst = ranked["CA loss, clean twin"].idxmax()
+    if "CA loss, clean twin (points)" in ranked:
+        worst = ranked["CA loss, clean twin (points)"].idxmax()
         found.append({"finding": f"largest CA loss on the clean twin: {worst}",
-                      "value": ranked.loc[worst, "CA loss, clean twin"]})
+                      "value": ranked.loc[worst, "CA loss, clean twin (points)"]})
     return found
