@@ -107,6 +107,10 @@ def test_detection_scores_every_run_and_the_clean_references(runs, smoke_victims
     assert row["clean references"] == 1 and row["models"] == 1
     assert row["TPR %"] == 100 * (copies.examined.score > threshold["from scratch"])
     assert row["Deep k-NN recall % (all)"] == pytest.approx(100 * copies.knn_r)
+    knn, mine = ex.flags_of(table, "Deep k-NN"), ex.flags_of(table, "CLEAR")
+    assert list(knn) == ["precision %", "precision % (all)", "recall %", "recall % (all)"]
+    assert list(mine) == [*knn, "poisons in the widest hull %"]
+    assert knn.loc["mislabelled copies", "recall % (all)"] == row["Deep k-NN recall % (all)"]
     assert len(ex.score_figure(found, DRAWS, scores, threshold).axes) == 2
     top = ex.top_pockets(found)
     assert len(top) == 3 and (top.candidates >= 0).all()

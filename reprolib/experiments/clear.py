@@ -332,6 +332,15 @@ def detection_table(runs: list[Run], draws, clean_scores: dict, threshold: dict)
     return pd.DataFrame(rows).set_index("attack")
 
 
+def flags_of(detection: pd.DataFrame, detector: str) -> pd.DataFrame:
+    """`detector`'s precision and recall columns of `detection_table`, named without the
+    detector; CLEAR's also the widest-hull diagnosis, which bounds its hull test."""
+    columns = [c for c in detection if c.startswith(f"{detector} ") and "%" in c]
+    if detector == "CLEAR":
+        columns.append("poisons in the widest hull %")
+    return detection[columns].rename(columns=lambda c: c.removeprefix(f"{detector} "))
+
+
 def score_figure(runs: list[Run], draws, clean_scores: dict, threshold: dict):
     """Every model's score against its setting's threshold, clean references first."""
     fig, axes = plt.subplots(1, 2, figsize=(6.8, 2.8))
@@ -359,9 +368,9 @@ def top_pockets(runs: list[Run]) -> pd.DataFrame:
         top = found[0] if found else None
         rows.append({"attack": r.attack, "draw": r.draw, "success": r.success,
                      "score": r.examined.score,
-                     "top pocket size": len(top.pocket) if top else 0,
-                     "its poisons": int(torch.isin(top.pocket.cpu(), r.atk.indices).sum())
-                     if top else 0,
+                     "poisons / size of the top pocket":
+                     f"{int(torch.isin(top.pocket.cpu(), r.atk.indices).sum())} / "
+                     f"{len(top.pocket)}" if top else "0 / 0",
                      "label → hull class": f"{top.label} → {top.hull_class}"
                      if top and top.hull is not None else "",
                      "true pair": f"{r.attacker} → {r.true}",
