@@ -77,11 +77,15 @@ def test_the_sweeps_reuse_the_main_tables_runs_and_add_the_others(main, smoke_vi
 
 def test_the_ablation_variants_scale_the_radius_to_the_image():
     s = npd_.Settings()
-    variants = ex.variants(s, torch.zeros(3, 32, 32))
-    assert list(variants) == ["reference", "no warm-up", "radius 3.00"]
+    variants = ex.variants(s, torch.zeros(1, 32, 32))
+    assert list(variants) == ["reference", "no warm-up", "radius 1.73"]
     assert variants["no warm-up"].warm_epochs == 0
-    assert ex.variants(s, torch.zeros(1, 32, 32))["radius 1.73"].radius == pytest.approx(
-        3 / 3 ** 0.5)
+    assert variants["radius 1.73"].radius == pytest.approx(3 / 3 ** 0.5)
+
+
+def test_the_ablation_leaves_out_a_radius_that_is_the_references():
+    assert list(ex.variants(npd_.Settings(), torch.zeros(3, 32, 32))) == ["reference",
+                                                                          "no warm-up"]
 
 
 def test_the_principal_axes_are_the_two_widest_directions():
