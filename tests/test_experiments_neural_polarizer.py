@@ -52,21 +52,26 @@ def test_every_defense_gets_a_row_and_npd_trains_a_sliver_of_the_model(main):
 
 def test_the_sweeps_reuse_the_main_tables_runs_and_add_the_others(main, smoke_victims):
     victims, table, polarized = main
-    by_data = ex.clean_data_sweep(victims, ["badnets"], [0.05, 0.01], table, 0.05, **HOW)
+    by_data = ex.clean_data_sweep(victims, ["badnets"], [0.05, 0.01], table, polarized, 0.05,
+                                  **HOW)
     assert len(by_data) == 2 * 2
+    assert by_data.loc[("badnets", 5.0, "NPD"), "diverged"] == ex.unstable(polarized["badnets"])
+    assert by_data.xs("FT", level="defense")["diverged"].isna().all()    # FT keeps no loss
     assert by_data.loc[("badnets", 5.0, "NPD"), "ASR %"] == table.loc[("badnets", "NPD"), "ASR %"]
     assert len(ex.clean_data_figure(by_data, victims, ["badnets"]).axes) == 2
     common = {k: v for k, v in smoke_victims.common.items() if k != "ratio"}
-    by_poison = ex.poisoning_sweep(victims, ["badnets"], [0.1, 0.05], table, ratio=0.1,
-                                   clean_ratio=0.05, dataset="fashion-mnist", common=common,
-                                   **HOW)
+    by_poison = ex.poisoning_sweep(victims, ["badnets"], [0.1, 0.05], table, polarized,
+                                   ratio=0.1, clean_ratio=0.05, dataset="fashion-mnist",
+                                   common=common, **HOW)
     assert list(by_poison.index) == [("badnets", 10.0), ("badnets", 5.0)]
     assert by_poison.loc[("badnets", 10.0), "ASR after %"] == table.loc[("badnets", "NPD"),
                                                                        "ASR %"]
     assert len(ex.poisoning_figure(by_poison, ["badnets"]).axes) == 1
-    ablated = ex.ablation(victims, ["badnets"], table, 0.05,
+    assert by_poison["diverged"].isin([True, False]).all()
+    ablated = ex.ablation(victims, ["badnets"], table, polarized, 0.05,
                           image=victims["badnets"].test.images[0], **HOW)
     assert list(ablated.xs("badnets").index) == ["reference", "no warm-up", "radius 1.73"]
+    assert ablated.loc[("badnets", "reference"), "diverged"] == ex.unstable(polarized["badnets"])
     measured = ex.claims(table, ex.cost_table(table), by_data, [0.05, 0.01], victims)
     assert measured["npd.badnets.asr"] == table.loc[("badnets", "NPD"), "ASR %"]
     assert "npd_minus_ft_der_scarce" not in measured              # no share ≤ 0.5 % ran
@@ -99,8 +104,10 @@ def test_the_principal_axes_are_the_two_widest_directions():
 
 def test_a_diverged_polarizer_is_named():
     from types import SimpleNamespace as NS
-    runs = {"badnets": NS(loss=[12.4, 3.0, 2.1]), "wanet": NS(loss=[60.1, 1040.0, 390.0])}
-    assert ex.diverged(runs) == ["wanet"] and ex.diverged(runs, above=2000) == []
+    runs = {"badnets": NS(loss=[12.4, 3.0, 2.1]), "wanet": NS(loss=[60.1, 1040.0, 390.0]),
+            "blended": NS(loss=[9.0, float("nan"), float("nan")])}
+    assert ex.diverged(runs) == ["wanet", "blended"]
+    assert ex.diverged(runs, above=2000) == ["blended"]          # a NaN loss is never stable
 
 
 def test_a_rerun_of_the_chapter_reads_each_victims_weights_once(monkeypatch):

@@ -55,12 +55,14 @@ def results(ch, *, attacks, ratio=0.1, target=0, clean_ratio=0.05, clean_ratios=
     both = section(main_table, victims, clean_ratio, **how)
     main, polarized = both[0], both[1]          # indexed: a pending section is not unpacked
     cost = section(cost_table, main)
-    by_data = section(clean_data_sweep, victims, sweep_attacks, shares, main, clean_ratio, **how)
-    by_poison = section(poisoning_sweep, victims, sweep_attacks, poison_ratios, main, ratio=ratio,
-                        clean_ratio=clean_ratio, dataset=ch.dataset,
+    by_data = section(clean_data_sweep, victims, sweep_attacks, shares, main, polarized,
+                      clean_ratio, **how)
+    by_poison = section(poisoning_sweep, victims, sweep_attacks, poison_ratios, main, polarized,
+                        ratio=ratio, clean_ratio=clean_ratio, dataset=ch.dataset,
                         common=dict(target=target, seed=ch.seed, progress=False, **ch.setting),
                         **how)
-    ablated = section(ablation, victims, sweep_attacks, main, clean_ratio, image=image, **how)
+    ablated = section(ablation, victims, sweep_attacks, main, polarized, clean_ratio,
+                      image=image, **how)
     return SimpleNamespace(
         how=how, shares=shares, victims=victims, main=main, polarized=polarized, cost=cost,
         by_data=by_data, by_poison=by_poison, ablation=ablated,
@@ -176,10 +178,15 @@ def loss_figure(polarized: dict):
 
 
 def diverged(polarized: dict, above: float = 100.0) -> list[str]:
-    """The attacks whose polarizer's outer loss ever went above `above` after the warm-up:
-    its four terms together stay below about 25 while the training is stable (the two
+    """The attacks whose polarizer's training diverged (`unstable`)."""
+    return [name for name, result in polarized.items() if unstable(result, above)]
+
+
+def unstable(result: npd_.Result, above: float = 100.0) -> bool:
+    """Whether the polarizer's outer loss ever went above `above` (or to NaN) after the
+    warm-up: its four terms together stay below about 25 while the training is stable (the two
     cross-entropies near their starting values, the two log terms capped near 9.2)."""
-    return [name for name, result in polarized.items() if max(result.loss) > above]
+    return not all(loss <= above for loss in result.loss)
 
 
 def cost_table(main: pd.DataFrame) -> pd.DataFrame:
@@ -192,9 +199,10 @@ def cost_table(main: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def clean_data_sweep(victims: dict, attacks, shares, main: pd.DataFrame, clean_ratio: float,
-                     **how) -> pd.DataFrame:
-    """NPD and FT per attack and share of clean data; the main table's share is reused."""
+def clean_data_sweep(victims: dict, attacks, shares, main: pd.DataFrame, polarized: dict,
+                     clean_ratio: float, **how) -> pd.DataFrame:
+    """NPD and FT per attack and share of clean data, and whether NPD's training diverged; the
+    main table's share (and its NPD results, `polarized`) is reused."""
     kept = {(name, share, d): defended(victim=victims[name].asked, defense=d, share=share,
                                        **how)
             for name in attacks for share in shares if share != clean_ratio for d in ("FT", "NPD")}
@@ -203,10 +211,13 @@ def clean_data_sweep(victims: dict, attacks, shares, main: pd.DataFrame, clean_r
         for share in shares:
             if share == clean_ratio:
                 found = [main.loc[(name, d)].to_dict() | {"defense": d} for d in ("FT", "NPD")]
+                npd_result = polarized[name]
             else:
                 found = [kept[name, share, d][0] for d in ("FT", "NPD")]
+                npd_result = kept[name, share, "NPD"][1]
+            found[1] = found[1] | {"diverged": unstable(npd_result)}
             rows += [{"attack": name, "clean %": 100 * share, **r} for r in found]
-    return pd.DataFrame(rows).set_index(["attack", "clean %", "defense"])[METRICS]
+    return pd.DataFrame(rows).set_index(["attack", "clean %", "defense"])[METRICS + ["diverged"]]
 
 
 def clean_data_figure(by_data: pd.DataFrame, victims: dict, attacks):
@@ -229,10 +240,11 @@ def clean_data_figure(by_data: pd.DataFrame, victims: dict, attacks):
     return fig
 
 
-def poisoning_sweep(victims: dict, attacks, ratios, main: pd.DataFrame, *, ratio: float,
-                    clean_ratio: float, dataset: str, common: dict, **how) -> pd.DataFrame:
-    """NPD on models poisoned at each of `ratios` (`victim(dataset, ..., **common)`); the main
-    table's ratio is reused."""
+def poisoning_sweep(victims: dict, attacks, ratios, main: pd.DataFrame, polarized: dict, *,
+                    ratio: float, clean_ratio: float, dataset: str, common: dict,
+                    **how) -> pd.DataFrame:
+    """NPD on models poisoned at each of `ratios` (`victim(dataset, ..., **common)`), and
+    whether its training diverged; the main table's ratio (and `polarized`) is reused."""
     others = {(name, share): trained_victim(dataset=dataset, attack=name, ratio=share, **common)
               for name in attacks for share in ratios if share != ratio}
     kept = {at: defended(victim=v.asked, defense="NPD", share=clean_ratio, **how)
@@ -241,13 +253,13 @@ def poisoning_sweep(victims: dict, attacks, ratios, main: pd.DataFrame, *, ratio
     for name in attacks:
         for share in ratios:
             v = victims[name] if share == ratio else others[name, share]
-            row = (main.loc[(name, "NPD")].to_dict() if share == ratio
-                   else kept[name, share][0])
+            row, result = ((main.loc[(name, "NPD")].to_dict(), polarized[name]) if share == ratio
+                           else kept[name, share])
             before = v.scores()
             rows.append({"attack": name, "poisoned %": 100 * share,
                          "CA before %": 100 * before["ca"], "ASR before %": 100 * before["asr"],
                          "CA after %": row["CA %"], "ASR after %": row["ASR %"],
-                         "DER %": row["DER %"]})
+                         "DER %": row["DER %"], "diverged": unstable(result)})
     return pd.DataFrame(rows).set_index(["attack", "poisoned %"])
 
 
@@ -315,10 +327,10 @@ def variants(settings: npd_.Settings, image: torch.Tensor) -> dict[str, npd_.Set
     return kept
 
 
-def ablation(victims: dict, attacks, main: pd.DataFrame, clean_ratio: float, *,
-             settings: npd_.Settings, image: torch.Tensor, **how) -> pd.DataFrame:
-    """NPD per attack and variant (`variants` of `settings` for images like `image`); the
-    reference's row is the main table's."""
+def ablation(victims: dict, attacks, main: pd.DataFrame, polarized: dict, clean_ratio: float,
+             *, settings: npd_.Settings, image: torch.Tensor, **how) -> pd.DataFrame:
+    """NPD per attack and variant (`variants` of `settings` for images like `image`), and
+    whether its training diverged; the reference's row is the main table's."""
     kept = {(name, variant): defended(victim=victims[name].asked, defense="NPD",
                                       share=clean_ratio, settings=s, **how)
             for name in attacks for variant, s in variants(settings, image).items()
@@ -326,9 +338,10 @@ def ablation(victims: dict, attacks, main: pd.DataFrame, clean_ratio: float, *,
     rows = []
     for name in attacks:
         for variant in variants(settings, image):
-            row = (main.loc[(name, "NPD")].to_dict() if variant == "reference"
-                   else kept[name, variant][0])
-            rows.append({"attack": name, "variant": variant, **{k: row[k] for k in METRICS}})
+            row, result = ((main.loc[(name, "NPD")].to_dict(), polarized[name])
+                           if variant == "reference" else kept[name, variant])
+            rows.append({"attack": name, "variant": variant, **{k: row[k] for k in METRICS},
+                         "diverged": unstable(result)})
     return pd.DataFrame(rows).set_index(["attack", "variant"])
 
 
