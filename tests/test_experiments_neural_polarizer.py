@@ -68,6 +68,7 @@ def test_the_sweeps_reuse_the_main_tables_runs_and_add_the_others(main, smoke_vi
                                                                        "ASR %"]
     assert len(ex.poisoning_figure(by_poison, ["badnets"]).axes) == 1
     assert by_poison["diverged"].isin([True, False]).all()
+    assert by_poison.loc[("badnets", 10.0), "diverged"] == ex.unstable(polarized["badnets"])
     ablated = ex.ablation(victims, ["badnets"], table, polarized, 0.05,
                           image=victims["badnets"].test.images[0], **HOW)
     assert list(ablated.xs("badnets").index) == ["reference", "no warm-up", "radius 1.73"]
