@@ -1,0 +1,100 @@
+"""Several trainings at once (`reprolib.together`): each model as it would be alone."""
+import copy
+
+import pytest
+import torch
+
+from reprolib import data, jobs, models, together
+from reprolib.attacks import attack
+from reprolib.config import ParameterError, Recipe
+from reprolib.train import train
+from reprolib.victims import trained_victim
+
+RECIPE = Recipe(epochs=2, batch_size=64, lr=0.05, schedule="onecycle", nesterov=True,
+                augment=True, post_augment=True, label_smoothing=0.1)
+
+
+def test_models_trained_together_equal_the_models_trained_alone(fashion, monkeypatch):
+    # In float32 a vmapped (grouped) convolution adds in another order than a plain one, about
+    # 1e-5 of a gradient, and training amplifies that; in float64 the two computations agree
+    # to rounding, so any difference left is a difference in what was computed.
+    monkeypatch.setattr(data, "normalize", lambda images, mean, std: (
+        images.double() / 255 - torch.as_tensor(mean, dtype=torch.float64).view(1, -1, 1, 1))
+        / torch.as_tensor(std, dtype=torch.float64).view(1, -1, 1, 1))
+    sets = [fashion[0].sample(192, seed=s) for s in range(3)]
+    wanet = attack("wanet").poison(sets[2], 0.1, 0, 0)       # a per-batch attack on one of them
+    sets[2] = wanet.data
+    per_batch = [None, None, wanet.per_batch]
+    nets = [models.build("small_cnn", 10, 1, seed=s).double() for s in (0, 1, 2)]
+    alone = [copy.deepcopy(n) for n in nets]
+
+    histories = together.train_together(nets, sets, RECIPE, seeds=[5, 6, 7], per_batch=per_batch,
+                                        progress=False)
+    for net, single, s, seed, step, history in zip(nets, alone, sets, [5, 6, 7], per_batch,
+                                                   histories):
+        expected = train(single, s, RECIPE, seed=seed, per_batch=step, progress=False)
+        mine, theirs = net.state_dict(), single.state_dict()
+        assert mine.keys() == theirs.keys()
+        for k in mine:
+            assert torch.allclose(mine[k], theirs[k], rtol=0, atol=1e-9), k
+        assert history.loss == pytest.approx(expected.loss, abs=1e-9)
+        assert history.accuracy == expected.accuracy
+    # and the three did train, each its own way
+    assert not torch.equal(nets[0].state_dict()["conv1.weight"],
+                           models.build("small_cnn", 10, 1, seed=0).double().state_dict()["conv1.weight"])
+    assert histories[0].loss != histories[1].loss
+
+
+def test_what_cannot_be_trained_together_is_named(fashion):
+    small, large = fashion[0].sample(64, seed=0), fashion[0].sample(128, seed=0)
+    cnn = [models.build("small_cnn", 10, 1, seed=s) for s in (0, 1)]
+    with pytest.raises(ParameterError, match=r"sets: \[64, 128\] images; trained together"):
+        together.train_together(cnn, [small, large], RECIPE, seeds=[0, 1], progress=False)
+    with pytest.raises(ParameterError, match=r"seeds: 1 given for 2 nets"):
+        together.train_together(cnn, [small, small], RECIPE, seeds=[0], progress=False)
+    mixed = [cnn[0], models.build("small_cnn_wide", 10, 1, seed=0)]
+    with pytest.raises(ParameterError, match=r"nets: .* share one architecture"):
+        together.train_together(mixed, [small, small], RECIPE, seeds=[0, 1], progress=False)
+    with pytest.raises(ParameterError, match="most"):
+        together.groups([], most=0)
+
+
+def victim_job(attack_name, **more):
+    return trained_victim.job(dataset="fashion-mnist", attack=attack_name, profile="smoke",
+                              recipe=Recipe(epochs=1, batch_size=64, lr=0.05, augment=False),
+                              device="cpu", progress=False, **more)
+
+
+def test_victims_are_grouped_by_architecture_recipe_and_size():
+    asked = [victim_job(None), victim_job("badnets"), victim_job("blended"),
+             victim_job("wanet", attack_recipes=True),      # WaNet's own recipe: a group alone
+             victim_job("badnets", model="small_cnn_wide")]
+    grouped = [[job.describe() for job, _ in g] for g in together.groups(asked, most=2)]
+    assert grouped == [["victim clean seed 0", "victim badnets 0.1 seed 0"],
+                       ["victim blended 0.1 seed 0"], ["victim wanet 0.1 seed 0"],
+                       ["victim badnets 0.1 seed 0"]]
+
+
+def test_victims_trained_together_are_what_the_chapter_reads(tmp_path, monkeypatch):
+    asked = [victim_job(None), victim_job("badnets"), victim_job("blended")]
+    computed = together.victims(asked + asked[:1], most=2, device="cpu", progress=False)
+    assert computed == [job.key for job in asked]
+    assert together.victims(asked, device="cpu", progress=False) == []      # all kept now
+    cards = [job.card() for job in asked]
+    assert [c["trained_together"] for c in cards] == [2, 2, 1]
+
+    before = list(jobs.COMPUTED)
+    read = [trained_victim(**job.args) for job in asked]
+    assert jobs.COMPUTED == before                    # the chapter trains none of them again
+    assert [v.card["key"] for v in read] == [job.key for job in asked]
+    for v, card in zip(read, cards):
+        assert v.scores() == pytest.approx(card["metrics"])
+
+    # the same victims trained one by one, in a zoo of their own: the same card, and (float32
+    # rounding apart, which training amplifies) the same model
+    monkeypatch.setenv("REPRO_CACHE_DIR", str(tmp_path / "alone"))
+    for job, card in zip(asked, cards):
+        alone = trained_victim(**job.args).card
+        assert set(alone) == set(card) - {"trained_together"}
+        assert alone["spec"] == card["spec"] and alone["recipe"] == card["recipe"]
+        assert alone["metrics"]["ca"] == pytest.approx(card["metrics"]["ca"], abs=0.03)
