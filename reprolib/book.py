@@ -17,6 +17,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -144,15 +145,20 @@ def plan(paper: str, *, throughput: float | None = None, **how) -> dict:
 
 def run(paper: str, *, profile: str = "quick", model: str = "auto", dataset: str = "auto",
         device: str = "auto", params: dict | None = None, root: Path = ROOT,
-        progress: bool = True) -> Path:
+        progress: bool = True, together: int = 1) -> Path:
     """Execute one chapter (arguments already checked by `check_run`) once per seed of
     `params["seeds"]` (default: the chapter's at `profile`): the other seeds first, side by side
     when the executor is Ray, then the first, whose page is the chapter's and which pools what
     they measured (the notebook's `pooled`); returns that page, made `for_reading`. With
     `progress`, what the chapter writes to stderr (its jobs' progress bars) streams to this
-    terminal as it runs."""
+    terminal as it runs. `together` > 1: the victims the chapter will ask for first and the zoo
+    lacks are trained beforehand, up to that many at once (`together.victims`; local executor);
+    the results file's record says how many and how long (`trained_before`), as the page's own
+    wall time leaves that out."""
     params = dict(params or {})
     seeds = params.pop("seeds", None) or list(range(config.seeds(paper, profile)))
+    before = _victims_together(paper, together, seeds, root, progress, profile=profile,
+                               model=model, dataset=dataset, device=device, params=params)
     partial, runs, results = root / "book" / ".partial", root / "book" / "runs", root / "book" / "results"
     for folder in (partial, runs, results):
         folder.mkdir(parents=True, exist_ok=True)
@@ -176,12 +182,33 @@ def run(paper: str, *, profile: str = "quick", model: str = "auto", dataset: str
         for file in _files(where):
             file.unlink()
     page, table = _files(first)
+    if before:
+        result = json.loads(table.read_text())
+        result["record"]["trained_before"] = before
+        table.write_text(json.dumps(result, indent=1))
     for_reading(page, root)
     staleness.seal(table, page)
     set_aside(results / f"{paper}.json", table)
     os.replace(table, results / f"{paper}.json")
     os.replace(page, runs / f"{paper}.ipynb")
     return runs / f"{paper}.ipynb"
+
+
+def _victims_together(paper: str, most: int, seeds: list[int], root: Path, progress: bool,
+                      **how) -> dict | None:
+    """Before a run of `paper`: its missing first-round victims trained up to `most` at once
+    (see `run`); None when there are none to train, or `most` is 1."""
+    config.check_range("together", most, low=1, integer=True)
+    if (most == 1 or (os.environ.get("REPRO_EXECUTOR") or "local") != "local"
+            or not importlib.util.find_spec(f"reprolib.experiments.{paper}")):
+        return None
+    from . import together
+    start = time.perf_counter()
+    planned = planned_jobs(paper, **{**how, "params": {**how["params"], "seeds": seeds}},
+                           root=root)[1]
+    keys = together.victims(planned, most=most, device=how["device"], progress=progress)
+    return {"victims": len(keys), "at_once": most,
+            "wall_time_s": round(time.perf_counter() - start, 1)} if keys else None
 
 
 def set_aside(old: Path, new: Path) -> None:

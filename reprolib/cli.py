@@ -197,7 +197,7 @@ def cmd_run(args) -> None:
     _use_executor(args)
     for paper in args.papers:
         page = book.run(paper, profile=args.profile, model=args.model, dataset=args.dataset,
-                        device=args.device, params=params[paper])
+                        device=args.device, params=params[paper], together=args.together)
         print(f"{paper}: {page} and book/results/{paper}.json")
 
 
@@ -290,6 +290,10 @@ def parser() -> argparse.ArgumentParser:
     executor_options(p)
     p.add_argument("-p", action="append", default=[], metavar="KEY=VALUE",
                    help="a notebook parameter, its value read as YAML (repeatable)")
+    p.add_argument("--together", type=int, default=1, metavar="N",
+                   help="train the chapter's missing victims up to N at once on one device "
+                        "before it runs (default 1: one by one, as the chapter asks); a GPU "
+                        "gains from it (bench/together_speed.py), a CPU does not")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("book", help="run missing chapters and build the HTML book")

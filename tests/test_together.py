@@ -1,14 +1,17 @@
 """Several trainings at once (`reprolib.together`): each model as it would be alone."""
 import copy
+import json
 
 import pytest
 import torch
 
-from reprolib import data, jobs, models, together
+from reprolib import book, data, jobs, models, together
 from reprolib.attacks import attack
 from reprolib.config import ParameterError, Recipe
 from reprolib.train import train
 from reprolib.victims import trained_victim
+from reprolib.zoo import Zoo
+from test_book import project_copy
 
 RECIPE = Recipe(epochs=2, batch_size=64, lr=0.05, schedule="onecycle", nesterov=True,
                 augment=True, post_augment=True, label_smoothing=0.1)
@@ -98,3 +101,18 @@ def test_victims_trained_together_are_what_the_chapter_reads(tmp_path, monkeypat
         assert set(alone) == set(card) - {"trained_together"}
         assert alone["spec"] == card["spec"] and alone["recipe"] == card["recipe"]
         assert alone["metrics"]["ca"] == pytest.approx(card["metrics"]["ca"], abs=0.03)
+
+
+@pytest.mark.notebook
+def test_a_run_with_together_trains_its_victims_first_and_its_page_reads_them(tmp_path):
+    root = project_copy(tmp_path)
+    params = book.check_run(["attacks"], profile="smoke", dataset="fashion-mnist", device="cpu",
+                            pairs=["attacks=['badnets', 'blended']"], root=root)
+    book.run("attacks", profile="smoke", dataset="fashion-mnist", device="cpu",
+             params=params["attacks"], root=root, progress=False, together=4)
+    record = json.loads((root / "book" / "results" / "attacks.json").read_text())["record"]
+    # the clean model and two victims, trained at once; the page computed none of them
+    assert record["trained_before"]["victims"] == 3 and record["trained_before"]["at_once"] == 4
+    victims = [c for c in Zoo().entries() if c["spec"]["job"] == "victim"]
+    assert sorted(c["trained_together"] for c in victims) == [3, 3, 3]
+    assert record["jobs"]["computed"] == record["jobs"]["jobs"] - 3
