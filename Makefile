@@ -71,4 +71,5 @@ lock:
 bench:
 	[ -x build/venv-bench/bin/python ] || ($(PYTHON) -m venv build/venv-bench \
 		&& build/venv-bench/bin/pip install -q -e '.[bench]')
-	build/venv-bench/bin/python bench/train_speed.py && build/venv-bench/bin/python bench/neural_cleanse_speed.py
+	build/venv-bench/bin/python bench/train_speed.py && build/venv-bench/bin/python bench/neural_cleanse_speed.py \
+		&& build/venv-bench/bin/python bench/together_speed.py

@@ -20,7 +20,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from reprolib import config, devices, models
+from reprolib import devices, models
 from reprolib.data import ImageSet
 from reprolib.defenses.neural_cleanse import reverse
 
