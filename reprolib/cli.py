@@ -201,6 +201,20 @@ def cmd_run(args) -> None:
         print(f"{paper}: {page} and book/results/{paper}.json")
 
 
+def cmd_batch(args) -> None:
+    from . import batch
+    done = batch.run(args.papers, budget=args.budget, out=Path(args.out), profile=args.profile,
+                     model=args.model, dataset=args.dataset, device=args.device,
+                     pairs=_with_seeds(args), margin=args.margin,
+                     bench=None if args.bench is None else args.bench.split())
+    print(f"batch: {Path(args.out) / 'batch.json'}; left out: "
+          f"{', '.join(done['left_out']) or 'none'}")
+    if any(c["status"] != "done" for c in done["chapters"]):
+        raise book.RunFailed("batch: " + "; ".join(f"{c['chapter']} {c['status']}"
+                                                   for c in done["chapters"]
+                                                   if c["status"] != "done"))
+
+
 def cmd_jpeg(args) -> None:
     from . import lossy
     result = lossy.run(config.ROOT / lossy.RESULT, dataset=args.dataset, attacks=args.attack,
@@ -295,6 +309,23 @@ def parser() -> argparse.ArgumentParser:
                         "before it runs (default 1: one by one, as the chapter asks); a GPU "
                         "gains from it (bench/together_speed.py), a CPU does not")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("batch", help="chapters within a time budget, everything into one "
+                       "folder: a lent GPU's one command (gpu/run.sh)")
+    p.add_argument("papers", nargs="*", help="chapters, in the order to run them: "
+                   + ", ".join(book.chapters()))
+    chapter_options(p)
+    p.add_argument("-p", action="append", default=[], metavar="KEY=VALUE",
+                   help="a notebook parameter, its value read as YAML (repeatable)")
+    p.add_argument("--budget", type=float, required=True, metavar="SECONDS",
+                   help="the wall time the whole command may take")
+    p.add_argument("--out", required=True, help="folder for the pages, results and batch.json")
+    p.add_argument("--bench", nargs="?", const="", default=None, metavar="ARGS",
+                   help="first measure training together (bench/together_speed.py, with ARGS "
+                        "if given, e.g. '--jobs 1 4'); its best N trains the victims")
+    p.add_argument("--margin", type=float, default=1.5,
+                   help="what the plan's estimate (a lower bound) is multiplied by")
+    p.set_defaults(func=cmd_batch)
 
     p = sub.add_parser("book", help="run missing chapters and build the HTML book")
     chapter_options(p)

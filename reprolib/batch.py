@@ -1,0 +1,165 @@
+"""One prepared command for a machine lent for minutes: chapters within a time budget, and
+everything it made in one flat folder.
+
+`repro batch CHAPTER... --budget SECONDS --out DIR` plans first (`book.plan`: each missing job's
+image passes over the training throughput measured on this device, a lower bound, scaled by
+`margin`), says which chapters fit the budget and which it leaves out, and only then starts: the
+speed benchmark (`bench/together_speed.py`, when asked), whose best N trains the victims
+together (`repro run --together`, where the bench measured a gain), then each chapter that fits,
+as `repro run` in a child process stopped when the budget runs out. The folder gets each
+chapter's executed page and results as CHAPTER.PROFILE.ipynb and .json (the book's own pages are
+those of `repro run`), and `batch.json`: the plan, the bench, what each chapter took, and per job
+kind the plan's estimate beside the wall time the zoo's cards record (`clock`). `gpu/run.sh` is
+the same command on a bare offline machine, after installing a local wheel folder.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import book, config
+from .config import ROOT
+from .zoo import Zoo
+
+BENCH_SECONDS = 150      # what the bench's default (10,000 images, N = 1 2 4 8) is given
+GAIN = 1.2               # the least bench ratio for which victims are trained together
+
+
+def estimate(papers: list[str], params: dict[str, dict], margin: float, **how) -> list[dict]:
+    """Per chapter: its planned jobs (`book.plan`) and the seconds its missing ones should take,
+    the plan's lower bound times `margin`. A job two chapters share counts in the first."""
+    seen, plans = set(), []
+    for paper in papers:
+        rows = book.plan(paper, params=params[paper], **how)["rows"]
+        missing = [r for r in rows if r["status"] == "missing" and r["key"] not in seen]
+        seen.update(r["key"] for r in rows)
+        plans.append({"chapter": paper, "rows": rows,
+                      "seconds": margin * sum(r["seconds"] for r in missing)})
+    return plans
+
+
+def fitting(plans: list[dict], budget: float) -> tuple[list[dict], list[dict]]:
+    """The chapters to run, in the order given, each only if it fits what the ones before it
+    left of `budget`; and those left out."""
+    run, left_out, used = [], [], 0.0
+    for p in plans:
+        (run if used + p["seconds"] <= budget else left_out).append(p)
+        used += p["seconds"] if p in run else 0.0
+    return run, left_out
+
+
+def clock(rows: list[dict], since: str) -> dict[str, dict]:
+    """Per job kind: the plan's estimate for the jobs it found missing beside the wall time
+    their cards record, and the time of every other entry made since `since` (the jobs found
+    only once results existed, which the plan could not see)."""
+    planned = {r["key"]: r for r in rows if r["status"] == "missing"}
+    kinds: dict[str, dict] = {}
+    for card in Zoo().entries():
+        if card.get("created", "") < since:
+            continue
+        kind = card["spec"].get("job", "model")
+        k = kinds.setdefault(kind, {"planned_jobs": 0, "estimate_s": 0.0, "measured_s": 0.0,
+                                    "unplanned_jobs": 0, "unplanned_s": 0.0})
+        if card["key"] in planned:
+            k["planned_jobs"] += 1
+            k["estimate_s"] += planned[card["key"]]["seconds"]
+            k["measured_s"] += card.get("wall_time_s", 0.0)
+        else:
+            k["unplanned_jobs"] += 1
+            k["unplanned_s"] += card.get("wall_time_s", 0.0)
+    for k in kinds.values():
+        k["measured_over_estimate"] = (round(k["measured_s"] / k["estimate_s"], 2)
+                                       if k["estimate_s"] else None)
+        for name in ("estimate_s", "measured_s", "unplanned_s"):
+            k[name] = round(k[name], 1)
+    return kinds
+
+
+def child(argv: list[str], seconds: float, root: Path) -> tuple[int | None, float]:
+    """`python -m <argv>` in `root`, in a process group of its own, stopped (interrupt, then
+    kill) after `seconds`. Returns its exit status (None if stopped) and its wall time."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(root), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", *argv], cwd=root, env=env,
+                            start_new_session=True)
+    try:
+        return proc.wait(timeout=max(1.0, seconds)), time.perf_counter() - start
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGINT)          # the run says what it kept and exits
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        return None, time.perf_counter() - start
+
+
+def best_together(bench: dict | None) -> int:
+    """The N whose ratio the bench measured highest, if at least `GAIN`; else 1."""
+    rows = [r for r in (bench or {}).get("rows", []) if r["ratio"] >= GAIN]
+    return max(rows, key=lambda r: r["ratio"])["jobs"] if rows else 1
+
+
+def run(papers: list[str], *, budget: float, out: Path, profile: str, model: str,
+        dataset: str, device: str, pairs: list[str], bench: list[str] | None = None,
+        margin: float = 1.5, root: Path = ROOT, say=print) -> dict:
+    """See the module's docstring; `bench`: None for no bench, else its arguments (beyond
+    --device and --json). Returns what batch.json holds."""
+    config.check_range("--budget", budget, low=0, low_open=True)
+    config.check_range("--margin", margin, low=1)
+    deadline = time.monotonic() + budget
+    out.mkdir(parents=True, exist_ok=True)
+    how = dict(profile=profile, model=model, dataset=dataset, device=device)
+    params = book.check_run(papers, pairs=pairs, root=root, **how)
+    plans = estimate(papers, params, margin, root=root, **how)
+    benching = bench is not None
+    chosen, left_out = fitting(plans, deadline - time.monotonic()
+                               - (BENCH_SECONDS if benching else 0))
+    say(f"batch: {budget:.0f} s in all, {deadline - time.monotonic():.0f} s left after planning"
+        f"{f', {BENCH_SECONDS} s of it for the bench' if benching else ''}; each chapter's plan "
+        f"× {margin:g}:")
+    for p in plans:
+        say(f"  {p['chapter']:<17} ~{p['seconds']:7.0f} s  "
+            f"{'runs' if p in chosen else 'left out: over what the budget leaves'}")
+    summary = {"budget_s": budget, "margin": margin, **how, "pairs": pairs,
+               "left_out": [p["chapter"] for p in left_out], "chapters": [], "bench": None}
+    write = lambda: (out / "batch.json").write_text(json.dumps(summary, indent=1) + "\n")  # noqa: E731
+    if benching:
+        status, _ = child(["bench.together_speed", *bench, "--device", device, "--json",
+                           str(out / "bench.json")], min(BENCH_SECONDS, budget), root)
+        if status == 0:
+            summary["bench"] = json.loads((out / "bench.json").read_text())
+            (out / "bench.json").unlink()
+        else:
+            say(f"batch: the bench {'ran out of time' if status is None else 'failed'}; "
+                f"victims are trained one by one")
+    together = best_together(summary["bench"])
+    for p in chosen:
+        paper, left = p["chapter"], deadline - time.monotonic()
+        since = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        argv = ["reprolib.cli", "run", paper, "--profile", profile, "--model", model,
+                "--dataset", dataset, "--device", device, "--together", str(together),
+                *[a for pair in pairs for a in ("-p", pair)]]
+        say(f"batch: {paper}, {left:.0f} s left")
+        status, took = child(argv, left, root)
+        done = {"chapter": paper, "estimate_s": round(p["seconds"], 1),
+                "wall_time_s": round(took, 1), "together": together,
+                "status": {0: "done", None: "stopped: out of time"}.get(status, f"failed ({status})"),
+                "clock": clock(p["rows"], since)}
+        if status == 0:
+            for kind, folder in ((".ipynb", "runs"), (".json", "results")):
+                shutil.copy(root / "book" / folder / f"{paper}{kind}",
+                            out / f"{paper}.{profile}{kind}")
+        summary["chapters"].append(done)
+        write()
+        say(f"batch: {paper} {done['status']} in {took:.0f} s (planned ~{p['seconds']:.0f} s)")
+    write()
+    return summary
