@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import time
 import warnings
 from dataclasses import asdict
@@ -121,7 +122,7 @@ def train_together(nets: list[nn.Module], sets: list[ImageSet], recipe: Recipe, 
             h.loss.append(loss / size)
             h.accuracy.append(right / size)
             h.epoch_seconds.append(seconds)
-            if not torch.isfinite(torch.tensor(h.loss[-1])):
+            if not math.isfinite(h.loss[-1]):
                 bar.close()
                 raise FloatingPointError(f"{desc}: the training loss of net {i} became "
                                          f"{h.loss[-1]} in epoch {epoch + 1} of {recipe.epochs}; "
@@ -136,15 +137,16 @@ def train_together(nets: list[nn.Module], sets: list[ImageSet], recipe: Recipe, 
 
 def groups(jobs: list[Job], most: int) -> list[list[tuple[Job, victims_module.Setting]]]:
     """The victim jobs among `jobs`, each with its `Setting`, in groups that can be trained
-    together (one architecture, recipe and training-set size), of at most `most`, in the order
-    first asked for."""
+    together (one architecture, number of classes, recipe and training-set size), of at most
+    `most`, in the order first asked for."""
     check_range("most", most, low=1, integer=True)
     by_kind: dict[str, list] = {}
     for job in jobs:
         if job.step.kind != "victim":
             continue
         s = victims_module.setting(**victims_module._data_args(job.args))
-        kind = f"{s.model_name} {asdict(s.recipe)} {len(s.train)} {s.train.images.shape[1:]}"
+        kind = (f"{s.model_name} {len(s.train.classes)} {asdict(s.recipe)} {len(s.train)} "
+                f"{s.train.images.shape[1:]}")
         by_kind.setdefault(kind, []).append((job, s))
     return [same[i:i + most] for same in by_kind.values() for i in range(0, len(same), most)]
 
@@ -157,7 +159,7 @@ def victims(jobs: list[Job], *, most: int = 8, device: str | torch.device = "aut
     keys computed. A group of one is trained by `train_together` too."""
     zoo = zoo or Zoo()
     device = devices.resolve(device)
-    missing = [j for j in jobs if not j.cached(zoo)]
+    missing = list({j.key: j for j in jobs if not j.cached(zoo)}.values())  # each key once
     computed = []
     for group in groups(missing, most):
         with contextlib.ExitStack() as claims:

@@ -80,7 +80,7 @@ def test_victims_are_grouped_by_architecture_recipe_and_size():
 
 def test_victims_trained_together_are_what_the_chapter_reads(tmp_path, monkeypatch):
     asked = [victim_job(None), victim_job("badnets"), victim_job("blended")]
-    computed = together.victims(asked + asked[:1], most=2, device="cpu", progress=False)
+    computed = together.victims(asked[:1] + asked, most=2, device="cpu", progress=False)
     assert computed == [job.key for job in asked]
     assert together.victims(asked, device="cpu", progress=False) == []      # all kept now
     cards = [job.card() for job in asked]
