@@ -7,8 +7,8 @@ image passes over the training throughput measured on this device, a lower bound
 speed benchmark (`bench/together_speed.py`, when asked), whose best N trains the victims
 together (`repro run --together`, where the bench measured a gain), then each chapter that fits,
 as `repro run` in a child process stopped when the budget runs out. The folder gets each
-chapter's executed page and results as CHAPTER.PROFILE.ipynb and .json (the book's own pages are
-those of `repro run`), and `batch.json`: the plan, the bench, what each chapter took, and per job
+chapter's executed page and results as `repro run` names them (CHAPTER-paper.ipynb and .json in
+the paper's setting, `book.page_name`), and `batch.json`: the plan, the bench, what each chapter took, and per job
 kind the plan's estimate beside the wall time the zoo's cards record (`clock`). `gpu/run.sh` is
 the same command on a bare offline machine, after installing a local wheel folder.
 """
@@ -155,9 +155,9 @@ def run(papers: list[str], *, budget: float, out: Path, profile: str, model: str
                 "status": {0: "done", None: "stopped: out of time"}.get(status, f"failed ({status})"),
                 "clock": clock(p["rows"], since)}
         if status == 0:
+            name = book.page_name(paper, profile)
             for kind, folder in ((".ipynb", "runs"), (".json", "results")):
-                shutil.copy(root / "book" / folder / f"{paper}{kind}",
-                            out / f"{paper}.{profile}{kind}")
+                shutil.copy(root / "book" / folder / f"{name}{kind}", out / f"{name}{kind}")
         summary["chapters"].append(done)
         write()
         say(f"batch: {paper} {done['status']} in {took:.0f} s (planned ~{p['seconds']:.0f} s)")

@@ -188,10 +188,42 @@ def run(paper: str, *, profile: str = "quick", model: str = "auto", dataset: str
         table.write_text(json.dumps(result, indent=1))
     for_reading(page, root)
     staleness.seal(table, page)
-    set_aside(results / f"{paper}.json", table)
-    os.replace(table, results / f"{paper}.json")
-    os.replace(page, runs / f"{paper}.ipynb")
-    return runs / f"{paper}.ipynb"
+    name = page_name(paper, profile)
+    set_aside(results / f"{name}.json", table)
+    os.replace(table, results / f"{name}.json")
+    os.replace(page, runs / f"{name}.ipynb")
+    return runs / f"{name}.ipynb"
+
+
+def page_name(paper: str, profile: str) -> str:
+    """The name of the page and results file a run of `paper` at `profile` writes: a run in
+    the paper's setting is a page of its own beside the chapter's (CHAPTER-paper); a run at any
+    other profile replaces the chapter's page."""
+    return f"{paper}-paper" if profile == "paper" else paper
+
+
+def paper_pages_in_toc(root: Path = ROOT) -> bool:
+    """Put each paper-profile page (book/runs/CHAPTER-paper.ipynb) in _toc.yml right after its
+    chapter, titled as the scorecard titles it, where it is not listed yet (Jupyter Book
+    refuses a page no table of contents lists). Returns whether _toc.yml changed."""
+    from .scorecard import title
+    path = root / "_toc.yml"
+    toc = yaml.safe_load(path.read_text())
+    listed = {c["file"] for part in toc["parts"] for c in part["chapters"]}
+    added = False
+    for page in sorted((root / "book" / "runs").glob("*-paper.ipynb")):
+        entry = f"book/runs/{page.stem}"
+        chapter = entry.removesuffix("-paper")
+        for part in toc["parts"]:
+            files = [c["file"] for c in part["chapters"]]
+            if entry not in listed and chapter in files:
+                part["chapters"].insert(files.index(chapter) + 1,
+                                        {"file": entry, "title": title(page.stem, root)})
+                listed.add(entry)
+                added = True
+    if added:
+        path.write_text(yaml.safe_dump(toc, sort_keys=False, allow_unicode=True))
+    return added
 
 
 def _victims_together(paper: str, most: int, seeds: list[int], root: Path, progress: bool,
@@ -345,6 +377,7 @@ def build(root: Path = ROOT, *, rerun: bool = False, stale: bool = False, profil
         print(f"repro book: running {paper} ({profile} profile)", flush=True)
         run(paper, profile=profile, model=model, dataset=dataset, device=device,
             params=params[paper], root=root, progress=progress)
+    paper_pages_in_toc(root)
     found = scorecard.results(root)
     for paper, result in found.items():
         if (root / "book" / "runs" / f"{paper}.ipynb").is_file():

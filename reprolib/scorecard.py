@@ -144,7 +144,10 @@ def findings(found: dict[str, dict]) -> list[str]:
 
 def title(name: str, root: Path) -> str:
     """The chapter's title as its page shows it (the executed page's first heading, else the
-    notebook's), so that every table that names the chapter names it as the page does."""
+    notebook's), so that every table that names the chapter names it as the page does; a
+    paper-profile page (CHAPTER-paper) is its chapter's title, "in the paper's setting"."""
+    if name.endswith("-paper"):
+        return f"{title(name.removesuffix('-paper'), root)}, in the paper's setting"
     for page in (root / "book" / "runs" / f"{name}.ipynb", root / "notebooks" / f"{name}.ipynb"):
         if page.is_file():
             first = json.loads(page.read_text())["cells"][0]["source"]

@@ -77,7 +77,7 @@ def test_gpu_run_sh_runs_a_chapter_in_the_paper_setting_on_the_cifar10_fixture(t
     assert attacks["chapter"] == "attacks" and attacks["status"] == "done"
     victims = attacks["clock"]["victim"]
     assert victims["planned_jobs"] == 5 and victims["measured_s"] > 0 and victims["estimate_s"] > 0
-    page = nbformat.read(out / "attacks.smoke.ipynb", as_version=4)
-    record = json.loads((out / "attacks.smoke.json").read_text())["record"]
+    page = nbformat.read(out / "attacks.ipynb", as_version=4)
+    record = json.loads((out / "attacks.json").read_text())["record"]
     assert record["dataset"] == "cifar10" and record["model"] == "preact_resnet18"
     assert any("preact_resnet18" in str(c.get("outputs")) for c in page.cells)

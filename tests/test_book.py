@@ -8,6 +8,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+import yaml
 from nbformat.v4 import new_code_cell, new_notebook
 
 from reprolib import book, lossy, scorecard, staleness
@@ -391,3 +392,33 @@ def test_the_prose_quotes_only_numbers_the_chapter_glues(path):
              | {"n-" + v.replace(" ", "-") for v in reference.VERDICTS}
              | {"n-checked", "seeds-note"})
     assert keys and keys <= glued, f"glued by nobody: {sorted(keys - glued)}"
+
+
+def test_a_run_in_the_papers_setting_is_a_page_of_its_own_beside_the_chapters(tmp_path):
+    project_copy(tmp_path)
+    tiny_chapter(tmp_path, "")
+    for profile in ("smoke", "paper"):
+        page = book.run("tiny", profile=profile, dataset="fashion-mnist", device="cpu",
+                        root=tmp_path, progress=False)
+        assert page.name == ("tiny-paper.ipynb" if profile == "paper" else "tiny.ipynb")
+    assert sorted(p.name for p in (tmp_path / "book" / "runs").glob("tiny*")) == [
+        "tiny-paper.ipynb", "tiny.ipynb"]
+    found = scorecard.results(tmp_path)
+    assert found["tiny"]["record"]["profile"] == "smoke"
+    assert found["tiny-paper"]["record"]["profile"] == "paper"
+    assert found["tiny-paper"]["title"] == f"{found['tiny']['title']}, in the paper's setting"
+    assert not found["tiny-paper"]["stale"] and not found["tiny-paper"]["tampered"]
+
+
+def test_a_paper_page_is_listed_right_after_its_chapter(tmp_path):
+    project_copy(tmp_path, runs=True)
+    shutil.copy(tmp_path / "book" / "runs" / "mesa.ipynb",
+                tmp_path / "book" / "runs" / "mesa-paper.ipynb")
+    assert book.paper_pages_in_toc(tmp_path)
+    files = [c for part in yaml.safe_load((tmp_path / "_toc.yml").read_text())["parts"]
+             for c in part["chapters"]]
+    at = [c["file"] for c in files].index("book/runs/mesa")
+    assert files[at + 1] == {"file": "book/runs/mesa-paper",
+                             "title": f"{scorecard.title('mesa', tmp_path)}, in the paper's setting"}
+    assert not book.paper_pages_in_toc(tmp_path)           # listed once
+    assert "mesa-paper" in scorecard.book_order(tmp_path)
