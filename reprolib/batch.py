@@ -7,10 +7,11 @@ image passes over the training throughput measured on this device, a lower bound
 speed benchmark (`bench/together_speed.py`, when asked), whose best N trains the victims
 together (`repro run --together`, where the bench measured a gain), then each chapter that fits,
 as `repro run` in a child process stopped when the budget runs out. The folder gets each
-chapter's executed page and results as `repro run` names them (CHAPTER-paper.ipynb and .json in
-the paper's setting, `book.page_name`), and `batch.json`: the plan, the bench, what each chapter took, and per job
-kind the plan's estimate beside the wall time the zoo's cards record (`clock`). `gpu/run.sh` is
-the same command on a bare offline machine, after installing a local wheel folder.
+chapter's executed page and results as `repro run` names them (`book.page_name`:
+CHAPTER-paper.ipynb and .json in the paper's setting), and `batch.json`: the plan, the bench,
+what each chapter took, and per job kind the plan's estimate beside the wall time the cache's
+cards record (`book.against_the_clock`). `gpu/run.sh` is the same command on a bare offline
+machine, after installing a local wheel folder.
 """
 from __future__ import annotations
 
@@ -21,26 +22,25 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-from . import book, config
+from . import book, config, devices
 from .config import ROOT
-from .zoo import Zoo
 
 BENCH_SECONDS = 150      # what the bench's default (10,000 images, N = 1 2 4 8) is given
 GAIN = 1.2               # the least bench ratio for which victims are trained together
 
 
 def estimate(papers: list[str], params: dict[str, dict], margin: float, **how) -> list[dict]:
-    """Per chapter: its planned jobs (`book.plan`) and the seconds its missing ones should take,
-    the plan's lower bound times `margin`. A job two chapters share counts in the first."""
+    """Per chapter: the training throughput its plan measured (`book.plan`) and the seconds its
+    missing jobs should take, the plan's lower bound times `margin`. A job two chapters share
+    counts in the first."""
     seen, plans = set(), []
     for paper in papers:
-        rows = book.plan(paper, params=params[paper], **how)["rows"]
-        missing = [r for r in rows if r["status"] == "missing" and r["key"] not in seen]
-        seen.update(r["key"] for r in rows)
-        plans.append({"chapter": paper, "rows": rows,
+        found = book.plan(paper, params=params[paper], **how)
+        missing = [r for r in found["rows"] if r["status"] == "missing" and r["key"] not in seen]
+        seen.update(r["key"] for r in found["rows"])
+        plans.append({"chapter": paper, "throughput": found["throughput"],
                       "seconds": margin * sum(r["seconds"] for r in missing)})
     return plans
 
@@ -53,33 +53,6 @@ def fitting(plans: list[dict], budget: float) -> tuple[list[dict], list[dict]]:
         (run if used + p["seconds"] <= budget else left_out).append(p)
         used += p["seconds"] if p in run else 0.0
     return run, left_out
-
-
-def clock(rows: list[dict], since: str) -> dict[str, dict]:
-    """Per job kind: the plan's estimate for the jobs it found missing beside the wall time
-    their cards record, and the time of every other entry made since `since` (the jobs found
-    only once results existed, which the plan could not see)."""
-    planned = {r["key"]: r for r in rows if r["status"] == "missing"}
-    kinds: dict[str, dict] = {}
-    for card in Zoo().entries():
-        if card.get("created", "") < since:
-            continue
-        kind = card["spec"].get("job", "model")
-        k = kinds.setdefault(kind, {"planned_jobs": 0, "estimate_s": 0.0, "measured_s": 0.0,
-                                    "unplanned_jobs": 0, "unplanned_s": 0.0})
-        if card["key"] in planned:
-            k["planned_jobs"] += 1
-            k["estimate_s"] += planned[card["key"]]["seconds"]
-            k["measured_s"] += card.get("wall_time_s", 0.0)
-        else:
-            k["unplanned_jobs"] += 1
-            k["unplanned_s"] += card.get("wall_time_s", 0.0)
-    for k in kinds.values():
-        k["measured_over_estimate"] = (round(k["measured_s"] / k["estimate_s"], 2)
-                                       if k["estimate_s"] else None)
-        for name in ("estimate_s", "measured_s", "unplanned_s"):
-            k[name] = round(k[name], 1)
-    return kinds
 
 
 def child(argv: list[str], seconds: float, root: Path) -> tuple[int | None, float]:
@@ -144,7 +117,6 @@ def run(papers: list[str], *, budget: float, out: Path, profile: str, model: str
     together = best_together(summary["bench"])
     for p in chosen:
         paper, left = p["chapter"], deadline - time.monotonic()
-        since = datetime.now(timezone.utc).isoformat(timespec="seconds")
         argv = ["reprolib.cli", "run", paper, "--profile", profile, "--model", model,
                 "--dataset", dataset, "--device", device, "--together", str(together),
                 *[a for pair in pairs for a in ("-p", pair)]]
@@ -152,9 +124,11 @@ def run(papers: list[str], *, budget: float, out: Path, profile: str, model: str
         status, took = child(argv, left, root)
         done = {"chapter": paper, "estimate_s": round(p["seconds"], 1),
                 "wall_time_s": round(took, 1), "together": together,
-                "status": {0: "done", None: "stopped: out of time"}.get(status, f"failed ({status})"),
-                "clock": clock(p["rows"], since)}
+                "status": {0: "done", None: "stopped: out of time"}.get(status, f"failed ({status})")}
         if status == 0:
+            rows = book.plan(paper, params=params[paper], throughput=p["throughput"],
+                             reading=True, root=root, **how)["rows"]
+            done["clock"] = book.against_the_clock(rows, devices.name(devices.resolve(device)))
             name = book.page_name(paper, profile)
             for kind, folder in ((".ipynb", "runs"), (".json", "results")):
                 shutil.copy(root / "book" / folder / f"{name}{kind}", out / f"{name}{kind}")

@@ -96,12 +96,14 @@ def check_run(papers: list[str], *, profile: str, dataset: str, device: str,
 
 def planned_jobs(paper: str, *, profile: str = "quick", model: str = "auto",
                  dataset: str = "auto", device: str = "auto", params: dict | None = None,
-                 root: Path = ROOT) -> tuple[object, list]:
+                 root: Path = ROOT, reading: bool = False) -> tuple[object, list]:
     """The chapter a run of `paper` would set up (at its first seed), and the jobs its first
     round would ask for: one dry declaring pass (`jobs.declared`, reading nothing) of the
     experiments module's `results(ch, **parameters)` at each of its seeds, with the notebook's
     defaults and `params`; every parameter and every job's arguments checked on the way. Jobs
-    whose arguments depend on results are found only once those results exist."""
+    whose arguments depend on results are found only once those results exist: a `reading`
+    pass reads the results the zoo holds, and so finds the jobs of every round whose
+    arguments are known from them (all of a run's, once it is cached)."""
     import ast
     import inspect
 
@@ -118,14 +120,15 @@ def planned_jobs(paper: str, *, profile: str = "quick", model: str = "auto",
     takes = inspect.signature(results).parameters        # the rest are the page's own
     asked = {k: v for k, v in given.items() if k in takes and k != "ch"}
     return ch, in_order([job for s in seeds
-                         for job in declared(results, ch.at(s), dry=True, **asked).jobs])
+                         for job in declared(results, ch.at(s), dry=not reading, **asked).jobs])
 
 
 def plan(paper: str, *, throughput: float | None = None, **how) -> dict:
     """Every job of a run of `paper` (see `planned_jobs`): what it is, its key, whether the zoo
     holds it, and for a missing one an estimated time, its image passes divided by `throughput`
     (images per second; default: measured now, `train.throughput` of the chapter's model on
-    its device). A cached job shows the time it took."""
+    its device). A cached job shows the time it took (`seconds`) beside the estimate
+    (`estimate_s`), and the device its card says it ran on."""
     from .train import throughput as measure
     from .victims import datasets
     ch, jobs = planned_jobs(paper, **how)
@@ -136,11 +139,37 @@ def plan(paper: str, *, throughput: float | None = None, **how) -> dict:
                              device=ch.device)
     rows = []
     for job in jobs:
-        card = job.card()
+        card, estimate = job.card(), job.work() / throughput
         rows.append({"kind": job.step.kind, "what": job.describe(), "key": job.key,
                      "status": "cached" if card else "missing", "passes": job.work(),
-                     "seconds": card.get("wall_time_s") if card else job.work() / throughput})
+                     "estimate_s": estimate,
+                     "seconds": card.get("wall_time_s") if card else estimate,
+                     "device": card.get("device") if card else devices.name(ch.device)})
     return {"chapter": ch, "throughput": throughput, "rows": rows}
+
+
+OFF = 0.3       # an estimate off the clock by more than this share asks for a better one
+
+
+def against_the_clock(rows: list[dict], device: str) -> dict[str, dict]:
+    """Per job kind, over the cached jobs of a plan's `rows` that ran on `device` (a job the
+    zoo got from another device says nothing of this one's speed): how many, the plan's
+    estimate and the wall time their cards record, their ratio, and whether the estimate is
+    off by more than `OFF`. Jobs that train or search nothing (no image passes) are left out."""
+    kinds: dict[str, dict] = {}
+    for r in rows:
+        if r["status"] != "cached" or r["device"] != device or not r["passes"] \
+                or r["seconds"] is None:
+            continue
+        k = kinds.setdefault(r["kind"], {"jobs": 0, "estimate_s": 0.0, "took_s": 0.0})
+        k["jobs"] += 1
+        k["estimate_s"] += r["estimate_s"]
+        k["took_s"] += r["seconds"]
+    for k in kinds.values():
+        k["took_over_estimate"] = round(k["took_s"] / k["estimate_s"], 2)
+        k["off"] = abs(k["took_over_estimate"] - 1) > OFF
+        k["estimate_s"], k["took_s"] = round(k["estimate_s"], 1), round(k["took_s"], 1)
+    return kinds
 
 
 def run(paper: str, *, profile: str = "quick", model: str = "auto", dataset: str = "auto",

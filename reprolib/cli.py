@@ -143,7 +143,8 @@ def cmd_plan(args) -> None:
     left_in_all: dict[str, float] = {}       # a job two chapters share counts once
     for paper in args.papers:
         found = book.plan(paper, profile=args.profile, model=args.model, dataset=args.dataset,
-                          device=args.device, params=params[paper], throughput=args.throughput)
+                          device=args.device, params=params[paper], throughput=args.throughput,
+                          reading=args.clock)
         ch, rows = found["chapter"], found["rows"]
         print(f"{paper} · profile {ch.profile} · {ch.dataset} · {ch.model} · "
               f"{devices.name(ch.device)}")
@@ -157,6 +158,9 @@ def cmd_plan(args) -> None:
         left_in_all.update((r["key"], r["seconds"]) for r in missing)
         print(f"  {len(rows)} jobs: {len(rows) - len(missing)} cached, {len(missing)} missing, "
               f"about {_minutes(left)} of training here\n")
+        if args.clock:
+            _against_the_clock(book.against_the_clock(rows, devices.name(ch.device)),
+                               devices.name(ch.device))
     how = ("given by --throughput" if args.throughput is not None else
            "measured now over 3 s of training steps of each chapter's model on its device")
     print(f"Missing jobs: {len(left_in_all)}, about {_minutes(sum(left_in_all.values()))} in "
@@ -165,6 +169,19 @@ def cmd_plan(args) -> None:
           f"searches on) divided by the training throughput, {how}; crafting loops, hull LPs "
           f"and the chapters' own evaluation are not counted, so it is a lower bound. A cached "
           f"job shows the time it took.")
+
+
+def _against_the_clock(kinds: dict[str, dict], device: str) -> None:
+    if not kinds:
+        print(f"  against the clock: no cached job that trains ran on {device}\n")
+        return
+    print(f"  against the clock, the cached jobs that ran on {device}:")
+    print(f"  {'kind':<14} {'jobs':>4} {'plan said':>10} {'took':>10} {'took/plan':>9}")
+    for kind, k in kinds.items():
+        off = f"  off by more than {book.OFF:.0%}" if k["off"] else ""
+        print(f"  {kind:<14} {k['jobs']:>4} {_minutes(k['estimate_s']):>10} "
+              f"{_minutes(k['took_s']):>10} {k['took_over_estimate']:>8.2f}×{off}")
+    print()
 
 
 def _use_executor(args) -> None:
@@ -296,6 +313,9 @@ def parser() -> argparse.ArgumentParser:
                    help="a notebook parameter, its value read as YAML (repeatable)")
     p.add_argument("--throughput", type=float, default=None, metavar="IMAGES_PER_S",
                    help="training images per second to estimate with (default: measured now)")
+    p.add_argument("--clock", action="store_true",
+                   help="read the cached results to find every round's jobs, and set each job "
+                        "kind's estimate beside the time its cached jobs took on this device")
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("run", help="execute chapters with papermill")

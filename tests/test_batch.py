@@ -76,7 +76,8 @@ def test_gpu_run_sh_runs_a_chapter_in_the_paper_setting_on_the_cifar10_fixture(t
     attacks = summary["chapters"][0]
     assert attacks["chapter"] == "attacks" and attacks["status"] == "done"
     victims = attacks["clock"]["victim"]
-    assert victims["planned_jobs"] == 5 and victims["measured_s"] > 0 and victims["estimate_s"] > 0
+    assert victims["jobs"] == 5 and victims["took_s"] > 0 and victims["estimate_s"] > 0
+    assert victims["took_over_estimate"] == round(victims["took_s"] / victims["estimate_s"], 2)
     page = nbformat.read(out / "attacks.ipynb", as_version=4)
     record = json.loads((out / "attacks.json").read_text())["record"]
     assert record["dataset"] == "cifar10" and record["model"] == "preact_resnet18"

@@ -422,3 +422,18 @@ def test_a_paper_page_is_listed_right_after_its_chapter(tmp_path):
                              "title": f"{scorecard.title('mesa', tmp_path)}, in the paper's setting"}
     assert not book.paper_pages_in_toc(tmp_path)           # listed once
     assert "mesa-paper" in scorecard.book_order(tmp_path)
+
+
+def test_the_plan_is_set_against_the_clock_per_job_kind_on_this_device_only():
+    def row(kind, estimate, took, device="cpu", passes=1000, status="cached"):
+        return {"kind": kind, "status": status, "device": device, "passes": passes,
+                "estimate_s": estimate, "seconds": took}
+    rows = [row("victim", 100, 120), row("victim", 100, 110), row("npd.defense", 10, 30),
+            row("victim", 100, 900, device="NVIDIA H100"),      # another device's time
+            row("victim", 100, 100, status="missing"),           # not run yet
+            row("clear.examine", 0, 50, passes=0)]               # trains nothing
+    kinds = book.against_the_clock(rows, "cpu")
+    assert kinds == {"victim": {"jobs": 2, "estimate_s": 200.0, "took_s": 230.0,
+                                "took_over_estimate": 1.15, "off": False},
+                     "npd.defense": {"jobs": 1, "estimate_s": 10.0, "took_s": 30.0,
+                                     "took_over_estimate": 3.0, "off": True}}
