@@ -1,22 +1,27 @@
-"""N trainings at once (`reprolib.together`) against the same N trainings one after another.
+"""N trainings at once against the same N trainings one after another, two ways.
 
 For each N of `--jobs`, N models of one architecture (PreAct-ResNet18 by default) are trained by
 one recipe (BackdoorBench's: batch 128, SGD lr 0.01, momentum 0.9, weight decay 5e-4, cosine,
-crop and flip) on N training sets of `--n` random CIFAR-shaped images, with seeds of their own:
-once one after another (`train.train`) and once together, in this one run. Each training runs
-`--epochs` epochs and only the last is timed (the first absorb cuDNN's autotuning). Printed and
-written to `--json`, per N: both times, their ratio (one after another / together: the speed-up),
-images per second, and that as a share of one model's throughput at batch 512 (`train.throughput`,
-what the device does when a single training fills it).
+crop and flip) on N training sets of `--n` random CIFAR-shaped images, with seeds of their own,
+in this one run: one after another (`train.train`), stacked (`reprolib.together`: one vmapped
+network, what `repro run --together` uses), and in N threads, each on a CUDA stream of its own
+(`train.train` unchanged; on a CPU, threads alone). Each training runs `--epochs` epochs, timed
+whole (every way pays its own warm-up). Printed and written to `--json`, per N and way: the
+seconds, the ratio to one after another (the speed-up), images per second, and that as a share of
+one model's throughput at batch 512 (`train.throughput`, what the device does when a single
+training fills it).
 
     python bench/together_speed.py                      # on a GPU: 10,000 images, N = 1 2 4 8
-    python bench/together_speed.py --n 256 --jobs 1 2   # a quick CPU run
+    python bench/together_speed.py --n 256 --jobs 1 2 --model small_cnn   # a quick CPU run
 """
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import contextlib
 import json
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -40,18 +45,40 @@ def training_sets(count: int, n: int) -> list[ImageSet]:
     return sets
 
 
-def measure(model: str, count: int, n: int, epochs: int, device) -> dict:
-    """The last epoch's seconds of `count` trainings one after another, and together."""
+def timed(work, device) -> float:
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    sync()
+    start = time.perf_counter()
+    work()
+    sync()
+    return time.perf_counter() - start
+
+
+def measure(model: str, count: int, n: int, epochs: int, device) -> dict[str, float]:
+    """Seconds for `count` trainings: one after another, stacked, and in threads on streams."""
     recipe = config.Recipe(epochs=epochs, **RECIPE)
     sets, seeds = training_sets(count, n), list(range(count))
-    apart = sum(train(models.build(model, 10, 3, seed=s), d, recipe, seed=s, device=device,
-                      progress=False).epoch_seconds[-1] for s, d in zip(seeds, sets))
-    nets = [models.build(model, 10, 3, seed=s) for s in seeds]
-    at_once = train_together(nets, sets, recipe, seeds=seeds, device=device,
-                             progress=False)[0].epoch_seconds[-1]
-    return {"jobs": count, "one_after_another_s": apart, "together_s": at_once,
-            "ratio": apart / at_once, "together_img_per_s": count * n / at_once,
-            "one_after_another_img_per_s": count * n / apart}
+
+    def alone(i):
+        train(models.build(model, 10, 3, seed=i), sets[i], recipe, seed=i, device=device,
+              progress=False)
+
+    def on_a_stream(i):
+        with (torch.cuda.stream(torch.cuda.Stream(device)) if device.type == "cuda"
+              else contextlib.nullcontext()):
+            alone(i)
+
+    def in_threads():
+        with concurrent.futures.ThreadPoolExecutor(count) as pool:
+            list(pool.map(on_a_stream, seeds))
+
+    return {"one_after_another": timed(lambda: [alone(i) for i in seeds], device),
+            "stacked": timed(lambda: train_together(
+                [models.build(model, 10, 3, seed=i) for i in seeds], sets, recipe, seeds=seeds,
+                device=device, progress=False), device),
+            "streams": timed(in_threads, device)}
 
 
 def main():
@@ -59,7 +86,7 @@ def main():
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=None,
                     help="images per training set (default 10000 on CUDA, 256 on CPU)")
-    ap.add_argument("--epochs", type=int, default=2, help="epochs each, the last timed")
+    ap.add_argument("--epochs", type=int, default=2, help="epochs each")
     ap.add_argument("--jobs", type=int, nargs="+", default=[1, 2, 4, 8], metavar="N")
     ap.add_argument("--model", default="preact_resnet18", help=", ".join(models.MODELS))
     ap.add_argument("--device", default="auto")
@@ -69,24 +96,26 @@ def main():
     cuda = device.type == "cuda"
     config.check_choice("--model", args.model, tuple(models.MODELS))
     n = config.check_range("--n", args.n or (10000 if cuda else 256), low=128, integer=True)
-    epochs = config.check_range("--epochs", args.epochs, low=2, integer=True)
+    epochs = config.check_range("--epochs", args.epochs, low=1, integer=True)
     for count in args.jobs:
         config.check_range("--jobs", count, low=1, integer=True)
     name = devices.name(device) + ("" if cuda else f" ({os.cpu_count()} cores)")
     print(f"device {name} · torch {torch.__version__} · {args.model} · {n} random 32×32×3 "
-          f"images per training · batch 128 · epoch {epochs} of {epochs} timed", flush=True)
+          f"images per training · batch 128 · {epochs} epochs each, timed whole", flush=True)
 
     full = throughput(args.model, 10, 3, device=device, batch_size=512)
     print(f"one training at batch 512: {full:9.0f} img/s (what a full device does)", flush=True)
     rows = []
     for count in args.jobs:
-        row = measure(args.model, count, n, epochs, device)
-        row["share_of_batch512"] = row["together_img_per_s"] / full
-        rows.append(row)
-        print(f"N={count}: one after another {row['one_after_another_s']:7.2f} s, together "
-              f"{row['together_s']:7.2f} s, ratio {row['ratio']:5.2f}×, "
-              f"{row['together_img_per_s']:9.0f} img/s ({row['share_of_batch512']:.0%} of "
-              f"batch 512)", flush=True)
+        seconds = measure(args.model, count, n, epochs, device)
+        for way, took in seconds.items():
+            rows.append({"jobs": count, "way": way, "seconds": took,
+                         "ratio": seconds["one_after_another"] / took,
+                         "img_per_s": count * n * epochs / took,
+                         "share_of_batch512": count * n * epochs / took / full})
+            print(f"N={count} {way:<17} {took:8.2f} s  {rows[-1]['ratio']:5.2f}×  "
+                  f"{rows[-1]['img_per_s']:9.0f} img/s ({rows[-1]['share_of_batch512']:.0%} of "
+                  f"batch 512)", flush=True)
     result = {"device": name, "torch": torch.__version__, "model": args.model, "images": n,
               "epochs": epochs, "batch512_img_per_s": full, "rows": rows,
               "precision": "bf16 autocast" if cuda else "fp32"}

@@ -76,8 +76,9 @@ def child(argv: list[str], seconds: float, root: Path) -> tuple[int | None, floa
 
 
 def best_together(bench: dict | None) -> int:
-    """The N whose ratio the bench measured highest, if at least `GAIN`; else 1."""
-    rows = [r for r in (bench or {}).get("rows", []) if r["ratio"] >= GAIN]
+    """The N whose ratio the bench measured highest for stacked training (what `repro run
+    --together` does), if at least `GAIN`; else 1."""
+    rows = [r for r in (bench or {}).get("rows", []) if r["way"] == "stacked" and r["ratio"] >= GAIN]
     return max(rows, key=lambda r: r["ratio"])["jobs"] if rows else 1
 
 
