@@ -38,7 +38,7 @@ PAGES = {"book/intro.html": ("Backdoor defenses, reproduced", 2, 0),
          "book/using/running.html": ("Running chapters", 0, 0),
          "book/using/profiles.html": ("Profiles, models and seeds", 2, 0),
          "book/using/data.html": ("Data", 0, 0),
-         "book/using/cache.html": ("The cache, jobs and Ray", 0, 0),
+         "book/using/cache.html": ("The cache, jobs, Ray and GPUs", 0, 0),
          "book/using/library.html": ("The library", 0, 0),
          "book/using/reliability.html": ("Reliability", 3, 0)}
 
