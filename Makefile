@@ -35,8 +35,8 @@ book: $(VENV)/.book-installed
 reproduce: data
 	$(BIN)/repro book --rerun
 
-# the quick tier: unit tests that need no notebook, Ray instance or browser
-QUICK := -m "not notebook and not browser and not ray"
+# the quick tier: unit tests that need no notebook, Ray instance, browser or torch.compile
+QUICK := -m "not notebook and not browser and not ray and not compile"
 check: data
 	$(BIN)/python -m pytest $(QUICK) tests
 

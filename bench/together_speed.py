@@ -45,25 +45,31 @@ def training_sets(count: int, n: int) -> list[ImageSet]:
     return sets
 
 
-def timed(work, device) -> float:
+WAYS = ("one_after_another", "stacked", "streams", "stacked_compiled")
+
+
+def timed(work, device) -> tuple[float, float | None]:
+    """The wall time of `work()` and the last-epoch seconds it returns (None where it has none)."""
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize(device)
     sync()
     start = time.perf_counter()
-    work()
+    last = work()
     sync()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, last
 
 
-def measure(model: str, count: int, n: int, epochs: int, device) -> dict[str, float]:
-    """Seconds for `count` trainings: one after another, stacked, and in threads on streams."""
+def measure(model: str, count: int, n: int, epochs: int, device, ways) -> dict[str, dict]:
+    """Per way of `ways`: the seconds `count` trainings take (`whole`), and their last epoch
+    (`epoch`, summed over the trainings one after another; None for threads, which overlap);
+    or the error that stopped that way."""
     recipe = config.Recipe(epochs=epochs, **RECIPE)
     sets, seeds = training_sets(count, n), list(range(count))
 
     def alone(i):
-        train(models.build(model, 10, 3, seed=i), sets[i], recipe, seed=i, device=device,
-              progress=False)
+        return train(models.build(model, 10, 3, seed=i), sets[i], recipe, seed=i,
+                     device=device, progress=False).epoch_seconds[-1]
 
     def on_a_stream(i):
         with (torch.cuda.stream(torch.cuda.Stream(device)) if device.type == "cuda"
@@ -74,11 +80,22 @@ def measure(model: str, count: int, n: int, epochs: int, device) -> dict[str, fl
         with concurrent.futures.ThreadPoolExecutor(count) as pool:
             list(pool.map(on_a_stream, seeds))
 
-    return {"one_after_another": timed(lambda: [alone(i) for i in seeds], device),
-            "stacked": timed(lambda: train_together(
-                [models.build(model, 10, 3, seed=i) for i in seeds], sets, recipe, seeds=seeds,
-                device=device, progress=False), device),
-            "streams": timed(in_threads, device)}
+    def stacked(compile):
+        return train_together([models.build(model, 10, 3, seed=i) for i in seeds], sets, recipe,
+                              seeds=seeds, device=device, compile=compile,
+                              progress=False)[0].epoch_seconds[-1]
+
+    work = {"one_after_another": lambda: sum(alone(i) for i in seeds),
+            "stacked": lambda: stacked(False), "streams": in_threads,
+            "stacked_compiled": lambda: stacked(True)}
+    found = {}
+    for way in ways:
+        try:
+            whole, epoch = timed(work[way], device)
+            found[way] = {"whole": whole, "epoch": epoch}
+        except Exception as err:      # one way failing leaves the others' measurements
+            found[way] = {"error": f"{type(err).__name__}: {err}"[:300]}
+    return found
 
 
 def main():
@@ -89,6 +106,8 @@ def main():
     ap.add_argument("--epochs", type=int, default=2, help="epochs each")
     ap.add_argument("--jobs", type=int, nargs="+", default=[1, 2, 4, 8], metavar="N")
     ap.add_argument("--model", default="preact_resnet18", help=", ".join(models.MODELS))
+    ap.add_argument("--ways", nargs="+", default=list(WAYS[:3]), metavar="WAY",
+                    help=f"of {', '.join(WAYS)} (one_after_another always runs)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--json", default=None, help="also write the results to this file")
     args = ap.parse_args()
@@ -99,6 +118,8 @@ def main():
     epochs = config.check_range("--epochs", args.epochs, low=1, integer=True)
     for count in args.jobs:
         config.check_range("--jobs", count, low=1, integer=True)
+    ways = ["one_after_another", *(config.check_choice("--ways", w, WAYS) for w in args.ways
+                                   if w != "one_after_another")]
     name = devices.name(device) + ("" if cuda else f" ({os.cpu_count()} cores)")
     print(f"device {name} · torch {torch.__version__} · {args.model} · {n} random 32×32×3 "
           f"images per training · batch 128 · {epochs} epochs each, timed whole", flush=True)
@@ -107,13 +128,21 @@ def main():
     print(f"one training at batch 512: {full:9.0f} img/s (what a full device does)", flush=True)
     rows = []
     for count in args.jobs:
-        seconds = measure(args.model, count, n, epochs, device)
-        for way, took in seconds.items():
-            rows.append({"jobs": count, "way": way, "seconds": took,
-                         "ratio": seconds["one_after_another"] / took,
-                         "img_per_s": count * n * epochs / took,
-                         "share_of_batch512": count * n * epochs / took / full})
-            print(f"N={count} {way:<17} {took:8.2f} s  {rows[-1]['ratio']:5.2f}×  "
+        found = measure(args.model, count, n, epochs, device, ways)
+        base = found["one_after_another"]
+        for way, m in found.items():
+            if "error" in m:
+                rows.append({"jobs": count, "way": way, "error": m["error"]})
+                print(f"N={count} {way:<18} failed: {m['error']}", flush=True)
+                continue
+            steady = m["epoch"] and base.get("epoch") and base["epoch"] / m["epoch"]
+            rows.append({"jobs": count, "way": way, "seconds": m["whole"],
+                         "ratio": base["whole"] / m["whole"], "epoch_s": m["epoch"],
+                         "epoch_ratio": steady,
+                         "img_per_s": count * n * epochs / m["whole"],
+                         "share_of_batch512": count * n * epochs / m["whole"] / full})
+            print(f"N={count} {way:<18} {m['whole']:8.2f} s  {rows[-1]['ratio']:5.2f}×  "
+                  f"last epoch {f'{steady:5.2f}×' if steady else '   — '}  "
                   f"{rows[-1]['img_per_s']:9.0f} img/s ({rows[-1]['share_of_batch512']:.0%} of "
                   f"batch 512)", flush=True)
     result = {"device": name, "torch": torch.__version__, "model": args.model, "images": n,

@@ -4,8 +4,9 @@ everything it made in one flat folder.
 `repro batch CHAPTER... --budget SECONDS --out DIR` plans first (`book.plan`: each missing job's
 image passes over the training throughput measured on this device, a lower bound, scaled by
 `margin`), says which chapters fit the budget and which it leaves out, and only then starts: the
-speed benchmark (`bench/together_speed.py`, when asked), whose best N trains the victims
-together (`repro run --together`, where the bench measured a gain), then each chapter that fits,
+speed benchmark (`bench/together_speed.py`, when asked), whose best N (compiled or not) trains
+the victims together (`repro run --together`, where the bench measured a gain), then each chapter
+that fits,
 as `repro run` in a child process stopped when the budget runs out. The folder gets each
 chapter's executed page and results as `repro run` names them (`book.page_name`:
 CHAPTER-paper.ipynb and .json in the paper's setting), and `batch.json`: the plan, the bench,
@@ -75,11 +76,16 @@ def child(argv: list[str], seconds: float, root: Path) -> tuple[int | None, floa
         return None, time.perf_counter() - start
 
 
-def best_together(bench: dict | None) -> int:
-    """The N whose ratio the bench measured highest for stacked training (what `repro run
-    --together` does), if at least `GAIN`; else 1."""
-    rows = [r for r in (bench or {}).get("rows", []) if r["way"] == "stacked" and r["ratio"] >= GAIN]
-    return max(rows, key=lambda r: r["ratio"])["jobs"] if rows else 1
+def best_together(bench: dict | None) -> tuple[int, bool]:
+    """The N, and whether compiled, of the stacked training (what `repro run --together` does)
+    whose last epoch the bench measured fastest against one after another, if by at least
+    `GAIN`; else (1, False)."""
+    rows = [r for r in (bench or {}).get("rows", [])
+            if r["way"] in ("stacked", "stacked_compiled") and (r.get("epoch_ratio") or 0) >= GAIN]
+    if not rows:
+        return 1, False
+    best = max(rows, key=lambda r: r["epoch_ratio"])
+    return best["jobs"], best["way"] == "stacked_compiled"
 
 
 def run(papers: list[str], *, budget: float, out: Path, profile: str, model: str,
@@ -115,16 +121,17 @@ def run(papers: list[str], *, budget: float, out: Path, profile: str, model: str
         else:
             say(f"batch: the bench {'ran out of time' if status is None else 'failed'}; "
                 f"victims are trained one by one")
-    together = best_together(summary["bench"])
+    together, compiled = best_together(summary["bench"])
     for p in chosen:
         paper, left = p["chapter"], deadline - time.monotonic()
         argv = ["reprolib.cli", "run", paper, "--profile", profile, "--model", model,
                 "--dataset", dataset, "--device", device, "--together", str(together),
+                *(["--compiled"] if compiled else []),
                 *[a for pair in pairs for a in ("-p", pair)]]
         say(f"batch: {paper}, {left:.0f} s left")
         status, took = child(argv, left, root)
         done = {"chapter": paper, "estimate_s": round(p["seconds"], 1),
-                "wall_time_s": round(took, 1), "together": together,
+                "wall_time_s": round(took, 1), "together": together, "compiled": compiled,
                 "status": {0: "done", None: "stopped: out of time"}.get(status, f"failed ({status})")}
         if status == 0:
             rows = book.plan(paper, params=params[paper], throughput=p["throughput"],

@@ -174,19 +174,20 @@ def against_the_clock(rows: list[dict], device: str) -> dict[str, dict]:
 
 def run(paper: str, *, profile: str = "quick", model: str = "auto", dataset: str = "auto",
         device: str = "auto", params: dict | None = None, root: Path = ROOT,
-        progress: bool = True, together: int = 1) -> Path:
+        progress: bool = True, together: int = 1, compiled: bool = False) -> Path:
     """Execute one chapter (arguments already checked by `check_run`) once per seed of
     `params["seeds"]` (default: the chapter's at `profile`): the other seeds first, side by side
     when the executor is Ray, then the first, whose page is the chapter's and which pools what
     they measured (the notebook's `pooled`); returns that page, made `for_reading`. With
     `progress`, what the chapter writes to stderr (its jobs' progress bars) streams to this
     terminal as it runs. `together` > 1: the victims the chapter will ask for first and the zoo
-    lacks are trained beforehand, up to that many at once (`together.victims`; local executor);
+    lacks are trained beforehand, up to that many at once (`together.victims`; local executor;
+    `compiled`: through `torch.compile`);
     the results file's record says how many and how long (`trained_before`), as the page's own
     wall time leaves that out."""
     params = dict(params or {})
     seeds = params.pop("seeds", None) or list(range(config.seeds(paper, profile)))
-    before = _victims_together(paper, together, seeds, root, progress, profile=profile,
+    before = _victims_together(paper, together, compiled, seeds, root, progress, profile=profile,
                                model=model, dataset=dataset, device=device, params=params)
     partial, runs, results = root / "book" / ".partial", root / "book" / "runs", root / "book" / "results"
     for folder in (partial, runs, results):
@@ -255,8 +256,8 @@ def paper_pages_in_toc(root: Path = ROOT) -> bool:
     return added
 
 
-def _victims_together(paper: str, most: int, seeds: list[int], root: Path, progress: bool,
-                      **how) -> dict | None:
+def _victims_together(paper: str, most: int, compiled: bool, seeds: list[int], root: Path,
+                      progress: bool, **how) -> dict | None:
     """Before a run of `paper`: its missing first-round victims trained up to `most` at once
     (see `run`); None when there are none to train, or `most` is 1."""
     config.check_range("together", most, low=1, integer=True)
@@ -267,8 +268,9 @@ def _victims_together(paper: str, most: int, seeds: list[int], root: Path, progr
     start = time.perf_counter()
     planned = planned_jobs(paper, **{**how, "params": {**how["params"], "seeds": seeds}},
                            root=root)[1]
-    keys = together.victims(planned, most=most, device=how["device"], progress=progress)
-    return {"victims": len(keys), "at_once": most,
+    keys = together.victims(planned, most=most, device=how["device"], compile=compiled,
+                            progress=progress)
+    return {"victims": len(keys), "at_once": most, "compiled": compiled,
             "wall_time_s": round(time.perf_counter() - start, 1)} if keys else None
 
 

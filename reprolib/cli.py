@@ -214,7 +214,8 @@ def cmd_run(args) -> None:
     _use_executor(args)
     for paper in args.papers:
         page = book.run(paper, profile=args.profile, model=args.model, dataset=args.dataset,
-                        device=args.device, params=params[paper], together=args.together)
+                        device=args.device, params=params[paper], together=args.together,
+                        compiled=args.compiled)
         print(f"{paper}: {page} and book/results/{paper}.json")
 
 
@@ -328,6 +329,8 @@ def parser() -> argparse.ArgumentParser:
                    help="train the chapter's missing victims up to N at once on one device "
                         "before it runs (default 1: one by one, as the chapter asks); a GPU "
                         "gains from it (bench/together_speed.py), a CPU does not")
+    p.add_argument("--compiled", action="store_true",
+                   help="the trainings --together runs go through torch.compile")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("batch", help="chapters within a time budget, everything into one "

@@ -29,12 +29,15 @@ def test_chapters_run_in_the_order_given_while_they_fit_the_budget():
 
 
 def test_victims_are_trained_together_only_where_the_bench_measured_a_gain():
-    rows = [{"jobs": 1, "way": "stacked", "ratio": 1.0}, {"jobs": 2, "way": "stacked", "ratio": 1.9},
-            {"jobs": 4, "way": "stacked", "ratio": 3.1}, {"jobs": 8, "way": "stacked", "ratio": 2.8},
-            {"jobs": 8, "way": "streams", "ratio": 3.5}]      # not what --together does
-    assert batch.best_together({"rows": rows}) == 4
-    assert batch.best_together({"rows": [{"jobs": 4, "way": "stacked", "ratio": 1.1}]}) == 1
-    assert batch.best_together(None) == 1
+    def row(jobs, way, epoch_ratio):
+        return {"jobs": jobs, "way": way, "epoch_ratio": epoch_ratio}
+    rows = [row(1, "stacked", 1.0), row(2, "stacked", 1.9), row(4, "stacked", 3.1),
+            row(8, "stacked", 2.8), row(8, "streams", None),    # threads: not what --together does
+            {"jobs": 4, "way": "stacked_compiled", "error": "a way that failed"}]
+    assert batch.best_together({"rows": rows}) == (4, False)
+    assert batch.best_together({"rows": rows + [row(8, "stacked_compiled", 4.0)]}) == (8, True)
+    assert batch.best_together({"rows": [row(4, "stacked", 1.1)]}) == (1, False)
+    assert batch.best_together(None) == (1, False)
 
 
 def test_a_child_past_its_time_is_stopped(tmp_path):

@@ -17,13 +17,18 @@ RECIPE = Recipe(epochs=2, batch_size=64, lr=0.05, schedule="onecycle", nesterov=
                 augment=True, post_augment=True, label_smoothing=0.1)
 
 
-def test_models_trained_together_equal_the_models_trained_alone(fashion, monkeypatch):
-    # In float32 a vmapped (grouped) convolution adds in another order than a plain one, about
-    # 1e-5 of a gradient, and training amplifies that; in float64 the two computations agree
-    # to rounding, so any difference left is a difference in what was computed.
+def in_float64(monkeypatch):
+    """Batches give float64 inputs. In float32 a vmapped (grouped) convolution adds in another
+    order than a plain one, about 1e-5 of a gradient, and training amplifies that; in float64
+    the two computations agree to rounding, so any difference left is a difference in what was
+    computed."""
     monkeypatch.setattr(data, "normalize", lambda images, mean, std: (
         images.double() / 255 - torch.as_tensor(mean, dtype=torch.float64).view(1, -1, 1, 1))
         / torch.as_tensor(std, dtype=torch.float64).view(1, -1, 1, 1))
+
+
+def test_models_trained_together_equal_the_models_trained_alone(fashion, monkeypatch):
+    in_float64(monkeypatch)
     sets = [fashion[0].sample(192, seed=s) for s in range(3)]
     wanet = attack("wanet").poison(sets[2], 0.1, 0, 0)       # a per-batch attack on one of them
     sets[2] = wanet.data
@@ -46,6 +51,20 @@ def test_models_trained_together_equal_the_models_trained_alone(fashion, monkeyp
     assert not torch.equal(nets[0].state_dict()["conv1.weight"],
                            models.build("small_cnn", 10, 1, seed=0).double().state_dict()["conv1.weight"])
     assert histories[0].loss != histories[1].loss
+
+
+@pytest.mark.compile
+def test_compiled_they_are_the_same_models(fashion, monkeypatch):
+    in_float64(monkeypatch)
+    sets = [fashion[0].sample(128, seed=s) for s in range(2)]
+    recipe = Recipe(epochs=1, batch_size=64, lr=0.05, augment=True)
+    eager = [models.build("small_cnn", 10, 1, seed=s).double() for s in (0, 1)]
+    compiled = [copy.deepcopy(n) for n in eager]
+    together.train_together(eager, sets, recipe, seeds=[0, 1], progress=False)
+    together.train_together(compiled, sets, recipe, seeds=[0, 1], compile=True, progress=False)
+    for a, b in zip(eager, compiled):
+        for k, v in a.state_dict().items():          # the BatchNorm statistics too
+            assert torch.allclose(v, b.state_dict()[k], rtol=0, atol=1e-9), k
 
 
 def test_what_cannot_be_trained_together_is_named(fashion):
