@@ -38,20 +38,27 @@ from .train import History, PerBatch, lr_factor
 from .zoo import Zoo, key as zoo_key
 
 
-def train_together(nets: list[nn.Module], sets: list[ImageSet], recipe: Recipe, *,
-                   seeds: list[int], per_batch: list[PerBatch | None] | None = None,
+# What models trained together share; each has its own lr, schedule and augmentation.
+SHARED = ("epochs", "batch_size", "momentum", "weight_decay", "nesterov", "label_smoothing")
+
+
+def train_together(nets: list[nn.Module], sets: list[ImageSet], recipes: Recipe | list[Recipe],
+                   *, seeds: list[int], per_batch: list[PerBatch | None] | None = None,
                    device: str | torch.device = "auto", compile: bool = False,
                    progress: bool = True, desc: str = "train together") -> list[History]:
-    """Train each of `nets` in place on its `sets[i]` by `recipe` from `seeds[i]`, with
-    `per_batch[i]` (or none), all at once: the N models `train.train(nets[i], sets[i], recipe,
-    seed=seeds[i], per_batch=per_batch[i])` would give. The nets must share an architecture and
-    the sets a size (each step takes one batch of the same size from every set). `compile`:
-    the stacked network goes through `torch.compile`, which fuses its small kernels (half a
-    minute to compile a small CNN on a CPU, whose steps it then runs about twice as fast)."""
+    """Train each of `nets` in place on its `sets[i]` by `recipes[i]` (or one recipe for all)
+    from `seeds[i]`, with `per_batch[i]` (or none), all at once: the N models
+    `train.train(nets[i], sets[i], recipes[i], seed=seeds[i], per_batch=per_batch[i])` would
+    give. The nets share an architecture, the sets a size (each step takes one batch of the same
+    size from every set) and the recipes their `SHARED` fields. `compile`: the stacked network
+    goes through `torch.compile`, which fuses its small kernels (half a minute to compile a
+    small CNN on a CPU, whose steps it then runs about twice as fast)."""
     n = len(nets)
     check_range("nets", n, low=1, integer=True)
     per_batch = per_batch or [None] * n
-    for name, given in (("sets", sets), ("seeds", seeds), ("per_batch", per_batch)):
+    recipes = [recipes] * n if isinstance(recipes, Recipe) else list(recipes)
+    for name, given in (("sets", sets), ("seeds", seeds), ("per_batch", per_batch),
+                        ("recipes", recipes)):
         if len(given) != n:
             raise ParameterError(f"{name}: {len(given)} given for {n} nets; one per net")
     shapes = {tuple((k, tuple(v.shape)) for k, v in net.state_dict().items()) for net in nets}
@@ -62,6 +69,11 @@ def train_together(nets: list[nn.Module], sets: list[ImageSet], recipe: Recipe, 
     if len({len(s) for s in sets}) > 1:
         raise ParameterError(f"sets: {sorted({len(s) for s in sets})} images; trained "
                              f"together, every set has the same size")
+    differ = [f for f in SHARED if len({getattr(r, f) for r in recipes}) > 1]
+    if differ:
+        raise ParameterError(f"recipes: they differ in {', '.join(differ)}; trained together, "
+                             f"models share their {', '.join(SHARED)}")
+    shared = recipes[0]
     device = devices.resolve(device)
     cuda = device.type == "cuda"
     if cuda:
@@ -78,31 +90,26 @@ def train_together(nets: list[nn.Module], sets: list[ImageSet], recipe: Recipe, 
         return functional_call(skeleton, (p, b), (x,))
 
     stacked = torch.compile(vmap(forward)) if compile else vmap(forward)
-    batches = [Batches(s.to(device), recipe.batch_size, shuffle=True, augment=recipe.augment,
-                       seed=seed) for s, seed in zip(sets, seeds)]
+    batches = [Batches(s.to(device), shared.batch_size, shuffle=True, augment=r.augment,
+                       seed=seed) for s, r, seed in zip(sets, recipes, seeds)]
     generators = [torch.Generator(device).manual_seed(seed) for seed in seeds]
-    optimizer = torch.optim.SGD(list(params.values()), lr=recipe.lr, momentum=recipe.momentum,
-                                weight_decay=recipe.weight_decay, nesterov=recipe.nesterov,
-                                fused=cuda or None)
-    total = recipe.epochs * len(batches[0])
-    drops = tuple(m / recipe.epochs for m in recipe.milestones)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(recipe.schedule, min(step, total - 1), total, drops))
+    total = shared.epochs * len(batches[0])
+    sgd = StackedSGD(list(params.values()), lrs(recipes, total), shared)
 
     histories = [History() for _ in nets]
     size = len(sets[0])
     bar = tqdm(total=total, desc=f"{desc} ({n})", unit="step", disable=not progress,
                mininterval=2, dynamic_ncols=True)
-    for epoch in range(recipe.epochs):
+    for epoch in range(shared.epochs):
         start = time.perf_counter()
         loss_sum = torch.zeros(n, device=device)
         correct = torch.zeros(n, device=device, dtype=torch.long)
         for step in zip(*batches):
             xs, ys = [], []
-            for (x, y, idx), attack, g in zip(step, per_batch, generators):
+            for (x, y, idx), attack, g, r in zip(step, per_batch, generators, recipes):
                 if attack is not None:
                     x, y = attack(x, y, idx, g)
-                if recipe.post_augment:
+                if r.post_augment:
                     x = crop_rotate_flip(x, g)
                 xs.append(x)
                 ys.append(y)
@@ -110,12 +117,11 @@ def train_together(nets: list[nn.Module], sets: list[ImageSet], recipe: Recipe, 
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
                 logits = stacked(params, buffers, x)
                 losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none",
-                                         label_smoothing=recipe.label_smoothing
+                                         label_smoothing=shared.label_smoothing
                                          ).view(n, -1).mean(1)
-            optimizer.zero_grad(set_to_none=True)
+            sgd.zero_grad()
             losses.sum().backward()
-            optimizer.step()
-            schedule.step()
+            sgd.step()
             loss_sum += losses.detach().float() * y.shape[1]
             correct += (logits.argmax(2) == y).sum(1)
             bar.update()
@@ -127,8 +133,8 @@ def train_together(nets: list[nn.Module], sets: list[ImageSet], recipe: Recipe, 
             if not math.isfinite(h.loss[-1]):
                 bar.close()
                 raise FloatingPointError(f"{desc}: the training loss of net {i} became "
-                                         f"{h.loss[-1]} in epoch {epoch + 1} of {recipe.epochs}; "
-                                         f"it diverged at lr {recipe.lr:g}")
+                                         f"{h.loss[-1]} in epoch {epoch + 1} of {shared.epochs}; "
+                                         f"it diverged at lr {recipes[i].lr:g}")
         bar.set_postfix(epoch=epoch + 1, loss=f"{loss_sum.mean().item() / size:.3f}")
     bar.close()
     with torch.no_grad():
@@ -137,18 +143,65 @@ def train_together(nets: list[nn.Module], sets: list[ImageSet], recipe: Recipe, 
     return histories
 
 
+def lrs(recipes: list[Recipe], total: int) -> list[list[float]]:
+    """Each model's learning rate at each of `total` steps, as `train.train`'s schedule sets
+    it: one row per step."""
+    return [[r.lr * lr_factor(r.schedule, step, total, tuple(m / r.epochs for m in r.milestones))
+             for r in recipes] for step in range(total)]
+
+
+class StackedSGD:
+    """SGD over stacked parameters with a learning rate per model (`lrs`, a row per step): the
+    update `torch.optim.SGD` makes (weight decay added to the gradient, then the momentum
+    buffer, Nesterov's look-ahead if asked, then the step), slice by slice. A step whose rates
+    are all equal is `torch.optim.SGD`'s own multi-tensor update; otherwise each parameter is
+    scaled by its models' rates, read from the device."""
+
+    def __init__(self, params: list[torch.Tensor], lrs: list[list[float]], recipe: Recipe):
+        self.params, self.recipe, self.rates = params, recipe, lrs
+        self.on_device = torch.tensor(lrs, dtype=params[0].dtype, device=params[0].device)
+        self.buffers: list[torch.Tensor] | None = None
+        self.steps = 0
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        r = self.recipe
+        d = [p.grad for p in self.params]
+        if r.weight_decay:
+            d = torch._foreach_add(d, self.params, alpha=r.weight_decay)
+        if r.momentum:
+            if self.buffers is None:
+                self.buffers = [g.clone() for g in d]
+            else:
+                torch._foreach_mul_(self.buffers, r.momentum)
+                torch._foreach_add_(self.buffers, d)
+            d = torch._foreach_add(d, self.buffers, alpha=r.momentum) if r.nesterov else self.buffers
+        rates = self.rates[self.steps]
+        if len(set(rates)) == 1:
+            torch._foreach_add_(self.params, d, alpha=-rates[0])
+        else:
+            lr = self.on_device[self.steps]
+            torch._foreach_sub_(self.params, torch._foreach_mul(
+                d, [lr.view(-1, *[1] * (p.dim() - 1)) for p in self.params]))
+        self.steps += 1
+
+
 def groups(jobs: list[Job], most: int) -> list[list[tuple[Job, victims_module.Setting]]]:
     """The victim jobs among `jobs`, each with its `Setting`, in groups that can be trained
-    together (one architecture, number of classes, recipe and training-set size), of at most
-    `most`, in the order first asked for."""
+    together (one architecture, number of classes, training-set size and the recipe's `SHARED`
+    fields), of at most `most`, in the order first asked for."""
     check_range("most", most, low=1, integer=True)
     by_kind: dict[str, list] = {}
     for job in jobs:
         if job.step.kind != "victim":
             continue
         s = victims_module.setting(**victims_module._data_args(job.args))
-        kind = (f"{s.model_name} {len(s.train.classes)} {asdict(s.recipe)} {len(s.train)} "
-                f"{s.train.images.shape[1:]}")
+        shared = [getattr(s.recipe, f) for f in SHARED]
+        kind = f"{s.model_name} {len(s.train.classes)} {shared} {len(s.train)} {s.train.images.shape[1:]}"
         by_kind.setdefault(kind, []).append((job, s))
     return [same[i:i + most] for same in by_kind.values() for i in range(0, len(same), most)]
 
@@ -175,7 +228,7 @@ def victims(jobs: list[Job], *, most: int = 8, device: str | torch.device = "aut
             seeds = [job.args.get("seed", 0) for job, _ in group]
             nets = [s.skeleton(seed) for (_, s), seed in zip(group, seeds)]
             histories = train_together(
-                nets, [s.train for _, s in group], group[0][1].recipe, seeds=seeds,
+                nets, [s.train for _, s in group], [s.recipe for _, s in group], seeds=seeds,
                 per_batch=[s.poisoned.per_batch if s.poisoned else None for _, s in group],
                 device=device, compile=compile, progress=progress,
                 desc=f"{len(group)} {group[0][1].model_name} victims")

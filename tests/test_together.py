@@ -14,7 +14,7 @@ from reprolib.zoo import Zoo
 from test_book import project_copy
 
 RECIPE = Recipe(epochs=2, batch_size=64, lr=0.05, schedule="onecycle", nesterov=True,
-                augment=True, post_augment=True, label_smoothing=0.1)
+                augment=True, label_smoothing=0.1)
 
 
 def in_float64(monkeypatch):
@@ -27,20 +27,27 @@ def in_float64(monkeypatch):
         / torch.as_tensor(std, dtype=torch.float64).view(1, -1, 1, 1))
 
 
-def test_models_trained_together_equal_the_models_trained_alone(fashion, monkeypatch):
+@pytest.mark.parametrize("own_recipes", [True, False], ids=["own recipes", "one recipe"])
+def test_models_trained_together_equal_the_models_trained_alone(fashion, monkeypatch,
+                                                                own_recipes):
     in_float64(monkeypatch)
     sets = [fashion[0].sample(192, seed=s) for s in range(3)]
-    wanet = attack("wanet").poison(sets[2], 0.1, 0, 0)       # a per-batch attack on one of them
-    sets[2] = wanet.data
-    per_batch = [None, None, wanet.per_batch]
+    wanet = attack("wanet")                  # a per-batch attack with a recipe of its own
+    poisoned = wanet.poison(sets[2], 0.1, 0, 0)
+    sets[2] = poisoned.data
+    per_batch = [None, None, poisoned.per_batch]
+    recipes = ([RECIPE, RECIPE.replace(lr=0.02, schedule="multistep", milestones=(1,),
+                                       augment="flip"), wanet.recipe(RECIPE)]
+               if own_recipes else RECIPE)
     nets = [models.build("small_cnn", 10, 1, seed=s).double() for s in (0, 1, 2)]
     alone = [copy.deepcopy(n) for n in nets]
 
-    histories = together.train_together(nets, sets, RECIPE, seeds=[5, 6, 7], per_batch=per_batch,
-                                        progress=False)
-    for net, single, s, seed, step, history in zip(nets, alone, sets, [5, 6, 7], per_batch,
-                                                   histories):
-        expected = train(single, s, RECIPE, seed=seed, per_batch=step, progress=False)
+    histories = together.train_together(nets, sets, recipes, seeds=[5, 6, 7],
+                                        per_batch=per_batch, progress=False)
+    for net, single, s, r, seed, step, history in zip(nets, alone, sets,
+                                                      recipes if own_recipes else [RECIPE] * 3,
+                                                      [5, 6, 7], per_batch, histories):
+        expected = train(single, s, r, seed=seed, per_batch=step, progress=False)
         mine, theirs = net.state_dict(), single.state_dict()
         assert mine.keys() == theirs.keys()
         for k in mine:
@@ -74,6 +81,11 @@ def test_what_cannot_be_trained_together_is_named(fashion):
         together.train_together(cnn, [small, large], RECIPE, seeds=[0, 1], progress=False)
     with pytest.raises(ParameterError, match=r"seeds: 1 given for 2 nets"):
         together.train_together(cnn, [small, small], RECIPE, seeds=[0], progress=False)
+    with pytest.raises(ParameterError, match=r"recipes: they differ in epochs, momentum; "
+                                             r"trained together, models share their epochs, "):
+        together.train_together(cnn, [small, small], [RECIPE, RECIPE.replace(epochs=3,
+                                                                             momentum=0.8)],
+                                seeds=[0, 1], progress=False)
     mixed = [cnn[0], models.build("small_cnn_wide", 10, 1, seed=0)]
     with pytest.raises(ParameterError, match=r"nets: .* share one architecture"):
         together.train_together(mixed, [small, small], RECIPE, seeds=[0, 1], progress=False)
@@ -82,19 +94,21 @@ def test_what_cannot_be_trained_together_is_named(fashion):
 
 
 def victim_job(attack_name, **more):
-    return trained_victim.job(dataset="fashion-mnist", attack=attack_name, profile="smoke",
-                              recipe=Recipe(epochs=1, batch_size=64, lr=0.05, augment=False),
-                              device="cpu", progress=False, **more)
+    return trained_victim.job(**{"dataset": "fashion-mnist", "attack": attack_name,
+                                 "profile": "smoke", "device": "cpu", "progress": False,
+                                 "recipe": Recipe(epochs=1, batch_size=64, lr=0.05,
+                                                  augment=False), **more})
 
 
 def test_victims_are_grouped_by_architecture_recipe_and_size():
-    asked = [victim_job(None), victim_job("badnets"), victim_job("blended"),
-             victim_job("wanet", attack_recipes=True),      # WaNet's own recipe: a group alone
-             victim_job("badnets", model="small_cnn_wide")]
-    grouped = [[job.describe() for job, _ in g] for g in together.groups(asked, most=2)]
-    assert grouped == [["victim clean seed 0", "victim badnets 0.1 seed 0"],
-                       ["victim blended 0.1 seed 0"], ["victim wanet 0.1 seed 0"],
-                       ["victim badnets 0.1 seed 0"]]
+    asked = [victim_job(None), victim_job("badnets"),
+             victim_job("sig", recipe=Recipe(epochs=2, batch_size=64)),   # more epochs: apart
+             victim_job("wanet", attack_recipes=True),      # WaNet's own lr and augmentation
+             victim_job("badnets", model="small_cnn_wide"), victim_job("blended")]
+    grouped = [[job.describe() for job, _ in g] for g in together.groups(asked, most=3)]
+    assert grouped == [["victim clean seed 0", "victim badnets 0.1 seed 0",
+                        "victim wanet 0.1 seed 0"], ["victim blended 0.1 seed 0"],
+                       ["victim sig 0.1 seed 0"], ["victim badnets 0.1 seed 0"]]
 
 
 def test_victims_trained_together_are_what_the_chapter_reads(tmp_path, monkeypatch):
