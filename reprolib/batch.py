@@ -107,7 +107,7 @@ def run(papers: list[str], *, budget: float, out: Path, profile: str, model: str
         f"{f', {BENCH_SECONDS} s of it for the bench' if benching else ''}; each chapter's plan "
         f"× {margin:g}:")
     for p in plans:
-        say(f"  {p['chapter']:<17} ~{p['seconds']:7.0f} s  "
+        say(f"  {p['chapter']:<17} ~{book.duration(p['seconds']):>9}  "
             f"{'runs' if p in chosen else 'left out: over what the budget leaves'}")
     summary = {"budget_s": budget, "margin": margin, **how, "pairs": pairs,
                "left_out": [p["chapter"] for p in left_out], "chapters": [], "bench": None}
@@ -142,6 +142,7 @@ def run(papers: list[str], *, budget: float, out: Path, profile: str, model: str
                 shutil.copy(root / "book" / folder / f"{name}{kind}", out / f"{name}{kind}")
         summary["chapters"].append(done)
         write()
-        say(f"batch: {paper} {done['status']} in {took:.0f} s (planned ~{p['seconds']:.0f} s)")
+        say(f"batch: {paper} {done['status']} in {book.duration(took)} (planned "
+            f"~{book.duration(p['seconds'])})")
     write()
     return summary

@@ -148,6 +148,12 @@ def plan(paper: str, *, throughput: float | None = None, **how) -> dict:
     return {"chapter": ch, "throughput": throughput, "rows": rows}
 
 
+def duration(seconds: float) -> str:
+    """`seconds` as a reader takes in a time: 42 s, 3.5 min, 2.1 h."""
+    return f"{seconds:.0f} s" if seconds < 90 else (f"{seconds / 60:.1f} min" if seconds < 5400
+                                                      else f"{seconds / 3600:.1f} h")
+
+
 OFF = 0.3       # an estimate off the clock by more than this share asks for a better one
 
 

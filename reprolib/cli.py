@@ -130,11 +130,6 @@ def _copy(card: dict) -> str:
     return f" ({source})" if source and not source.startswith("official") else ""
 
 
-def _minutes(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 90 else (f"{seconds / 60:.1f} min" if seconds < 5400
-                                                      else f"{seconds / 3600:.1f} h")
-
-
 def cmd_plan(args) -> None:
     params = book.check_run(args.papers, profile=args.profile, model=args.model,
                             dataset=args.dataset, device=args.device, pairs=_with_seeds(args))
@@ -150,20 +145,20 @@ def cmd_plan(args) -> None:
               f"{devices.name(ch.device)}")
         print(f"  {'status':<8} {'time':>9}  {'kind':<14} {'key':<24}  what")
         for r in rows:
-            when = _minutes(r["seconds"]) if r["seconds"] is not None else "?"
+            when = book.duration(r["seconds"]) if r["seconds"] is not None else "?"
             shown = f"({when})" if r["status"] == "cached" else f"~{when}"
             print(f"  {r['status']:<8} {shown:>9}  {r['kind']:<14} {r['key']:<24}  {r['what']}")
         missing = [r for r in rows if r["status"] == "missing"]
         left = sum(r["seconds"] for r in missing)
         left_in_all.update((r["key"], r["seconds"]) for r in missing)
         print(f"  {len(rows)} jobs: {len(rows) - len(missing)} cached, {len(missing)} missing, "
-              f"about {_minutes(left)} of training here\n")
+              f"about {book.duration(left)} of training here\n")
         if args.clock:
             _against_the_clock(book.against_the_clock(rows, devices.name(ch.device)),
                                devices.name(ch.device))
     how = ("given by --throughput" if args.throughput is not None else
            "measured now over 3 s of training steps of each chapter's model on its device")
-    print(f"Missing jobs: {len(left_in_all)}, about {_minutes(sum(left_in_all.values()))} in "
+    print(f"Missing jobs: {len(left_in_all)}, about {book.duration(sum(left_in_all.values()))} in "
           f"all (a job two chapters share counted once). A job's time is its image passes "
           f"(forward and backward through the chapter's model, over the images it trains or "
           f"searches on) divided by the training throughput, {how}; crafting loops, hull LPs "
@@ -179,8 +174,8 @@ def _against_the_clock(kinds: dict[str, dict], device: str) -> None:
     print(f"  {'kind':<14} {'jobs':>4} {'plan said':>10} {'took':>10} {'took/plan':>9}")
     for kind, k in kinds.items():
         off = f"  off by more than {book.OFF:.0%}" if k["off"] else ""
-        print(f"  {kind:<14} {k['jobs']:>4} {_minutes(k['estimate_s']):>10} "
-              f"{_minutes(k['took_s']):>10} {k['took_over_estimate']:>8.2f}×{off}")
+        print(f"  {kind:<14} {k['jobs']:>4} {book.duration(k['estimate_s']):>10} "
+              f"{book.duration(k['took_s']):>10} {k['took_over_estimate']:>8.2f}×{off}")
     print()
 
 
