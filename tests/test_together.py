@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from reprolib import book, data, jobs, models, together
+from reprolib import book, data, jobs, models, together, victims
 from reprolib.attacks import attack
 from reprolib.config import ParameterError, Recipe
 from reprolib.train import train
@@ -134,6 +134,25 @@ def test_victims_trained_together_are_what_the_chapter_reads(tmp_path, monkeypat
         assert set(alone) == set(card) - {"trained_together"}
         assert alone["spec"] == card["spec"] and alone["recipe"] == card["recipe"]
         assert alone["metrics"]["ca"] == pytest.approx(card["metrics"]["ca"], abs=0.03)
+
+
+def test_smoke_victims_trained_together_are_the_victims_trained_alone(tmp_path, monkeypatch):
+    # the smoke profile's own victims (2000 images, 3 epochs, batch 64), in float64 (see
+    # in_float64); BadNets' poisoned set beside the clean one
+    in_float64(monkeypatch)
+    skeleton = victims.Setting.skeleton
+    monkeypatch.setattr(victims.Setting, "skeleton", lambda s, seed: skeleton(s, seed).double())
+    asked = [trained_victim.job(dataset="fashion-mnist", attack=a, profile="smoke",
+                                device="cpu", progress=False) for a in (None, "badnets")]
+    assert together.victims(asked, device="cpu", progress=False) == [j.key for j in asked]
+    stacked = [trained_victim(**job.args) for job in asked]
+    monkeypatch.setenv("REPRO_CACHE_DIR", str(tmp_path / "alone"))
+    for job, mine in zip(asked, stacked):
+        alone = trained_victim(**job.args)
+        assert alone.card["metrics"] == pytest.approx(mine.card["metrics"], abs=1e-12)
+        theirs = alone.model.state_dict()
+        for k, v in mine.model.state_dict().items():
+            assert torch.allclose(v, theirs[k], rtol=0, atol=1e-9), k
 
 
 @pytest.mark.notebook
