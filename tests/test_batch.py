@@ -88,3 +88,17 @@ def test_gpu_run_sh_runs_a_chapter_in_the_paper_setting_on_the_cifar10_fixture(t
     record = json.loads((out / "attacks.json").read_text())["record"]
     assert record["dataset"] == "cifar10" and record["model"] == "preact_resnet18"
     assert any("preact_resnet18" in str(c.get("outputs")) for c in page.cells)
+
+
+def test_a_budget_margin_or_together_out_of_range_stops_before_any_work(tmp_path, capsys):
+    from reprolib.cli import main
+    for argv, message in [
+            (["batch", "attacks", "--budget", "0", "--out", str(tmp_path)],
+             "--budget=0.0 is out of range"),
+            (["batch", "attacks", "--budget", "60", "--margin", "0.5", "--out", str(tmp_path)],
+             "--margin=0.5 is out of range"),
+            (["run", "attacks", "--profile", "smoke", "--together", "0"],
+             "together=0 is out of range")]:
+        assert main(argv) == 2
+        assert message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
