@@ -265,9 +265,10 @@ def paper_pages_in_toc(root: Path = ROOT) -> bool:
 def _victims_together(paper: str, most: int, compiled: bool, seeds: list[int], root: Path,
                       progress: bool, **how) -> dict | None:
     """Before a run of `paper`: its missing first-round victims trained up to `most` at once
-    (see `run`); None when there are none to train, or `most` is 1."""
+    (see `run`; one by one when `most` is 1, which with `compiled` is a compiled training);
+    None when there are none to train, or `most` is 1 and not `compiled`."""
     config.check_range("together", most, low=1, integer=True)
-    if (most == 1 or (os.environ.get("REPRO_EXECUTOR") or "local") != "local"
+    if ((most == 1 and not compiled) or (os.environ.get("REPRO_EXECUTOR") or "local") != "local"
             or not importlib.util.find_spec(f"reprolib.experiments.{paper}")):
         return None
     from . import together

@@ -325,7 +325,8 @@ def parser() -> argparse.ArgumentParser:
                         "before it runs (default 1: one by one, as the chapter asks); a GPU "
                         "gains from it (bench/together_speed.py), a CPU does not")
     p.add_argument("--compiled", action="store_true",
-                   help="the trainings --together runs go through torch.compile")
+                   help="the victims' trainings go through torch.compile, --together's stacks "
+                        "(or, with --together 1, each victim alone) trained before the chapter")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("batch", help="chapters within a time budget, everything into one "
