@@ -101,6 +101,13 @@ def chapter_section(name: str, result: dict) -> list[str]:
              f"[The chapter](runs/{name}): profile {r['profile']} · dataset {_dataset(r)} · "
              f"model {r['model']} · device {r['device']} · {n} seed{'s' if n > 1 else ''} · "
              f"code {r['code_version']}", ""]
+    before = r.get("trained_before")
+    if before:
+        n = before["victims"]
+        lines += [f"Its {n} victim{'s were' if n > 1 else ' was'} trained up to "
+                  f"{before['at_once']} at once{', compiled,' if before.get('compiled') else ''} "
+                  f"before the page ran, in {before['wall_time_s']:.0f} s that the page's wall "
+                  f"time leaves out.", ""]
     if result["tampered"]:
         return lines + [staleness.note(result["tampered"]), ""]
     if result["stale"]:

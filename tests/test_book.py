@@ -230,6 +230,18 @@ def test_the_scorecard_opens_with_verdict_counts_and_folds_what_is_not_comparabl
     assert scorecard.verdicts_page(tmp_path).count("| [BackdoorBench") == 1
 
 
+def test_the_scorecard_says_when_victims_were_trained_before_the_page(tmp_path):
+    claim = {"kind": "claim", "id": "c", "what": "ASR high", "paper": None, "ours": 97.1,
+             "low": None, "high": None, "n": 1, "delta": None, "tolerance": "asr >= 90",
+             "verdict": "reproduced", "why": ""}
+    results_file(tmp_path, "attacks", [claim], record={"trained_before": {
+        "victims": 5, "at_once": 8, "compiled": True, "wall_time_s": 312.4}})
+    assert ("Its 5 victims were trained up to 8 at once, compiled, before the page ran, in 312 s "
+            "that the page's wall time leaves out.") in scorecard.scorecard(tmp_path)
+    results_file(tmp_path, "attacks", [claim])
+    assert "before the page ran" not in scorecard.scorecard(tmp_path)
+
+
 def test_verdicts_on_a_lossy_copy_say_so_and_are_counted_apart(tmp_path):
     claim = {"kind": "claim", "id": "c", "what": "ASR high", "paper": None, "ours": 97.1,
              "low": None, "high": None, "n": 1, "delta": None, "tolerance": "asr >= 90",
