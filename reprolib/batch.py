@@ -111,7 +111,10 @@ def run(papers: list[str], *, budget: float, out: Path, profile: str, model: str
             f"{'runs' if p in chosen else 'left out: over what the budget leaves'}")
     summary = {"budget_s": budget, "margin": margin, **how, "pairs": pairs,
                "left_out": [p["chapter"] for p in left_out], "chapters": [], "bench": None}
-    write = lambda: (out / "batch.json").write_text(json.dumps(summary, indent=1) + "\n")  # noqa: E731
+
+    def write():
+        (out / "batch.json").write_text(json.dumps(summary, indent=1) + "\n")
+
     if benching:
         status, _ = child(["bench.together_speed", *bench, "--device", device, "--json",
                            str(out / "bench.json")], min(BENCH_SECONDS, budget), root)
@@ -132,14 +135,18 @@ def run(papers: list[str], *, budget: float, out: Path, profile: str, model: str
         status, took = child(argv, left, root)
         done = {"chapter": paper, "estimate_s": round(p["seconds"], 1),
                 "wall_time_s": round(took, 1), "together": together, "compiled": compiled,
-                "status": {0: "done", None: "stopped: out of time"}.get(status, f"failed ({status})")}
+                "status": {0: "done", None: "stopped: out of time"}.get(status,
+                                                                         f"failed ({status})")}
         if status == 0:
-            rows = book.plan(paper, params=params[paper], throughput=p["throughput"],
-                             reading=True, root=root, **how)["rows"]
-            done["clock"] = book.against_the_clock(rows, devices.name(devices.resolve(device)))
             name = book.page_name(paper, profile)
             for kind, folder in ((".ipynb", "runs"), (".json", "results")):
                 shutil.copy(root / "book" / folder / f"{name}{kind}", out / f"{name}{kind}")
+            try:        # the page is safe in `out`; a clock that fails says why and no more
+                rows = book.plan(paper, params=params[paper], throughput=p["throughput"],
+                                 reading=True, root=root, **how)["rows"]
+                done["clock"] = book.against_the_clock(rows, devices.name(devices.resolve(device)))
+            except Exception as err:
+                done["clock"] = {"error": f"{type(err).__name__}: {err}"[:300]}
         summary["chapters"].append(done)
         write()
         say(f"batch: {paper} {done['status']} in {book.duration(took)} (planned "

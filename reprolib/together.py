@@ -2,18 +2,19 @@
 
 One batch-128 training of a CIFAR network leaves most of a GPU idle: the step is a few hundred
 small kernels, and launching them costs more than running them. N models of one architecture
-and recipe are trained here as one stacked network: their parameters and BatchNorm buffers are
-stacked along a new first dimension (`torch.func.stack_module_state`) and the forward pass is
-vmapped over it, so each kernel is launched once for all N (a vmapped convolution is one
-grouped convolution). Everything else stays per model: its training set, its batch order and
+are trained here as one stacked network: their parameters and BatchNorm buffers are stacked
+along a new first dimension (`torch.func.stack_module_state`) and the forward pass is vmapped
+over it, so each kernel is launched once for all N (a vmapped convolution is one grouped
+convolution). Everything else stays per model: its training set, its batch order and
 augmentation draws (its own `Batches` and generator, from its own seed), its attack's per-batch
-step, its BatchNorm statistics and its loss, whose gradient reaches its parameters alone. SGD
-is elementwise, so one optimizer over the stacked parameters makes the N updates `train.train`
-would make. Each model thus comes out as it does alone, up to the order of float additions.
+step, its learning rate and schedule, its BatchNorm statistics and its loss, whose gradient
+reaches its parameters alone. SGD is elementwise, so one update of the stacked parameters, each
+model's slices at its own rate (`StackedSGD`), makes the N updates `train.train` would make.
+Each model thus comes out as it does alone, up to the order of float additions.
 
 `victims` trains the missing victims of a chapter's run this way before its notebook executes,
-grouped by architecture, recipe and training-set size, and stores each in the zoo under its
-own key, so the notebook reads them as if it had trained them one by one.
+in the groups that can share a stack (`groups`), and stores each in the zoo under its own key,
+so the notebook reads them as if it had trained them one by one.
 """
 from __future__ import annotations
 
@@ -179,7 +180,8 @@ class StackedSGD:
             else:
                 torch._foreach_mul_(self.buffers, r.momentum)
                 torch._foreach_add_(self.buffers, d)
-            d = torch._foreach_add(d, self.buffers, alpha=r.momentum) if r.nesterov else self.buffers
+            d = (torch._foreach_add(d, self.buffers, alpha=r.momentum) if r.nesterov
+                 else self.buffers)
         rates = self.rates[self.steps]
         if len(set(rates)) == 1:
             torch._foreach_add_(self.params, d, alpha=-rates[0])
@@ -195,13 +197,13 @@ def groups(jobs: list[Job], most: int) -> list[list[tuple[Job, victims_module.Se
     together (one architecture, number of classes, training-set size and the recipe's `SHARED`
     fields), of at most `most`, in the order first asked for."""
     check_range("most", most, low=1, integer=True)
-    by_kind: dict[str, list] = {}
+    by_kind: dict[tuple, list] = {}
     for job in jobs:
         if job.step.kind != "victim":
             continue
         s = victims_module.setting(**victims_module._data_args(job.args))
-        shared = [getattr(s.recipe, f) for f in SHARED]
-        kind = f"{s.model_name} {len(s.train.classes)} {shared} {len(s.train)} {s.train.images.shape[1:]}"
+        kind = (s.model_name, len(s.train.classes), len(s.train), tuple(s.train.images.shape[1:]),
+                *(getattr(s.recipe, f) for f in SHARED))
         by_kind.setdefault(kind, []).append((job, s))
     return [same[i:i + most] for same in by_kind.values() for i in range(0, len(same), most)]
 

@@ -59,7 +59,8 @@ def test_what_does_not_fit_is_left_out_and_said_before_anything_runs(tmp_path):
 
 
 @pytest.mark.notebook
-def test_gpu_run_sh_runs_a_chapter_in_the_paper_setting_on_the_cifar10_fixture(tmp_path, cifar_mini):
+def test_gpu_run_sh_runs_a_chapter_in_the_paper_setting_on_the_cifar10_fixture(tmp_path,
+                                                                                cifar_mini):
     root = tmp_path / "project"
     root.mkdir()
     project_copy(root)
