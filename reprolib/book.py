@@ -186,11 +186,11 @@ def run(paper: str, *, profile: str = "quick", model: str = "auto", dataset: str
     when the executor is Ray, then the first, whose page is the chapter's and which pools what
     they measured (the notebook's `pooled`); returns that page, made `for_reading`. With
     `progress`, what the chapter writes to stderr (its jobs' progress bars) streams to this
-    terminal as it runs. `together` > 1: the victims the chapter will ask for first and the zoo
-    lacks are trained beforehand, up to that many at once (`together.victims`; local executor;
-    `compiled`: through `torch.compile`);
-    the results file's record says how many and how long (`trained_before`), as the page's own
-    wall time leaves that out."""
+    terminal as it runs. `together` > 1 (or `compiled`): the victims the chapter will ask for
+    first and the zoo lacks are trained beforehand, up to `together` at once
+    (`together.victims`, on the local executor; `compiled`: through `torch.compile`), and the
+    results file's record says how many and how long (`trained_before`), which the page's own
+    wall time leaves out."""
     params = dict(params or {})
     seeds = params.pop("seeds", None) or list(range(config.seeds(paper, profile)))
     before = _victims_together(paper, together, compiled, seeds, root, progress, profile=profile,

@@ -6,6 +6,7 @@
   repro zoo                     list the trained models in the cache
   repro plan PAPER... [options] list every job a run would do: cached or missing, est. time
   repro run PAPER... [options]  execute chapters into book/runs/ and book/results/
+  repro batch PAPER... --budget S --out DIR   chapters within S seconds, all into DIR
   repro book [--rerun|--stale]  run the chapters not yet run (every one; the stale ones), then
                                 build _build/html from book/runs and book/results
 
@@ -211,7 +212,7 @@ def cmd_run(args) -> None:
         page = book.run(paper, profile=args.profile, model=args.model, dataset=args.dataset,
                         device=args.device, params=params[paper], together=args.together,
                         compiled=args.compiled)
-        print(f"{paper}: {page} and book/results/{paper}.json")
+        print(f"{paper}: {page} and book/results/{page.stem}.json")
 
 
 def cmd_batch(args) -> None:
@@ -322,8 +323,8 @@ def parser() -> argparse.ArgumentParser:
                    help="a notebook parameter, its value read as YAML (repeatable)")
     p.add_argument("--together", type=int, default=1, metavar="N",
                    help="train the chapter's missing victims up to N at once on one device "
-                        "before it runs (default 1: one by one, as the chapter asks); a GPU "
-                        "gains from it (bench/together_speed.py), a CPU does not")
+                        "before it runs (default 1: one by one, as the chapter asks); slower on "
+                        "a CPU, on a GPU bench/together_speed.py says")
     p.add_argument("--compiled", action="store_true",
                    help="the victims' trainings go through torch.compile, --together's stacks "
                         "(or, with --together 1, each victim alone) trained before the chapter")
