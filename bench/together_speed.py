@@ -135,13 +135,14 @@ def main():
                 rows.append({"jobs": count, "way": way, "error": m["error"]})
                 print(f"N={count} {way:<18} failed: {m['error']}", flush=True)
                 continue
+            whole = base.get("whole") and base["whole"] / m["whole"]   # None if base failed
             steady = m["epoch"] and base.get("epoch") and base["epoch"] / m["epoch"]
-            rows.append({"jobs": count, "way": way, "seconds": m["whole"],
-                         "ratio": base["whole"] / m["whole"], "epoch_s": m["epoch"],
-                         "epoch_ratio": steady,
+            rows.append({"jobs": count, "way": way, "seconds": m["whole"], "ratio": whole,
+                         "epoch_s": m["epoch"], "epoch_ratio": steady,
                          "img_per_s": count * n * epochs / m["whole"],
                          "share_of_batch512": count * n * epochs / m["whole"] / full})
-            print(f"N={count} {way:<18} {m['whole']:8.2f} s  {rows[-1]['ratio']:5.2f}×  "
+            print(f"N={count} {way:<18} {m['whole']:8.2f} s  "
+                  f"{f'{whole:5.2f}×' if whole else '   — '}  "
                   f"last epoch {f'{steady:5.2f}×' if steady else '   — '}  "
                   f"{rows[-1]['img_per_s']:9.0f} img/s ({rows[-1]['share_of_batch512']:.0%} of "
                   f"batch 512)", flush=True)
