@@ -51,8 +51,11 @@ def fitting(plans: list[dict], budget: float) -> tuple[list[dict], list[dict]]:
     left of `budget`; and those left out."""
     run, left_out, used = [], [], 0.0
     for p in plans:
-        (run if used + p["seconds"] <= budget else left_out).append(p)
-        used += p["seconds"] if p in run else 0.0
+        if used + p["seconds"] <= budget:
+            run.append(p)
+            used += p["seconds"]
+        else:
+            left_out.append(p)
     return run, left_out
 
 
