@@ -39,6 +39,10 @@ from .train import History, PerBatch, lr_factor
 from .zoo import Zoo, key as zoo_key
 
 
+# vmap runs the 1×1 average pooling's in-place view model by model (PyTorch warns of it): N tiny
+# kernels in a step of hundreds, no slower than the batched rule on the CPU
+warnings.filterwarnings("ignore", message=".*batching rule for aten::as_strided_")
+
 # What models trained together share; each has its own lr, schedule and augmentation.
 SHARED = ("epochs", "batch_size", "momentum", "weight_decay", "nesterov", "label_smoothing")
 
@@ -82,9 +86,6 @@ def train_together(nets: list[nn.Module], sets: list[ImageSet], recipes: Recipe 
     for net in nets:
         net.to(device, memory_format=torch.channels_last).train()
     params, buffers = stack_module_state(nets)
-    # vmap runs the 1×1 average pooling's in-place view model by model (PyTorch warns of it):
-    # N tiny kernels in a step of hundreds, no slower than the batched rule on the CPU
-    warnings.filterwarnings("ignore", message=".*batching rule for aten::as_strided_")
     skeleton = copy.deepcopy(nets[0]).to("meta")
 
     def forward(p, b, x):
