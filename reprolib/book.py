@@ -128,7 +128,7 @@ def plan(paper: str, *, throughput: float | None = None, **how) -> dict:
     holds it, and for a missing one an estimated time, its image passes divided by `throughput`
     (images per second; default: measured now, `train.throughput` of the chapter's model on
     its device). A cached job shows the time it took (`seconds`) beside the estimate
-    (`estimate_s`), and the device its card says it ran on."""
+    (`estimate_s`), and the device its card says it ran on (None for a missing one)."""
     from .train import throughput as measure
     from .victims import datasets
     ch, jobs = planned_jobs(paper, **how)
@@ -144,7 +144,7 @@ def plan(paper: str, *, throughput: float | None = None, **how) -> dict:
                      "status": "cached" if card else "missing", "passes": job.work(),
                      "estimate_s": estimate,
                      "seconds": card.get("wall_time_s") if card else estimate,
-                     "device": card.get("device") if card else devices.name(ch.device)})
+                     "device": card.get("device") if card else None})
     return {"chapter": ch, "throughput": throughput, "rows": rows}
 
 
