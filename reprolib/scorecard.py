@@ -103,8 +103,8 @@ def chapter_section(name: str, result: dict) -> list[str]:
              f"code {r['code_version']}", ""]
     before = r.get("trained_before")
     if before:
-        n = before["victims"]
-        lines += [f"Its {n} victim{'s were' if n > 1 else ' was'} trained up to "
+        count = before["victims"]
+        lines += [f"Its {count} victim{'s were' if count > 1 else ' was'} trained up to "
                   f"{before['at_once']} at once{', compiled,' if before.get('compiled') else ''} "
                   f"before the page ran, in {before['wall_time_s']:.0f} s that the page's wall "
                   f"time leaves out.", ""]
