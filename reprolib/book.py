@@ -22,7 +22,8 @@ from pathlib import Path
 
 import yaml
 
-from . import config, data, devices, models, seeds as seeding, staleness
+from . import config, data, devices, models, staleness
+from .views import seeds as seeding
 
 ROOT = config.ROOT
 RESERVED = ("profile", "model", "dataset", "device", "results", "pooled")   # set by run() itself
@@ -242,7 +243,7 @@ def paper_pages_in_toc(root: Path = ROOT) -> bool:
     """Put each paper-profile page (book/runs/CHAPTER-paper.ipynb) in _toc.yml right after its
     chapter, titled as the scorecard titles it, where it is not listed yet (Jupyter Book
     refuses a page no table of contents lists). Returns whether _toc.yml changed."""
-    from .scorecard import title
+    from .views.scorecard import title
     path = root / "_toc.yml"
     toc = yaml.safe_load(path.read_text())
     listed = {c["file"] for part in toc["parts"] for c in part["chapters"]}
@@ -406,7 +407,8 @@ def build(root: Path = ROOT, *, rerun: bool = False, stale: bool = False, profil
     `stale`) at `seeds` (default: each chapter's), mark the pages that are stale, write the
     scorecard and the verdict counts, and build the HTML book; returns _build/html."""
     # the pages' writer stays out of the chapters' kernels, so that changing it stales no page
-    from . import lossy, scorecard
+    from . import lossy
+    from .views import scorecard
     todo = [p for p in chapters(root) if rerun or not (root / "book" / "runs" / f"{p}.ipynb").is_file()
             or (stale and stale_text(p, root))]
     params = check_run(todo, profile=profile, model=model, dataset=dataset, device=device,

@@ -28,8 +28,9 @@ from types import SimpleNamespace
 import pandas as pd
 from IPython.display import Markdown, display
 
-from . import config, data, devices, glue, jobs, models, reference, seeds as seeding, staleness
-from . import display as shown
+from . import config, data, devices, jobs, models, staleness
+from .views import glue, reference, seeds as seeding
+from .views import display as shown
 from .provenance import code_version, library_versions
 from .zoo import atomic_write
 

@@ -23,10 +23,11 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from . import config, devices, seeds as seeding
+from . import config, devices
+from .views import seeds as seeding
 from .attacks import attack as make_attack
 from .provenance import code_version, library_versions
-from .tables import ATTACKS
+from .views.tables import ATTACKS
 from .train import evaluate, trained
 from .victims import at_most, datasets
 from .zoo import atomic_write

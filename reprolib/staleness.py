@@ -7,6 +7,10 @@ that chapter stales it too). `changed` compares those hashes with the files as t
 Hashes, not commits: a page stays fresh across commits that leave its files alone, and goes
 stale on an uncommitted edit.
 
+Staleness tells numbers from looks (`stale_of`): a page's *numbers* are stale when a file that
+computes them changed (any executed file outside `reprolib/views/`); its *look* alone is stale
+when only view code changed, which re-rendering the page mends, no rerun needed.
+
 `repro run` also seals what it wrote: the results file records its own hash and its page's
 (`seal`), so that a results file or a page edited by hand after the run is seen (`tampered`).
 """
@@ -63,19 +67,50 @@ def note(text: str) -> str:
     return f"**{text}**"
 
 
-def stale_text(record: dict, root: Path = ROOT) -> str | None:
-    """One sentence saying why the run of `record` is stale; None when it is not."""
+VIEWS = "reprolib/views/"     # the files whose change stales a page's look, not its numbers
+
+
+def is_view(name: str) -> bool:
+    """Whether the executed file `name` (relative to the project) draws pages rather than
+    computes their numbers."""
+    return name.startswith(VIEWS)
+
+
+def stale_of(record: dict, root: Path = ROOT) -> str | None:
+    """"numbers" when a file that computes the run's numbers changed since (or the run did not
+    record its files), "look" when only view files did, None when the run is fresh."""
     executed = record.get("executed")
     if executed is None:
-        return (f"Stale: run at code {record['code_version']}, which did not record the files "
-                f"it executed. `repro book --stale` reruns it.")
+        return "numbers"
     files = changed(executed, root)
     if not files:
         return None
-    shown = ", ".join(f"`{f}`" for f in files[:4]) + (f" and {len(files) - 4} more"
-                                                      if len(files) > 4 else "")
-    return (f"Stale: run at code {record['code_version']}; {shown} changed since. "
-            f"`repro book --stale` reruns it.")
+    return "look" if all(is_view(f) for f in files) else "numbers"
+
+
+def _listed(files: list[str]) -> str:
+    return ", ".join(f"`{f}`" for f in files[:4]) + (f" and {len(files) - 4} more"
+                                                     if len(files) > 4 else "")
+
+
+def stale_text(record: dict, root: Path = ROOT) -> str | None:
+    """One sentence saying why the run of `record` is stale, numbers or look; None when it is
+    not."""
+    kind = stale_of(record, root)
+    if kind is None:
+        return None
+    if record.get("executed") is None:
+        return (f"Stale: run at code {record['code_version']}, which did not record the files "
+                f"it executed. `repro book --stale` reruns it.")
+    files = changed(record["executed"], root)
+    if kind == "numbers":
+        computing = [f for f in files if not is_view(f)]
+        return (f"Stale numbers: run at code {record['code_version']}; {_listed(computing)} "
+                f"changed since, code that computes this page's numbers. `repro book --stale` "
+                f"reruns it.")
+    return (f"Stale look: run at code {record['code_version']}; only view code changed since "
+            f"({_listed(files)}), so the numbers are current, but the page was drawn by the old "
+            f"views. This run predates committed measures, so `repro book --stale` reruns it.")
 
 
 def page_digest(page: Path) -> str:

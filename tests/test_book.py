@@ -11,7 +11,8 @@ import pytest
 import yaml
 from nbformat.v4 import new_code_cell, new_notebook
 
-from reprolib import book, lossy, scorecard, staleness
+from reprolib import book, lossy, staleness
+from reprolib.views import scorecard
 from reprolib.cli import main
 from reprolib.zoo import Zoo
 
@@ -305,6 +306,28 @@ def test_a_changed_library_file_stales_exactly_the_chapters_that_executed_it(tmp
     assert (root / "book" / "runs" / "attacks.ipynb").read_bytes() == before
 
 
+def test_staleness_tells_numbers_from_looks(tmp_path):
+    """A change to view code stales a page's look only; a change to code that computes its
+    numbers stales its numbers, whatever views changed beside it."""
+    for name in ("reprolib/views/tables.py", "reprolib/train.py", "notebooks/tiny.ipynb"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x = 1\n")
+    record = {"code_version": "v", "executed": {n: staleness.digest(tmp_path / n) for n in
+                                               ("reprolib/views/tables.py", "reprolib/train.py")}}
+    assert staleness.stale_of(record, tmp_path) is None and not staleness.stale_text(record,
+                                                                                    tmp_path)
+    (tmp_path / "reprolib/views/tables.py").write_text("x = 2\n")
+    assert staleness.stale_of(record, tmp_path) == "look"
+    assert staleness.stale_text(record, tmp_path).startswith("Stale look")
+    assert "`reprolib/views/tables.py`" in staleness.stale_text(record, tmp_path)
+    (tmp_path / "reprolib/train.py").write_text("x = 2\n")
+    assert staleness.stale_of(record, tmp_path) == "numbers"
+    text = staleness.stale_text(record, tmp_path)
+    assert text.startswith("Stale numbers") and "`reprolib/train.py` changed since" in text
+    assert "views/tables.py" not in text
+    assert staleness.stale_of({"code_version": "v"}, tmp_path) == "numbers"   # unrecorded
+
+
 def test_a_rerun_of_clear_stales_the_comparison_that_read_its_results(tmp_path, monkeypatch):
     from reprolib.experiments.comparison import clear_row
     monkeypatch.setattr(staleness, "_read", set())
@@ -395,7 +418,7 @@ def test_source_notebooks_are_thin(path):
 
 @pytest.mark.parametrize("path", sorted((ROOT / "notebooks").glob("*.ipynb")), ids=lambda p: p.stem)
 def test_the_prose_quotes_only_numbers_the_chapter_glues(path):
-    from reprolib import reference
+    from reprolib.views import reference
     prose = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells
                       if c.cell_type == "markdown")
     keys = set(re.findall(r"\{glue:text\}`([^`:]+)", prose))

@@ -4,7 +4,8 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from reprolib import config, glue, jobs
+from reprolib import config, jobs
+from reprolib.views import glue
 from reprolib.chapter import Chapter
 from reprolib.metrics import score_row
 from reprolib.config import ParameterError
@@ -34,7 +35,7 @@ def test_the_score_row_is_in_percent_with_the_der_against_the_undefended_model()
 
 def test_the_comparison_is_glued_for_the_prose_as_myst_nb_reads_it(monkeypatch):
     shown = []
-    monkeypatch.setattr("reprolib.glue.display",
+    monkeypatch.setattr("reprolib.views.glue.display",
                         lambda bundle, raw, metadata: shown.append((bundle, metadata)))
     glue.comparison(pd.DataFrame({"id": ["a", "b", "c", "d", "e"],
                                   "ours": [97.123, None, 0.5, 3.0, 1.0],
@@ -153,7 +154,8 @@ def test_a_claim_measured_without_its_premise_stops_the_chapter():
 
 
 def test_a_run_on_another_dataset_says_which_verdicts_changed_with_both_values(tmp_path):
-    from reprolib import book, display
+    from reprolib import book
+    from reprolib.views import display
     ch = Chapter("linf_pruning", profile="smoke", dataset="fashion-mnist", device="cpu")
     table = ch.compare({"linf_prune_asr_badnets": 3.0, "undefended_asr_badnets": 41.0})
     results = tmp_path / "book" / "results"

@@ -6,7 +6,8 @@ import matplotlib
 import pandas as pd
 import pytest
 
-from reprolib import jobs, reference
+from reprolib import jobs
+from reprolib.views import reference
 from reprolib.chapter import Chapter
 from reprolib.config import ParameterError
 from reprolib.experiments import comparison as ex

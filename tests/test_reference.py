@@ -4,10 +4,10 @@ import pandas as pd
 
 import pytest
 
-from reprolib import reference
+from reprolib.views import reference
 from reprolib.chapter import Chapter
 from reprolib.config import ParameterError
-from reprolib.reference import Claim, Number, Reference, claim_verdict, compare, number_verdict
+from reprolib.views.reference import Claim, Number, Reference, claim_verdict, compare, number_verdict
 
 N = Number("x.asr", "T1", "BadNets", "ASR", 95.0, "paper", "high", tolerance=2.0)
 C = Claim("low", "ASR drops below 5 %", "asr_after", "<=", 5.0, margin=3.0, source="abstract")

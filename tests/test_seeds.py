@@ -6,11 +6,12 @@ import pandas as pd
 from scipy import stats
 import pytest
 
-from reprolib import book, config, seeds
+from reprolib import book, config
+from reprolib.views import seeds
 from reprolib.chapter import Chapter
 from reprolib.cli import main
 from reprolib.config import ParameterError
-from reprolib.reference import Claim, Number, Reference, claim_verdict, compare, number_verdict
+from reprolib.views.reference import Claim, Number, Reference, claim_verdict, compare, number_verdict
 
 N = Number("x.asr", "T1", "BadNets", "ASR", 95.0, "paper", "high", tolerance=2.0)
 AT_MOST = Claim("low", "ASR drops below 5 %", "asr_after", "<=", 5.0, margin=3.0, source="s")
@@ -71,7 +72,7 @@ def test_compare_gives_the_mean_interval_and_n_of_each_row():
     assert table.loc["x.asr", "ours"] == 95.0 and table.loc["x.asr", "n"] == 2
     assert table.loc["x.asr", "low"] == pytest.approx(95.0 - 12.706205, abs=1e-4)  # t(0.975, 1)
     assert table.loc["low", "n"] == 1 and pd.isna(table.loc["low", "low"])
-    from reprolib.reference import interval_text
+    from reprolib.views.reference import interval_text
     assert interval_text(table.loc["low"]) == "1 seed"
     # an ASR cannot pass 100 %: its interval stops there (the unclipped one reaches 107.71)
     assert interval_text(table.loc["x.asr"]) == "[82.29, 100.00], n = 2".replace(" ", "\u00a0")

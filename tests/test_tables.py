@@ -1,10 +1,10 @@
-"""The book's one table style (reprolib.tables)."""
+"""The book's one table style (reprolib.views.tables)."""
 import math
 
 import pandas as pd
 import pytest
 
-from reprolib import tables
+from reprolib.views import tables
 
 
 def cells(style) -> list[list[str]]:

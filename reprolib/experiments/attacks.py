@@ -21,6 +21,14 @@ def results(ch, *, attacks, ratio: float = 0.1, target: int = 0) -> SimpleNamesp
                            table=no_defense_table(clean, chosen, attacked, target))
 
 
+def trigger_rows(test_set, chosen, n: int, seed: int) -> dict:
+    """`n` clean test images drawn from `seed`, and the same images with each attack's trigger:
+    uint8 arrays by row ("clean", then each attack's name), what the trigger figure draws."""
+    clean = test_set.sample(n, seed).images
+    return {"clean": clean.cpu().numpy(),
+            **{a.name: a.apply(clean).cpu().numpy() for a in chosen}}
+
+
 def no_defense_table(clean, chosen, attacked, target: int) -> pd.DataFrame:
     """Per model: images poisoned, CA, ASR and RA in percent, training seconds, and the ASR of
     the clean model on each attack's triggered images (the trigger alone, without a backdoor)."""

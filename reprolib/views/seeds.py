@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .config import ParameterError, check_range
+from ..config import ParameterError, check_range
 from .tables import header, precision as decimals
 
 LEVEL = 0.95

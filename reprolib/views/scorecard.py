@@ -13,13 +13,15 @@ from pathlib import Path
 
 import yaml
 
-from . import reference, staleness
+from . import reference
+from .. import staleness
 from .reference import VERDICTS
 
 
 def results(root: Path) -> dict[str, dict]:
     """Every chapter's results file, by chapter, in the book's order, each with its `stale`
-    note (`staleness.stale_text`, None when fresh), its `tampered` one (`staleness.tampered`:
+    note (`staleness.stale_text`, None when fresh) and whether its numbers or only its look are
+    stale (`stale_of`), its `tampered` one (`staleness.tampered`:
     changed after its run) and its page's `title`, computed once here."""
     files = {f.stem: json.loads(f.read_text())
              for f in sorted((root / "book" / "results").glob("*.json"))}
@@ -27,6 +29,7 @@ def results(root: Path) -> dict[str, dict]:
         page = root / "book" / "runs" / f"{name}.ipynb"
         result["tampered"] = staleness.tampered(name, result, page)
         result["stale"] = staleness.stale_text(result["record"], root)
+        result["stale_of"] = staleness.stale_of(result["record"], root)   # numbers or look
         result["title"] = title(name, root)
     order = book_order(root)
     return dict(sorted(files.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order
@@ -59,7 +62,7 @@ def verdict_counts(found: dict[str, dict]) -> str:
             totals.setdefault(result["record"].get("lossy_copy") or "", Counter()).update(counts)
         shown = ["—"] * len(VERDICTS) if result["tampered"] else map(str, counts.values())
         state = ("changed after its run" if result["tampered"] else
-                 "yes" if result["stale"] else "no")
+                 f"{result['stale_of']}" if result["stale"] else "no")
         lines.append(f"| [{result['title']}](runs/{name}) | " + " | ".join(shown)
                      + f" | {state} |")
     for copy, total in sorted((totals or {"": Counter()}).items()):

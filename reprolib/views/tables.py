@@ -44,7 +44,7 @@ def header(name) -> str:
     text = HEADERS.get(name, name)
     if _SNAKE.search(text):
         raise ValueError(f"table column {name!r} has no human header: add it to "
-                         f"reprolib.tables.HEADERS or rename it")
+                         f"reprolib.views.tables.HEADERS or rename it")
     return text
 
 

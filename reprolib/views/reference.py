@@ -41,10 +41,10 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from .config import ParameterError, check_choice
+from ..config import ParameterError, check_choice
 from .seeds import interval, values_of
 
-FOLDER = Path(__file__).with_name("reference")
+FOLDER = Path(__file__).parent.parent / "reference"     # reprolib/reference/*.yaml
 VERDICTS = ("reproduced", "partly", "not reproduced", "inconclusive", "not comparable")
 PREMISES = {   # rule: (the least value on every seed, what it means)
     "took_hold": (80.0, "the attack took hold (ASR ≥ 80 % on the undefended victim)"),
