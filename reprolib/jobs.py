@@ -2,7 +2,7 @@
 
 A *step* is a function of plain arguments (numbers, strings, lists, dicts, dataclasses such as a
 `Recipe`, a defense's `Settings` or an `Attack`) whose result is kept in the zoo under a key of
-its kind, version and arguments: tensors as safetensors, the rest as JSON in the card.
+its kind, its code and its arguments: tensors as safetensors, the rest as JSON in the card.
 
     @step("npd-defense", read=rebuild, work=passes)
     def defended(victim: dict, defense: str, ...) -> Kept: ...
@@ -23,7 +23,9 @@ one pass finds every job whose arguments are known.
 finds nothing missing: that pass's value is the result.
 
 Arguments named in `NOT_KEYED` (where the work runs, whether it shows a bar) are not part of
-the key. Bump a step's `version` when a change to its code changes its results.
+the key. The key covers the step's code: the module that defines it and every module of the
+package that module imports, transitively (`provenance.code_digest`), so that a changed
+algorithm is never served an old result and no version is bumped by hand.
 """
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ from safetensors.torch import load as load_safetensors
 from tqdm import tqdm
 
 from . import config, data, devices
+from .provenance import code_digest
 from .zoo import Zoo, key as zoo_key
 
 NOT_KEYED = ("device", "data_dir", "progress", "zoo")
@@ -193,10 +196,10 @@ class Job:
 class Step:
     """A function whose results are kept in the zoo (see the module's docstring)."""
 
-    def __init__(self, compute: Callable[..., Kept], kind: str, version: str,
+    def __init__(self, compute: Callable[..., Kept], kind: str,
                  read: Callable[[Kept, dict], Any] | None, work, describe, needs, known,
                  memo: int, check, gpu: float, signature: Callable | None):
-        self.compute, self.kind, self.version, self.read = compute, kind, version, read
+        self.compute, self.kind, self.read = compute, kind, read
         self.work, self.describe, self.needs, self.gpu = work, describe, needs, gpu
         self.known, self.memo, self.check = known, memo, check
         self.recent: OrderedDict[str, Any] = OrderedDict()      # the last `memo` values read
@@ -205,14 +208,16 @@ class Step:
         self.__doc__ = compute.__doc__
 
     def spec(self, args: dict) -> dict:
-        """What the key covers: the kind, the version and every argument, defaults filled in
-        (so that leaving one out and giving its default are the same job)."""
+        """What the key covers: the kind, the digest of its code (`code_digest`) and every
+        argument, defaults filled in (so that leaving one out and giving its default are the
+        same job)."""
         try:
             bound = self.signature.bind(**args)
         except TypeError as err:
             raise config.ParameterError(f"{self.kind}: {err}") from None
         bound.apply_defaults()
-        return {"job": self.kind, "version": self.version, "args": canonical(bound.arguments)}
+        return {"job": self.kind, "code": code_digest(self.module),
+                "args": canonical(bound.arguments)}
 
     def job(self, **args) -> Job:
         return Job(self, args)
@@ -262,7 +267,7 @@ class Step:
         return Kept(load_safetensors(payload), card)
 
 
-def step(kind: str, *, version: str = "1", read=None, work=None, describe=None, needs=None,
+def step(kind: str, *, read=None, work=None, describe=None, needs=None,
          known=None, memo: int = 0, check=None, gpu: float = 0.25,
          signature: Callable | None = None):
     """Make a function returning `Kept` a `Step` of `kind`. `read(kept, args)` turns what was
@@ -276,7 +281,7 @@ def step(kind: str, *, version: str = "1", read=None, work=None, describe=None, 
     the share of a GPU a Ray task of it asks for; `signature`: the function whose parameters
     and defaults the arguments are checked against (default: the step's own)."""
     def wrap(compute):
-        made = Step(compute, kind, version, read, work, describe, needs, known, memo, check,
+        made = Step(compute, kind, read, work, describe, needs, known, memo, check,
                     gpu, signature)
         if kind in STEPS and STEPS[kind].module != made.module:
             raise ValueError(f"two steps are named {kind!r}")

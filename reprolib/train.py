@@ -24,6 +24,7 @@ from .config import SCHEDULES, ParameterError, Recipe, check_choice, check_range
 from .devices import name as device_name, resolve as resolve_device
 from .data import Batches, ImageSet, crop_rotate_flip
 from .models import model_device
+from .provenance import code_digest
 from .zoo import Zoo
 
 
@@ -170,6 +171,11 @@ def evaluate(model: nn.Module, test: ImageSet, backdoor: ImageSet | None = None,
     return result
 
 
+def _module_of(f: Callable) -> str:
+    """The module that defines the function or callable object `f`."""
+    return getattr(f, "__module__", None) or type(f).__module__
+
+
 def trained(model_name: str, data: ImageSet, recipe: Recipe, *, seed: int = 0,
             device: str | torch.device = "auto", about: dict | None = None,
             score: Callable[[nn.Module], dict] | None = None, zoo: Zoo | None = None,
@@ -178,12 +184,14 @@ def trained(model_name: str, data: ImageSet, recipe: Recipe, *, seed: int = 0,
     """A `model_name` trained on `data` by `recipe` from `seed`, taken from the zoo when it holds
     one. The zoo key covers the exact images and labels (their digest), the model, recipe and
     seed, and `about` (what the digest cannot tell: the dataset's name, the settings of an
-    attack's `per_batch` step, ...). `score(model)` gives the metrics stored in the card.
+    attack's `per_batch` step, ...), and the code: this trainer's and that of the module
+    defining `per_batch` (`code_digest`). `score(model)` gives the metrics stored in the card.
     Returns (model, card)."""
     device = resolve_device(device)
+    code = [code_digest(__name__)] + ([code_digest(_module_of(per_batch))] if per_batch else [])
     spec = {"model": model_name, "data": data.digest(), "classes": len(data.classes),
             "in_channels": data.images.shape[1], "recipe": asdict(recipe), "seed": seed,
-            "about": about or {}}
+            "about": about or {}, "code": code}
 
     def build():
         return models.build(model_name, len(data.classes), data.images.shape[1], seed=seed)

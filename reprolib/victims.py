@@ -29,6 +29,7 @@ from .attacks import Attack, Poisoned, attack as make_attack
 from .attacks.base import check_target_class
 from .attacks.patch import Patch
 from .jobs import Kept, step
+from .provenance import code_digest
 from .train import evaluate, train
 from .zoo import Zoo
 
@@ -250,13 +251,12 @@ def _victim_name(args: dict) -> str:
             + f" seed {args.get('seed', 0)}")
 
 
-@step("victim", version="2", read=_read_victim, work=_victim_work, describe=_victim_name,
+@step("victim", read=_read_victim, work=_victim_work, describe=_victim_name,
       known=lambda args: {"asked": args}, memo=8, signature=victim,
       check=lambda args: checked(**_data_args(args)))
 def trained_victim(**args) -> Kept:
     """The victim `victim(**args)` gives, trained: keeps its weights, training history and
-    scores (version 2: the weights themselves, where version 1 kept the key of a separate
-    model entry)."""
+    scores."""
     s = setting(**_data_args(args))
     seed, device = args.get("seed", 0), devices.resolve(args.get("device", "auto"))
     net = s.skeleton(seed)
@@ -282,7 +282,7 @@ def injected(base: Victim, patch: Patch, *, rate: float = 0.01, target: int = 0,
     device = models.model_device(base.model)
     per_batch = patch.per_batch(rate, target, base.train.mean, base.train.std)
     spec = {"from": base.card["key"], "attack": patch.settings(), "rate": rate, "target": target,
-            "recipe": asdict(recipe), "seed": seed}
+            "recipe": asdict(recipe), "seed": seed, "code": code_digest(__name__)}
 
     def fit():
         model = copy.deepcopy(base.model)

@@ -1,8 +1,8 @@
 """The cache of trained models and of every other expensive result (`jobs.py`).
 
 An entry is addressed by a hash of everything that determines it (the `spec`: for a model its
-data, attack, recipe and seed; for a job its kind, version and arguments; plus
-`TRAINING_VERSION`). It is two files: the tensors as safetensors and a JSON card (spec, record,
+data, attack, recipe and seed; for a job its kind, the digest of its code and its
+arguments). It is two files: the tensors as safetensors and a JSON card (spec, record,
 wall time, device, code version, and the SHA-256 of the tensors). Both are written through a
 temporary file and an atomic rename, tensors first, so an interrupted write leaves no partial
 entry; a card whose checksum does not match its tensors is treated as missing and the entry is
@@ -37,14 +37,9 @@ from safetensors.torch import save as save_safetensors
 from .data import cache_home
 from .provenance import code_version
 
-# Bump when a change to training code changes what weights a spec produces.
-TRAINING_VERSION = "1"
-
-
 def key(spec: dict) -> str:
-    """A stable hash of `spec` (key order does not matter) and the training version."""
-    canonical = json.dumps({"training_version": TRAINING_VERSION, "spec": spec}, sort_keys=True,
-                           separators=(",", ":"))
+    """A stable hash of `spec` (key order does not matter)."""
+    canonical = json.dumps({"spec": spec}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:24]
 
 

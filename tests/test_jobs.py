@@ -67,10 +67,41 @@ def test_a_step_computes_once_and_its_key_covers_every_argument(tmp_path, monkey
     for other in ({"x": 4}, {"scale": 2}):
         assert jobsteps.square.job(**{"x": 3, "log": str(log), **other}).key != job.key
     before = job.key
-    monkeypatch.setattr(jobsteps.square, "version", "2")
+    monkeypatch.setattr(jobs, "code_digest", lambda module: "another code")
     assert jobsteps.square.job(x=3, log=str(log)).key != before
     with pytest.raises(ParameterError, match="test.square: .*'y'"):
         jobsteps.square.job(x=3, log=str(log), y=1).key
+
+
+def edited(root: Path, name: str) -> None:
+    """Append a line of code to the module `name` of the package copy at `root`."""
+    path = root / name
+    path.write_text(path.read_text() + "\nEDITED = True\n")
+
+
+def test_a_jobs_key_covers_its_code_and_no_view(tmp_path, monkeypatch):
+    """A change to code a step computes with gives its jobs new keys; a change to a module
+    outside its imports (a view) keeps them."""
+    import shutil
+    from reprolib import provenance
+    from reprolib.victims import trained_victim
+    root = tmp_path / "reprolib"
+    shutil.copytree(provenance.PACKAGE, root, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(jobs, "code_digest", lambda m: provenance.code_digest(m, root))
+    victim = trained_victim.job(dataset="fashion-mnist", attack="badnets", profile="smoke")
+    square = jobsteps.square.job(x=3, log="log")
+    before = (victim.key, square.key)
+    assert before == (victim.key, square.key)                  # stable
+    edited(root, "views/tables.py")
+    edited(root, "views/reference.py")
+    assert (victim.key, square.key) == before
+    edited(root, "train.py")                       # the victims' trainer, not the test's step
+    assert victim.key != before[0] and square.key == before[1]
+    edited(root, "jobs.py")                        # what both import
+    assert square.key != before[1]
+    names = {p.relative_to(root).as_posix() for p in provenance.closure("reprolib.victims", root)}
+    assert {"victims.py", "train.py", "attacks/wanet.py", "data.py"} <= names
+    assert not [n for n in names if n.startswith("views/")]
 
 
 def test_keys_read_dataclasses_by_their_fields_and_refuse_what_they_cannot_read():
