@@ -40,18 +40,19 @@ QUICK := -m "not notebook and not browser and not ray and not compile"
 check: data
 	$(BIN)/python -m pytest $(QUICK) tests
 
-# unit tests and the browser check; every notebook under nbval at the smoke profile, and the ℓ∞
-# chapter again over two seeds (tests/two_seeds.py runs seed 1, nbval seed 0 pooling it); then every
-# notebook again in its paper's setting (the paper's model, the CIFAR-10 reader) over the
-# 200-image fixture in tests/data (tests/paper_setting.py). Every stage on a cache of its own
-# under build/test-cache, emptied first (a cold run); the user's ~/.cache/repro is checked untouched.
+# every chapter executed once at the smoke profile into a book (tests/smoke_book.py), which the
+# unit tests' browser check reads; the ℓ∞ chapter again over two seeds (tests/two_seeds.py runs
+# seed 1, nbval seed 0 pooling it); then every notebook under nbval in its paper's setting (the
+# paper's model, the CIFAR-10 reader) over the 200-image fixture in tests/data
+# (tests/paper_setting.py). Every stage on a cache of its own under build/test-cache, emptied
+# first (a cold run); the user's ~/.cache/repro is checked untouched.
 TEST_CACHE := $(CURDIR)/build/test-cache
 test: export REPRO_CACHE_DIR := $(TEST_CACHE)/zoo
 test: export XDG_CACHE_HOME := $(TEST_CACHE)/xdg
 test: data
 	rm -rf $(TEST_CACHE) && $(BIN)/python tests/home_cache.py before $(TEST_CACHE)/home.txt
-	$(BIN)/python -m pytest tests
-	REPRO_PROFILE=smoke $(BIN)/python -m pytest --nbval-lax notebooks/
+	$(BIN)/python tests/smoke_book.py build/smoke-book
+	REPRO_SMOKE_BOOK=$(CURDIR)/build/smoke-book $(BIN)/python -m pytest tests
 	$(BIN)/python tests/two_seeds.py build/two-seeds
 	REPRO_PROFILE=smoke $(BIN)/python -m pytest --nbval-lax build/two-seeds/
 	$(BIN)/python tests/paper_setting.py build/paper-setting

@@ -175,8 +175,11 @@ def committed_book(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def smoke_book(tmp_path_factory):
-    """Every chapter executed now at the smoke profile (its models from the user's cache, as
-    nbval's run shares them), and the book built from those pages."""
+    """Every chapter executed now at the smoke profile, and the book built from those pages;
+    the one tests/smoke_book.py made when $REPRO_SMOKE_BOOK names it (`make test`)."""
+    made = os.environ.get("REPRO_SMOKE_BOOK")
+    if made:
+        return Path(made), Path(made) / "_build" / "html"
     root = project_copy(tmp_path_factory.mktemp("smoke-book"))
     return root, book.build(root, rerun=True, profile="smoke", progress=False)
 
