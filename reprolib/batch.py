@@ -9,7 +9,8 @@ the victims together (`repro run --together`, where the bench measured a gain), 
 that fits,
 as `repro run` in a child process stopped when the budget runs out. The folder gets each
 chapter's executed page and results as `repro run` names them (`book.page_name`:
-CHAPTER-paper.ipynb and .json in the paper's setting), and `batch.json`: the plan, the bench,
+CHAPTER-paper.ipynb and .json in the paper's setting; the measures of a page drawn from them as
+CHAPTER.measures.json and .safetensors, for book/measures/), and `batch.json`: the plan, the bench,
 what each chapter took, and per job kind the plan's estimate beside the wall time the cache's
 cards record (`book.against_the_clock`). `gpu/run.sh` is the same command on a bare offline
 machine, after installing a local wheel folder.
@@ -144,6 +145,10 @@ def run(papers: list[str], *, budget: float, out: Path, profile: str, model: str
             name = book.page_name(paper, profile)
             for kind, folder in ((".ipynb", "runs"), (".json", "results")):
                 shutil.copy(root / "book" / folder / f"{name}{kind}", out / f"{name}{kind}")
+            for kind in (".json", ".safetensors"):     # a page drawn from measures: them too
+                kept = root / "book" / "measures" / f"{name}{kind}"
+                if kept.is_file():
+                    shutil.copy(kept, out / f"{name}.measures{kind}")
             try:        # the page is safe in `out`; a clock that fails says why and no more
                 rows = book.plan(paper, params=params[paper], throughput=p["throughput"],
                                  reading=True, root=root, **how)["rows"]

@@ -26,7 +26,8 @@ from . import config, data, devices, models, staleness
 from .views import seeds as seeding
 
 ROOT = config.ROOT
-RESERVED = ("profile", "model", "dataset", "device", "results", "pooled")   # set by run() itself
+RESERVED = ("profile", "model", "dataset", "device", "results", "pooled",   # set by run() itself
+            "measures")
 
 
 class RunFailed(RuntimeError):
@@ -56,6 +57,9 @@ def parse_params(pairs: list[str], allowed: dict[str, str], paper: str) -> dict:
         if key == "pooled":
             raise config.ParameterError("-p pooled=...: repro run pools the seeds it runs; "
                                         "give them with --seeds")
+        if key == "measures":
+            raise config.ParameterError("-p measures=...: repro run computes the measures; "
+                                        "`repro book --render` draws pages from committed ones")
         if key in RESERVED:
             raise config.ParameterError(f"-p {key}=...: use --{key} instead")
         if key not in allowed and key != "seeds":      # seeds: the run's, not the notebook's
@@ -216,8 +220,8 @@ def run(paper: str, *, profile: str = "quick", model: str = "auto", dataset: str
     first = partial / own
     at(seeds[0], first, [str(_files(where)[1]) for where in others.values()])
     for where in others.values():          # their pages are not the book's
-        for file in _files(where):
-            file.unlink()
+        for file in _files(where) + _measures_files(where):
+            file.unlink(missing_ok=True)
     page, table = _files(first)
     if before:
         result = json.loads(table.read_text())
@@ -229,7 +233,44 @@ def run(paper: str, *, profile: str = "quick", model: str = "auto", dataset: str
     set_aside(results / f"{name}.json", table)
     os.replace(table, results / f"{name}.json")
     os.replace(page, runs / f"{name}.ipynb")
+    kept = _measures_files(first)
+    if kept[0].is_file():           # a chapter drawn from measures: commit them beside the page
+        measures = root / "book" / "measures"
+        measures.mkdir(exist_ok=True)
+        for file, suffix in zip(kept, (".json", ".safetensors")):
+            if file.is_file():
+                os.replace(file, measures / f"{name}{suffix}")
+            else:
+                (measures / f"{name}{suffix}").unlink(missing_ok=True)
     return runs / f"{name}.ipynb"
+
+
+def rerender(name: str, root: Path = ROOT, progress: bool = False) -> Path:
+    """Draw the page `name` again from its committed measures (book/measures/NAME.json): its
+    chapter's notebook executed with the parameters they were computed with, reading no model
+    or dataset and computing no job; the page and results file are replaced, the measures
+    kept. Returns the page."""
+    from .views import measures as stored
+    path = root / "book" / "measures" / f"{name}.json"
+    params = stored.read(path)["params"]
+    partial, runs, results = root / "book" / ".partial", root / "book" / "runs", root / "book" / "results"
+    partial.mkdir(parents=True, exist_ok=True)
+    sweep(partial)
+    where = partial / f"{name}.{socket.gethostname()}.{os.getpid()}"
+    execute(name.removesuffix("-paper"), {**params, "measures": str(path.resolve())}, where,
+            root, progress)
+    page, table = _files(where)
+    for_reading(page, root)
+    staleness.seal(table, page)
+    os.replace(table, results / f"{name}.json")
+    os.replace(page, runs / f"{name}.ipynb")
+    return runs / f"{name}.ipynb"
+
+
+def measured(root: Path = ROOT) -> list[str]:
+    """The pages whose measures are committed (book/measures/NAME.json), which `rerender`
+    draws."""
+    return sorted(p.stem for p in (root / "book" / "measures").glob("*.json"))
 
 
 def page_name(paper: str, profile: str) -> str:
@@ -317,6 +358,13 @@ def _files(where: Path) -> tuple[Path, Path]:
     return where.parent / f"{where.name}.ipynb", where.parent / f"{where.name}.json"
 
 
+def _measures_files(where: Path) -> tuple[Path, Path]:
+    """The measures (JSON and arrays) an execution named `where` wrote, if its chapter is drawn
+    from measures (`views.page.measures_path`)."""
+    return (where.parent / f"{where.name}.measures.json",
+            where.parent / f"{where.name}.measures.safetensors")
+
+
 def execute(paper: str, parameters: dict, where: Path, root: Path, progress: bool) -> None:
     """Execute the chapter's notebook with `parameters` into the page and results file named
     `where` (`_files`); its kernel listens on sockets of its own in the user's runtime folder, not
@@ -400,12 +448,13 @@ def mark_stale(page: Path, text: str | None) -> None:
         nbformat.write(nb, page)
 
 
-def build(root: Path = ROOT, *, rerun: bool = False, stale: bool = False, profile: str = "quick",
-          model: str = "auto", dataset: str = "auto", device: str = "auto",
-          seeds: list[int] | None = None, progress: bool = True) -> Path:
+def build(root: Path = ROOT, *, rerun: bool = False, stale: bool = False, render: bool = False,
+          profile: str = "quick", model: str = "auto", dataset: str = "auto",
+          device: str = "auto", seeds: list[int] | None = None, progress: bool = True) -> Path:
     """Run every chapter whose page is missing (all with `rerun`, and the stale ones with
-    `stale`) at `seeds` (default: each chapter's), mark the pages that are stale, write the
-    scorecard and the verdict counts, and build the HTML book; returns _build/html."""
+    `stale`) at `seeds` (default: each chapter's); with `render`, draw every page whose
+    measures are committed again from them (`rerender`); mark the pages that are stale, write
+    the scorecard and the verdict counts, and build the HTML book; returns _build/html."""
     # the pages' writer stays out of the chapters' kernels, so that changing it stales no page
     from . import lossy
     from .views import scorecard
@@ -417,6 +466,9 @@ def build(root: Path = ROOT, *, rerun: bool = False, stale: bool = False, profil
         print(f"repro book: running {paper} ({profile} profile)", flush=True)
         run(paper, profile=profile, model=model, dataset=dataset, device=device,
             params=params[paper], root=root, progress=progress)
+    for name in measured(root) if render else []:
+        print(f"repro book: drawing {name} from its measures", flush=True)
+        rerender(name, root, progress)
     paper_pages_in_toc(root)
     found = scorecard.results(root)
     for paper, result in found.items():

@@ -1,4 +1,8 @@
-"""What every chapter notebook does around its experiments.
+"""What a chapter computes: its setting resolved and checked, its jobs, its run record.
+
+A chapter drawn from measures asks for them through `views.page.Page.measured`, which builds a
+Chapter and calls the chapter's `experiments` module's `measures(ch, ...)`. The chapters whose
+pages still compute use a Chapter as their page (it is a `Page`):
 
     ch = Chapter("attacks", profile=profile, model=model, dataset=dataset, device=device,
                  results=results)
@@ -18,25 +22,23 @@ first seed, and from `over_seeds` on every verdict reads the interval of all of 
 from __future__ import annotations
 
 import copy
-import json
 import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
 
-import pandas as pd
 from IPython.display import Markdown, display
 
 from . import config, data, devices, jobs, models, staleness
-from .views import glue, reference, seeds as seeding
-from .views import display as shown
 from .provenance import code_version, library_versions
-from .zoo import atomic_write
+from .views import reference, seeds as seeding
+from .views.page import Page
 
 
-class Chapter:
-    """The parameters a chapter runs with, resolved and checked, and what it reports."""
+class Chapter(Page):
+    """The parameters a chapter runs with, resolved and checked, and the jobs it computes; as a
+    `Page`, what it reports (for the chapters whose pages still compute)."""
 
     def __init__(self, name: str, *, profile: str | None = None, model: str | None = None,
                  dataset: str = "auto", device: str = "auto", seed: int = 0,
@@ -62,16 +64,13 @@ class Chapter:
         self.data_dir = data_dir
         self.dataset_source, self.lossy_copy = self._copy()
         self.results = Path(results) if results else None
-        self.tables: dict[str, pd.DataFrame] = {}
-        self.comparison: pd.DataFrame | None = None
-        self.found: list[dict] = []             # measured findings: no paper's claims
-        self.measured: dict[str, float | None] = {}   # this seed's, for the comparison
+        self.rendered = False
+        self.show_jobs = True                   # each round's jobs said on the page
+        self._init_page()
         self.by_seed = seeding.read_pooled(   # the other seeds' tables and measures, each
             pooled, self.run_setting | {"chapter": name,       # read from the same copy
                                         "dataset_source": self.dataset_source}, self.seed)
         self.seeds = [self.seed, *self.by_seed]
-        self._pooled_shown = False
-        self.figures = 0                        # numbered on the page in their order
         self.jobs: dict[str, int] = {}          # the chapter's jobs: how many, cached, computed
         self._keys: set[str] = set()
         self._computed: set[str] = set()
@@ -171,10 +170,6 @@ class Chapter:
                     seed=self.seed if seed is None else seed, progress=False, **self.setting,
                     **attack_params)
 
-    @property
-    def run_setting(self) -> dict:
-        return {"profile": self.profile, "dataset": self.dataset, "model": self.model}
-
     def at(self, seed: int) -> "Chapter":
         """This chapter at one other `seed`: what its jobs and victims are asked with."""
         other = copy.copy(self)
@@ -185,9 +180,6 @@ class Chapter:
         """This chapter's scale knobs at its profile (`config.SCALES`), each replaced by its
         value in `given` unless that is None."""
         return config.scale(self.name, self.profile, **given)
-
-    def header(self) -> None:
-        display(Markdown(f"**Run record:** {shown.record_line(self.record(), wall=False)}"))
 
     def compute(self, results, **params):
         """`results(ch, **params)` (an experiments module's `results`) at this run's first seed.
@@ -209,136 +201,8 @@ class Chapter:
         self._computed |= computed
         self.jobs = {"jobs": len(self._keys), "computed": len(self._computed),
                      "cached": len(self._keys) - len(self._computed)}
-        display(Markdown(f"**Jobs:** {len(keys)}, of which {len(keys) - len(computed)} read "
-                         f"from the cache and {len(computed)} computed now "
-                         f"({os.environ.get('REPRO_EXECUTOR') or 'local'} executor)."))
+        if self.show_jobs:
+            display(Markdown(f"**Jobs:** {len(keys)}, of which {len(keys) - len(computed)} "
+                             f"read from the cache and {len(computed)} computed now "
+                             f"({os.environ.get('REPRO_EXECUTOR') or 'local'} executor)."))
         return values
-
-    def table(self, name: str, frame: pd.DataFrame) -> pd.DataFrame:
-        """Keep `frame` for the results file and return it for display."""
-        self.tables[name] = frame
-        return frame
-
-    def compare(self, measured: dict[str, float]) -> pd.DataFrame:
-        """The paper-vs-reproduced table for `measured` (ids of reference numbers, measures of
-        claims) at this run's seed, against reference/<chapter>.yaml; `over_seeds` adds the
-        other seeds' measures."""
-        for c in self.reference.claims:
-            if c.premise and c.measure in measured and c.premise["measure"] not in measured:
-                raise RuntimeError(f"claim {c.id!r} is measured but not its premise "
-                                   f"{c.premise['measure']!r}: its verdict would be "
-                                   f"inconclusive for want of a measurement")
-        self.measured = {k: (None if v is None else float(v)) for k, v in measured.items()}
-        return self._compare()
-
-    def _compare(self) -> pd.DataFrame:
-        runs = self.seed_measures().values()
-        pooled = {k: [r.get(k) for r in runs] for k in self.measured}
-        self.comparison = reference.compare(self.reference, pooled, self.run_setting,
-                                            self.lossy_copy)
-        return self.comparison
-
-    def over_seeds(self) -> pd.DataFrame:
-        """Say which seeds the comparison pools (this run's and those `repro run --seeds` ran
-        before it); returns the comparison over all of them."""
-        self._pooled_shown = True
-        others = self.seeds[1:]
-        if not others:
-            default = config.seeds(self.name, self.profile)
-            why = (f"the default at `{self.profile}` for this chapter, for its cost (this run's "
-                   f"wall time is in the run record below)" if default == 1 else
-                   f"as asked; `repro run` runs {default} at `{self.profile}` by default")
-            display(Markdown(f"**Seeds:** one, seed {self.seed} ({why}): every number on this "
-                             f"page is that run's, and a verdict reads the one value (\"1 "
-                             f"seed\"). `repro run {self.name} --seeds 0 1 2` runs three and "
-                             f"gives intervals."))
-            return self.comparison
-        spent = sum(r["wall_time_s"] for r in self.by_seed.values())
-        display(Markdown(
-            f"**Seeds:** {len(self.seeds)} ({', '.join(map(str, self.seeds))}). The page above "
-            f"is seed {self.seed}'s run; {shown.seeds_text(others)} ran the same notebook with the "
-            f"same parameters before it (`repro run --seeds`), each with its own victims and "
-            f"draws, in {spent:.0f} s. From here on a number is the mean over seeds with its "
-            f"95 % Student's t interval."))
-        return self._compare()
-
-    def seed_tables(self) -> dict[str, pd.DataFrame]:
-        """Each kept table over every seed (`seeds.tables_over`); empty with one seed."""
-        return seeding.tables_over({self.seed: {k: _records(v) for k, v in self.tables.items()},
-                                    **{s: r["tables"] for s, r in self.by_seed.items()}})
-
-    def show_seed_tables(self) -> None:
-        shown.tables_over_seeds(self.seed_tables(), len(self.seeds))
-
-    def findings(self, found: list[dict]) -> list[dict]:
-        """Keep what this run found (each a "finding" sentence and its measured "value"),
-        stated as ours: the scorecard lists findings apart from the papers' claims."""
-        for f in found:
-            if set(f) != {"finding", "value"}:
-                raise config.ParameterError(f"a finding has the keys 'finding' and 'value', "
-                                            f"not {sorted(f)}")
-        self.found = [{"finding": f["finding"], "value": float(f["value"])} for f in found]
-        return self.found
-
-    def figure(self, fig, caption: str) -> None:
-        """Show `fig` as the page's next numbered figure, with its `caption`."""
-        self.figures += 1
-        shown.figure(fig, self.figures, caption)
-
-    def show_comparison(self) -> None:
-        """The comparison over seeds (`display.comparison`), its values glued for the page's
-        prose (`glue.comparison`)."""
-        if len(self.seeds) > 1:
-            self.figures += 1
-        shown.comparison(self.comparison, self.reference, self.seed_measures(), self.figures)
-        for before in self.runs_on_other_datasets():
-            display(Markdown(shown.verdict_changes(self.comparison, before)))
-        glue.comparison(self.comparison, self.seeds)
-
-    def runs_on_other_datasets(self, root: Path = config.ROOT) -> list[dict]:
-        """The book's last results of this chapter at this profile on another dataset: the
-        committed one, if it ran on another, and those `book.run` set aside when a run on a new
-        dataset replaced them (book/results/DATASET/CHAPTER.json); one a dataset, the committed
-        one first."""
-        results = root / "book" / "results"
-        found = {}
-        for path in [results / f"{self.name}.json", *sorted(results.glob(f"*/{self.name}.json"))]:
-            if path.is_file():
-                before = json.loads(path.read_text())
-                r = before["record"]
-                if r["dataset"] != self.dataset and r["profile"] == self.profile:
-                    found.setdefault(r["dataset"], before)
-        return list(found.values())
-
-    def seed_measures(self) -> dict[int, dict]:
-        """What each seed measured, by seed."""
-        return {self.seed: self.measured, **{s: r["measured"] for s, r in self.by_seed.items()}}
-
-    def finish(self) -> dict:
-        """Show the run record with its wall time; write everything to `results` if given:
-        the first seed's tables, the comparison over seeds, and each seed's own tables and
-        measures."""
-        if self.by_seed and not self._pooled_shown:
-            raise RuntimeError(f"the run pooled {shown.seeds_text(self.seeds)} but over_seeds() "
-                               f"did not pool them: its comparison would be seed {self.seed}'s "
-                               f"alone")
-        display(Markdown(f"**Run record:** {shown.record_line(self.record(), wall=True)}"))
-        first = {"tables": {k: _records(v) for k, v in self.tables.items()},
-                 "measured": self.measured}
-        payload = {"record": self.record(), **first,
-                   "comparison": _records(self.comparison) if self.comparison is not None else [],
-                   "findings": self.found,
-                   "seeds": {str(self.seed): first,
-                             **{str(s): {"tables": r["tables"], "measured": r["measured"]}
-                                for s, r in self.by_seed.items()}},
-                   "over_seeds": {k: _records(v) for k, v in self.seed_tables().items()}}
-        if self.results:
-            atomic_write(self.results, json.dumps(payload, indent=1).encode())
-        return payload
-
-
-def _records(frame: pd.DataFrame) -> list[dict]:
-    """Rows as plain JSON values (NaN becomes null), named index levels kept as columns."""
-    if any(name is not None for name in frame.index.names):
-        frame = frame.reset_index()
-    return json.loads(frame.to_json(orient="records"))

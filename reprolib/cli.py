@@ -7,8 +7,9 @@
   repro plan PAPER... [options] list every job a run would do: cached or missing, est. time
   repro run PAPER... [options]  execute chapters into book/runs/ and book/results/
   repro batch PAPER... --budget S --out DIR   chapters within S seconds, all into DIR
-  repro book [--rerun|--stale]  run the chapters not yet run (every one; the stale ones), then
-                                build _build/html from book/runs and book/results
+  repro book [--rerun|--stale|--render]  run the chapters not yet run (every one; the stale
+                                ones; or draw the pages with committed measures again from
+                                them), then build _build/html from book/runs and book/results
 
 `run` and `book` take --executor local|ray (default $REPRO_EXECUTOR, else local) and --address
 (a Ray cluster's, default $RAY_ADDRESS; none: a Ray instance on this machine).
@@ -240,7 +241,8 @@ def cmd_jpeg(args) -> None:
 
 def cmd_book(args) -> None:
     _use_executor(args)
-    html = book.build(rerun=args.rerun, stale=args.stale, profile=args.profile, model=args.model,
+    html = book.build(rerun=args.rerun, stale=args.stale, render=args.render,
+                      profile=args.profile, model=args.model,
                       dataset=args.dataset, device=args.device, seeds=args.seeds)
     print(f"the book is in {html}; open {html / 'index.html'}")
 
@@ -355,6 +357,9 @@ def parser() -> argparse.ArgumentParser:
     again.add_argument("--stale", action="store_true",
                        help="run again the chapters whose notebook or library files changed "
                             "since their run")
+    again.add_argument("--render", action="store_true",
+                       help="draw every page whose measures are committed (book/measures/) "
+                            "again from them, computing nothing: mends a stale look in minutes")
     p.set_defaults(func=cmd_book)
 
     p = sub.add_parser("jpeg", help="what a JPEG round trip of the dataset does to CA and ASR "

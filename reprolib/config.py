@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,6 +16,12 @@ from types import SimpleNamespace
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent    # the project: notebooks/, book/, reprolib/
+
+
+def cache_home() -> Path:
+    """Where downloaded data and trained models live unless told otherwise."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "repro"
+
 
 class ParameterError(ValueError):
     """A parameter has a value that is not allowed; the message says which and what is."""

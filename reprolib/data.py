@@ -34,14 +34,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import imagefolder
-from .config import ParameterError, check_choice, check_range
+from .config import ParameterError, cache_home, check_choice, check_range
 
 SYSTEM_ROOTS = (Path("/usr/share/datasets"),)
-
-
-def cache_home() -> Path:
-    """Where downloaded data and trained models live unless told otherwise."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "repro"
 
 
 class DatasetNotFound(FileNotFoundError):

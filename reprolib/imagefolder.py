@@ -200,7 +200,7 @@ def decode(path: Path, into: Path, *, allow_partial: bool = False, progress: boo
     """Read the copy at `path` (`read`) and write it to `into`/DECODED with its provenance;
     returns that provenance. The file appears whole or not at all."""
     from safetensors.torch import save
-    from .zoo import atomic_write
+    from .atomic import atomic_write
     train_x, train_y, test_x, test_y, formats, tables = read(path, allow_partial=allow_partial,
                                                              progress=progress)
     tensors = {"train_images": train_x, "train_labels": train_y, "test_images": test_x,

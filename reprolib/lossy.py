@@ -30,7 +30,7 @@ from .provenance import code_version, library_versions
 from .views.tables import ATTACKS
 from .train import evaluate, trained
 from .victims import at_most, datasets
-from .zoo import atomic_write
+from .atomic import atomic_write
 
 RATIO, TARGET = 0.1, 0
 RESULT = Path("book") / "jpeg.json"       # under the project's root

@@ -28,7 +28,19 @@ ABSENT = "absent"          # the hash of a file a run looked for and did not fin
 _read: set[Path] = set()    # the results files this process's run has read, or looked for
 
 
+PARAMETERS = "#parameters"   # a notebook's parameters cell, hashed on its own
+
+
 def digest(path: Path) -> str:
+    """The content hash of `path`; of a notebook's parameters cell for NOTEBOOK#parameters."""
+    if path.name.endswith(PARAMETERS):
+        notebook = path.with_name(path.name.removesuffix(PARAMETERS))
+        if not notebook.is_file():
+            return ABSENT
+        cells = [c for c in json.loads(notebook.read_text())["cells"]
+                 if "parameters" in c.get("metadata", {}).get("tags", [])]
+        source = "".join(cells[0]["source"]) if cells else ""
+        return hashlib.sha256(source.encode()).hexdigest()[:16]
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else ABSENT
 
 
@@ -53,8 +65,11 @@ def executed_files(chapter: str, root: Path = ROOT) -> list[Path]:
 def fingerprint(chapter: str, root: Path = ROOT) -> dict[str, str]:
     """{path relative to the project: content hash} of what `executed_files` names."""
     root = root.resolve()
-    return {p.relative_to(root).as_posix(): digest(p) for p in executed_files(chapter, root)
-            if p.is_file() or p in _read}
+    found = {p.relative_to(root).as_posix(): digest(p) for p in executed_files(chapter, root)
+             if p.is_file() or p in _read}
+    notebook = f"notebooks/{chapter}.ipynb"
+    found[notebook + PARAMETERS] = digest(root / (notebook + PARAMETERS))
+    return found
 
 
 def changed(executed: dict[str, str], root: Path = ROOT) -> list[str]:
@@ -70,10 +85,14 @@ def note(text: str) -> str:
 VIEWS = "reprolib/views/"     # the files whose change stales a page's look, not its numbers
 
 
-def is_view(name: str) -> bool:
+def is_view(name: str, measured: bool = False) -> bool:
     """Whether the executed file `name` (relative to the project) draws pages rather than
-    computes their numbers."""
-    return name.startswith(VIEWS)
+    computes their numbers: the views, and for a page drawn from its measures (`measured`)
+    also its notebook (its parameters cell apart, which says what is computed) and the papers'
+    numbers it is set against."""
+    return name.startswith(VIEWS) or measured and (
+        name.startswith("notebooks/") and name.endswith(".ipynb")
+        or name.startswith("reprolib/reference/"))
 
 
 def stale_of(record: dict, root: Path = ROOT) -> str | None:
@@ -85,12 +104,21 @@ def stale_of(record: dict, root: Path = ROOT) -> str | None:
     files = changed(executed, root)
     if not files:
         return None
-    return "look" if all(is_view(f) for f in files) else "numbers"
+    measured = bool(record.get("measures"))
+    return "look" if all(is_view(f, measured) for f in files) else "numbers"
 
 
 def _listed(files: list[str]) -> str:
     return ", ".join(f"`{f}`" for f in files[:4]) + (f" and {len(files) - 4} more"
                                                      if len(files) > 4 else "")
+
+
+def rerun_command(record: dict) -> str:
+    """The command that runs the page of `record` again: `repro book --stale` reruns the
+    chapters' own pages; a page in the paper's setting is run on its own."""
+    if record.get("profile") == "paper" and record.get("chapter"):
+        return f"`repro run {record['chapter']} --profile paper`"
+    return "`repro book --stale`"
 
 
 def stale_text(record: dict, root: Path = ROOT) -> str | None:
@@ -99,18 +127,21 @@ def stale_text(record: dict, root: Path = ROOT) -> str | None:
     kind = stale_of(record, root)
     if kind is None:
         return None
+    rerun = rerun_command(record)
     if record.get("executed") is None:
         return (f"Stale: run at code {record['code_version']}, which did not record the files "
-                f"it executed. `repro book --stale` reruns it.")
+                f"it executed. {rerun} reruns it.")
     files = changed(record["executed"], root)
     if kind == "numbers":
-        computing = [f for f in files if not is_view(f)]
+        computing = [f for f in files if not is_view(f, bool(record.get("measures")))]
         return (f"Stale numbers: run at code {record['code_version']}; {_listed(computing)} "
-                f"changed since, code that computes this page's numbers. `repro book --stale` "
-                f"reruns it.")
+                f"changed since, code that computes this page's numbers. {rerun} reruns it.")
+    mend = ("`repro book --render` draws it again from its committed measures" if
+            record.get("measures") else f"this run predates committed measures, so {rerun} "
+            f"reruns it")
     return (f"Stale look: run at code {record['code_version']}; only view code changed since "
             f"({_listed(files)}), so the numbers are current, but the page was drawn by the old "
-            f"views. This run predates committed measures, so `repro book --stale` reruns it.")
+            f"views: {mend}.")
 
 
 def page_digest(page: Path) -> str:
@@ -130,7 +161,7 @@ def results_digest(payload: dict) -> str:
 
 def seal(results: Path, page: Path) -> None:
     """Record in the results file of a run its own hash and its page's, as the run wrote them."""
-    from .zoo import atomic_write
+    from .atomic import atomic_write
     payload = json.loads(results.read_text())
     payload["sealed"] = {"results": results_digest(payload), "page": page_digest(page)}
     atomic_write(results, json.dumps(payload, indent=1).encode())
@@ -147,6 +178,7 @@ def tampered(paper: str, payload: dict, page: Path) -> str | None:
                            and page_digest(page) != recorded["page"] else [])
     if not changed:
         return None
+    record = payload.get("record", {})
+    again = (rerun_command(record) if record.get("profile") == "paper" else f"`repro run {paper}`")
     return (f"Changed after its run: {' and '.join(changed)} no longer match the hashes the run "
-            f"recorded, so the scorecard does not count this chapter. `repro run {paper}` runs "
-            f"it again.")
+            f"recorded, so the scorecard does not count this chapter. {again} runs it again.")

@@ -34,26 +34,14 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from .data import cache_home
+from .atomic import atomic_write
+from .config import cache_home
 from .provenance import code_version
 
 def key(spec: dict) -> str:
     """A stable hash of `spec` (key order does not matter)."""
     canonical = json.dumps({"spec": spec}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:24]
-
-
-def atomic_write(path: Path, payload: bytes) -> None:
-    """Write `payload` to `path` so that `path` is either absent, as before, or complete."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class Zoo:

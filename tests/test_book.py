@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def project_copy(root: Path, runs: bool = False) -> Path:
     """The book's sources (config, prose, notebooks, library) in a fresh folder; with `runs`,
-    the committed runs too (book/runs, book/results)."""
+    the committed runs too (book/runs, book/results, book/measures)."""
     for name in ("_config.yml", "_toc.yml", "references.bib"):
         shutil.copy(ROOT / name, root / name)
     shutil.copytree(ROOT / "_static", root / "_static")
@@ -34,8 +34,9 @@ def project_copy(root: Path, runs: bool = False) -> Path:
     shutil.copytree(ROOT / "reprolib", root / "reprolib",
                     ignore=shutil.ignore_patterns("__pycache__"))
     if runs:
-        for folder in ("runs", "results"):
-            shutil.copytree(ROOT / "book" / folder, root / "book" / folder)
+        for folder in ("runs", "results", "measures"):
+            if (ROOT / "book" / folder).is_dir():
+                shutil.copytree(ROOT / "book" / folder, root / "book" / folder)
     return root
 
 
@@ -64,6 +65,7 @@ def test_run_rejects_bad_arguments_before_any_work(capsys):
             (["run", "attacks", "-p", "ratoi=0.05"], "attacks has no parameter 'ratoi'; allowed: "
                                                      "seed, ratio, target, attacks, seeds"),
             (["run", "attacks", "-p", "pooled=[a.json]"], "repro run pools the seeds it runs"),
+            (["run", "attacks", "-p", "measures=m.json"], "repro run computes the measures"),
             (["run", "attacks", "--seeds", "0", "0"], "seeds=[0, 0] repeats a seed"),
             (["run", "attacks", "-p", "seeds=[]"], "seeds=[] is not allowed"),
             (["run", "attacks", "-p", "ratio"], "expected key=value"),
@@ -326,6 +328,60 @@ def test_staleness_tells_numbers_from_looks(tmp_path):
     assert text.startswith("Stale numbers") and "`reprolib/train.py` changed since" in text
     assert "views/tables.py" not in text
     assert staleness.stale_of({"code_version": "v"}, tmp_path) == "numbers"   # unrecorded
+    paper = {**record, "chapter": "tiny", "profile": "paper"}    # not rerun by repro book
+    assert "`repro run tiny --profile paper` reruns it" in staleness.stale_text(paper, tmp_path)
+
+
+def test_a_page_drawn_from_measures_tells_its_notebook_and_parameters_apart(tmp_path):
+    """For a page drawn from measures its notebook is view code, but its parameters cell says
+    what was computed: a change there stales the numbers."""
+    nb = new_notebook(cells=[new_code_cell("ratio = 0.1", metadata={"tags": ["parameters"]}),
+                             new_code_cell("page.finish()")])
+    (tmp_path / "notebooks").mkdir()
+    nbformat.write(nb, tmp_path / "notebooks" / "tiny.ipynb")
+    names = ("notebooks/tiny.ipynb", "notebooks/tiny.ipynb" + staleness.PARAMETERS)
+    record = {"code_version": "v", "measures": True,
+              "executed": {n: staleness.digest(tmp_path / n) for n in names}}
+    nb.cells[1].source = "page.finish();"
+    nbformat.write(nb, tmp_path / "notebooks" / "tiny.ipynb")
+    assert staleness.stale_of(record, tmp_path) == "look"
+    assert "`repro book --render` draws it again" in staleness.stale_text(record, tmp_path)
+    assert staleness.stale_of({**record, "measures": False}, tmp_path) == "numbers"
+    nb.cells[0].source = "ratio = 0.2"
+    nbformat.write(nb, tmp_path / "notebooks" / "tiny.ipynb")
+    assert staleness.stale_of(record, tmp_path) == "numbers"
+
+
+@pytest.mark.notebook
+def test_a_page_drawn_again_from_its_measures_is_the_same_and_computes_nothing(tmp_path,
+                                                                               monkeypatch):
+    root = tmp_path / "project"
+    root.mkdir()
+    project_copy(root)
+    book.run("attacks", profile="smoke", dataset="fashion-mnist", device="cpu", root=root,
+             params={"seeds": [0]}, progress=False)
+    kept = root / "book" / "measures"
+    assert sorted(p.name for p in kept.iterdir()) == ["attacks.json", "attacks.safetensors"]
+    assert not list((root / "book" / ".partial").glob("*measures*"))
+
+    def read():
+        page = nbformat.read(root / "book" / "runs" / "attacks.ipynb", as_version=4)
+        outputs = [c.get("outputs") for c in page.cells if c.cell_type == "code"
+                   and "Run record" not in json.dumps(c.get("outputs"))]
+        return outputs, json.loads((root / "book" / "results" / "attacks.json").read_text())
+
+    computed, computed_results = read()
+    monkeypatch.setenv("REPRO_CACHE_DIR", str(tmp_path / "empty-cache"))   # no weights
+    monkeypatch.setenv("REPRO_DATA_DIR", str(tmp_path / "no-data"))
+    book.rerender("attacks", root)
+    drawn, drawn_results = read()
+    assert not (tmp_path / "empty-cache").exists()         # no job was looked for
+    assert [o for o in computed if o] and drawn == computed   # tables, glue, figures' pixels
+    for part in ("tables", "measured", "comparison", "over_seeds"):
+        assert drawn_results[part] == computed_results[part], part
+    r = drawn_results["record"]
+    assert r["measures"] and r["rendered"]["wall_time_s"] >= 0 and r["jobs"]["jobs"] == 5
+    assert not staleness.stale_text(r, root)
 
 
 def test_a_rerun_of_clear_stales_the_comparison_that_read_its_results(tmp_path, monkeypatch):

@@ -8,11 +8,13 @@ import sys
 import reprolib.views
 
 VIEWS = sorted(m.name for m in pkgutil.iter_modules(reprolib.views.__path__, "reprolib.views."))
-ALLOWED = {"reprolib", "reprolib.views", "reprolib.config", "reprolib.staleness"}
+ALLOWED = {"reprolib", "reprolib.views", "reprolib.config", "reprolib.staleness", "reprolib.atomic",
+           "reprolib.provenance"}
 
 
 def test_the_views_import_no_torch_and_no_compute_module():
-    assert {"reprolib.views.tables", "reprolib.views.plots", "reprolib.views.reference"} <= set(VIEWS)
+    assert {"reprolib.views.tables", "reprolib.views.plots", "reprolib.views.page",
+            "reprolib.views.measures"} <= set(VIEWS)
     probe = ("import json, sys\n"
              f"for m in {VIEWS!r}: __import__(m)\n"
              "print(json.dumps(sorted(k for k in sys.modules if k == 'torch' "
@@ -44,3 +46,43 @@ def test_the_trigger_figure_is_drawn_from_arrays_with_the_triggers_footprint():
     axes = np.array(fig.axes).reshape(2, 3)
     assert [a.get_ylabel() for a in axes[:, 0]] == ["clean", "BadNets"]
     assert axes[0, 2].get_title() == "|trigger|"
+
+
+def test_measures_come_back_as_written_arrays_and_all(tmp_path):
+    import numpy as np
+    import pytest
+    from reprolib.views import measures
+    images = np.arange(2 * 3 * 4 * 4, dtype=np.uint8).reshape(2, 3, 4, 4)
+    value = {"triggers": {"clean": images, "badnets": images[::-1].copy()},
+             "rows": [{"ca": np.float64(91.5), "asr": float("nan"), "n": np.int64(3)}],
+             "claims": {"min_asr": 97.25, "none": None}, "text": "**bold**"}
+    path = tmp_path / "measures" / "attacks.json"
+    measures.write(path, value)
+    back = measures.read(path)
+    assert np.array_equal(back["triggers"]["badnets"], images[::-1])
+    assert back["triggers"]["clean"].dtype == np.uint8
+    assert back["rows"] == [{"ca": 91.5, "asr": None, "n": 3}]       # NaN as a missing cell
+    assert back["claims"] == value["claims"] and back["text"] == "**bold**"
+    assert "$array" in path.read_text() and path.with_suffix(".safetensors").is_file()
+    measures.write(tmp_path / "other.json", {"a": np.zeros(3)})
+    path.with_suffix(".safetensors").write_bytes((tmp_path / "other.safetensors").read_bytes())
+    with pytest.raises(measures.MeasuresCorrupt, match="is missing or is not the arrays file"):
+        measures.read(path)
+    with pytest.raises(TypeError, match=r"a measure cannot be a set \(at x\)"):
+        measures.write(tmp_path / "bad.json", {"x": {1, 2}})
+
+
+def test_a_page_refuses_measures_computed_with_other_parameters(tmp_path):
+    import pytest
+    from reprolib.config import ParameterError
+    from reprolib.views import measures
+    from reprolib.views.page import Page
+    record = {"profile": "smoke", "dataset": "fashion-mnist", "model": "small_cnn", "seeds": [0],
+              "executed": {}}
+    path = tmp_path / "attacks.json"
+    measures.write(path, {"params": {"ratio": 0.1, "seed": 0}, "record": record, "values": {},
+                          "by_seed": {}})
+    page = Page.measured("attacks", measures=str(path), ratio=0.1, seed=0)
+    assert page.rendered and page.seeds == [0] and page.values == {}
+    with pytest.raises(ParameterError, match=r"other parameters than these \(ratio=0.1, not 0.2\)"):
+        Page.measured("attacks", measures=str(path), ratio=0.2, seed=0)

@@ -1,4 +1,5 @@
-"""The attacks chapter's experiments: the clean model and one victim per attack, scored."""
+"""The attacks chapter's experiments: the clean model and one victim per attack, scored; its
+page is drawn from `measures`."""
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -19,6 +20,16 @@ def results(ch, *, attacks, ratio: float = 0.1, target: int = 0) -> SimpleNamesp
                         for a in [None, *attacks]]
     return SimpleNamespace(chosen=chosen, clean=clean, attacked=attacked,
                            table=no_defense_table(clean, chosen, attacked, target))
+
+
+def measures(ch, *, attacks, ratio: float = 0.1, target: int = 0, shown: int = 5) -> dict:
+    """What the attacks page shows, as plain data: the triggers on `shown` test images, the
+    no-defense table's rows, the measures of the claims, and the models' recipe."""
+    r = results(ch, attacks=attacks, ratio=ratio, target=target)
+    return {"triggers": trigger_rows(r.clean.test, r.chosen, n=shown, seed=ch.seed),
+            "no_defense": r.table.reset_index().to_dict("records"),
+            "claims": claims(r.table, r.chosen),
+            "model_and_recipe": ch.model_and_recipe(wanet="wanet" in attacks)}
 
 
 def trigger_rows(test_set, chosen, n: int, seed: int) -> dict:

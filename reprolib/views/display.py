@@ -24,7 +24,18 @@ def record_line(r: dict, wall: bool) -> str:
             f"{r['dataset_why']}) · "
             f"model **{r['model']}** ({r['model_why']}) · device {r['device']} · "
             f"{seeds_text(r['seeds'])} · code {r['code_version']}")
-    return line + (f" · wall time {r['wall_time_s']:.0f} s" if wall else "")
+    line += f" · wall time {r['wall_time_s']:.0f} s" if wall else ""
+    if wall and r.get("rendered"):
+        line += (f" · page drawn again from its measures at code "
+                 f"{r['rendered']['code_version']}, in {r['rendered']['wall_time_s']:.0f} s")
+    return line
+
+
+def jobs_line(r: dict) -> str:
+    """How many jobs the run of record `r` took, and how many it read from the cache."""
+    j = r["jobs"]
+    return (f"**Jobs:** {j['jobs']}, of which {j['cached']} read from the cache and "
+            f"{j['computed']} computed by the run ({r['executor']} executor).")
 
 
 def verdict_changes(table: pd.DataFrame, before: dict) -> str:
