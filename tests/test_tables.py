@@ -3,8 +3,11 @@ import math
 
 import pandas as pd
 import pytest
+from IPython.display import HTML, Markdown
 
 from reprolib.views import tables
+
+STYLED = tables.styled
 
 
 def cells(style) -> list[list[str]]:
@@ -68,10 +71,12 @@ def test_a_table_of_two_column_levels_is_shown_one_group_at_a_time(monkeypatch):
                         index=pd.Index(["badnets"], name="attack"))
     with pytest.raises(ValueError, match="too wide"):
         tables.styled(view)
-    shown = []
+    shown, styled = [], []
     monkeypatch.setattr(tables, "display", shown.append)
+    monkeypatch.setattr(tables, "styled", lambda *a, **kw: styled.append(
+        STYLED(*a, **kw)) or styled[-1])
     tables.show_by_group(view)
-    groups = [s.data for s in shown if hasattr(s, "data") and isinstance(s.data, str)]
+    groups = [s.data for s in shown if isinstance(s, Markdown)]
     assert groups == ["**CA %**", "**ASR %**"]
-    styled = [s for s in shown if isinstance(s, pd.io.formats.style.Styler)]
+    assert [s.data for s in shown if isinstance(s, HTML)] == [t.to_html() for t in styled]
     assert cells(styled[0]) == [["BadNets", "80.0", "81.2"]]   # the group's unit: one decimal

@@ -75,20 +75,20 @@ def comparison(table: pd.DataFrame, ref: reference.Reference, by_seed: dict[int,
     claims = c[c.kind == "claim"]
     if len(claims):
         display(Markdown("**The paper's claims, checked**"))
-        display(tables.styled(
+        tables.show(
             claims[["what", "ours", "interval", "verdict", "tolerance"]].rename(columns={
                 "what": "claim", "interval": "95 % interval", "tolerance": "checked as"}),
-            missing="not measured in this run", decimals={"ours": 2}))
+            missing="not measured in this run", decimals={"ours": 2})
         if any(c.premise for c in ref.claims):
             display(Markdown(premises_text(claims)))
     numbers = c[c.kind == "number"]
     compared = numbers[numbers.verdict != "not comparable"]
     if len(compared):
         display(Markdown("**The paper's numbers, compared**"))
-        display(tables.styled(
+        tables.show(
             compared[["what", "paper", "ours", "interval", "delta", "tolerance", "verdict"]]
             .rename(columns={"what": "the paper's number", "interval": "95 % interval",
-                             "delta": "ours − paper"}), decimals={"paper": 2, "ours": 2}))
+                             "delta": "ours − paper"}), decimals={"paper": 2, "ours": 2})
     for why, rows in numbers[numbers.verdict == "not comparable"].groupby("why", sort=False):
         listed = tables.styled(rows[["what", "paper", "ours"]].rename(
             columns={"what": "the paper's number"}), decimals={"paper": 2, "ours": 2},
@@ -152,4 +152,4 @@ def tables_over_seeds(kept: dict[str, pd.DataFrame], n: int) -> None:
     95 % interval"."""
     for name, table in kept.items():
         display(Markdown(f"**{name.replace('_', ' ')}**, over {n} seeds"))
-        display(tables.styled(seeding.shown(table), missing="no seed measured it"))
+        tables.show(seeding.shown(table), missing="no seed measured it")

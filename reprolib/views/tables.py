@@ -13,11 +13,12 @@ The look (padding, font size, the caption's place) is `_static/tables.css`, for 
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 
 import pandas as pd
-from IPython.display import Markdown, display
+from IPython.display import HTML, Markdown, display
 
 MISSING = "—"
 
@@ -91,7 +92,9 @@ def styled(frame: pd.DataFrame, *, missing: str | None = None,
     if gaps:
         notes.append(f"{MISSING} {missing}")
     right = [c for c in shown.columns if c in numeric or _interval_column(shown[c])]
-    style = (shown.style.hide(axis="index")
+    # its ids from its content, not pandas' random ones: a page drawn again is the same file
+    uuid = hashlib.sha256(shown.to_json().encode() + " ".join(notes).encode()).hexdigest()[:8]
+    style = (shown.style.set_uuid(uuid).hide(axis="index")
              .set_table_attributes('class="repro-table"')
              .set_properties(subset=right, **{"text-align": "right", "white-space": "nowrap"})
              .set_table_styles([{"selector": f"th.col{i}", "props": "text-align: right"}
@@ -100,8 +103,9 @@ def styled(frame: pd.DataFrame, *, missing: str | None = None,
 
 
 def show(frame: pd.DataFrame, **options) -> None:
-    """Display `frame` styled (`styled`'s options)."""
-    display(styled(frame, **options))
+    """Display `frame` styled (`styled`'s options), as its HTML: a Styler's own plain-text
+    form names its memory address, so a page drawn again would differ from itself."""
+    display(HTML(styled(frame, **options).to_html()))
 
 
 def show_by_group(view: pd.DataFrame, **options) -> None:
