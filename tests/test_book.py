@@ -353,34 +353,37 @@ def test_a_page_drawn_from_measures_tells_its_notebook_and_parameters_apart(tmp_
 
 
 @pytest.mark.notebook
-def test_a_page_drawn_again_from_its_measures_is_the_same_and_computes_nothing(tmp_path,
-                                                                               monkeypatch):
+@pytest.mark.parametrize("chapter, seeds", [("attacks", [0]), ("linf_pruning", [0, 1])])
+def test_a_page_drawn_again_from_its_measures_is_the_same_and_computes_nothing(
+        tmp_path, monkeypatch, chapter, seeds):
     root = tmp_path / "project"
     root.mkdir()
     project_copy(root)
-    book.run("attacks", profile="smoke", dataset="fashion-mnist", device="cpu", root=root,
-             params={"seeds": [0]}, progress=False)
+    book.run(chapter, profile="smoke", dataset="fashion-mnist", device="cpu", root=root,
+             params={"seeds": seeds}, progress=False)
     kept = root / "book" / "measures"
-    assert sorted(p.name for p in kept.iterdir()) == ["attacks.json", "attacks.safetensors"]
+    assert sorted(p.name for p in kept.iterdir()) == [f"{chapter}.json",
+                                                      f"{chapter}.safetensors"]
     assert not list((root / "book" / ".partial").glob("*measures*"))
 
     def read():
-        page = nbformat.read(root / "book" / "runs" / "attacks.ipynb", as_version=4)
+        page = nbformat.read(root / "book" / "runs" / f"{chapter}.ipynb", as_version=4)
         outputs = [c.get("outputs") for c in page.cells if c.cell_type == "code"
                    and "Run record" not in json.dumps(c.get("outputs"))]
-        return outputs, json.loads((root / "book" / "results" / "attacks.json").read_text())
+        return outputs, json.loads((root / "book" / "results" / f"{chapter}.json").read_text())
 
     computed, computed_results = read()
     monkeypatch.setenv("REPRO_CACHE_DIR", str(tmp_path / "empty-cache"))   # no weights
     monkeypatch.setenv("REPRO_DATA_DIR", str(tmp_path / "no-data"))
-    book.rerender("attacks", root)
+    book.rerender(chapter, root)
     drawn, drawn_results = read()
     assert not (tmp_path / "empty-cache").exists()         # no job was looked for
     assert [o for o in computed if o] and drawn == computed   # tables, glue, figures' pixels
-    for part in ("tables", "measured", "comparison", "over_seeds"):
+    for part in ("tables", "measured", "comparison", "over_seeds", "seeds"):
         assert drawn_results[part] == computed_results[part], part
     r = drawn_results["record"]
-    assert r["measures"] and r["rendered"]["wall_time_s"] >= 0 and r["jobs"]["jobs"] == 5
+    assert r["measures"] and r["rendered"]["wall_time_s"] >= 0 and r["seeds"] == seeds
+    assert r["jobs"] == computed_results["record"]["jobs"] and r["jobs"]["computed"] > 0
     assert not staleness.stale_text(r, root)
 
 

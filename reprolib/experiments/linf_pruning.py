@@ -1,14 +1,14 @@
 """The ℓ∞-pruning chapter's experiments: Neural Cleanse's synthetic trigger, Grad-CAM on the
-trigger, the activation norms of the last conv map, and pruning by each ranking."""
+trigger, the activation norms of the last conv map, and pruning by each ranking. Every part that
+reads a model is a job (`reversed_triggers`, `examined`, `pruned_and_tuned`); `measures` turns
+their results into the plain data the page (`views.linf_pruning`) is drawn from."""
 from __future__ import annotations
 
 from types import SimpleNamespace
 
-import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 
-from .. import plots
 from ..config import Recipe, check_choice, check_range
 from ..data import ImageSet
 from ..defenses import linf_pruning as lp
@@ -18,7 +18,6 @@ from ..jobs import Kept, pack, step, unpack
 from ..train import train
 from ..victims import n_classes, trained_victim
 
-MODELS = ("vanilla", "backdoored")
 TRIGGERS = ("clean", "real", "synthetic")
 TUNE = Recipe(epochs=5, batch_size=64, lr=0.01, schedule="cosine")   # after rule-i pruning
 
@@ -54,20 +53,106 @@ def pruned_and_tuned(victim: dict, pruned: list[int], n: int, seed: int, device=
 
 def results(ch, *, attacks, ratio=0.1, target=0, n_defender=1000, nc_steps=None,
             synthetic_label="target", n_stats=1000) -> SimpleNamespace:
-    """The vanilla model and the victims, Neural Cleanse's reversal on each victim, and the
-    label whose reversed trigger stands in for the real one (`synthetic_label`: the target, or
-    Neural Cleanse's suspect). `n_stats`, the page's statistics set, is checked here with the
-    rest, before any job."""
+    """The vanilla model and the victims, Neural Cleanse's reversal on each victim (and the
+    arguments of its job), the label whose reversed trigger stands in for the real one
+    (`synthetic_label`: the target, or Neural Cleanse's suspect), and each attack's
+    examination (`examined`)."""
     check_choice("synthetic_label", synthetic_label, ("target", "suspect"))
     check_range("n_stats", n_stats, low=1, integer=True)
     budget = nc.budget(ch.scale(nc_steps=nc_steps).nc_steps, n_defender)
     vanilla = trained_victim(**ch.victim_args(None, ratio, target))
     victims = {name: trained_victim(**ch.victim_args(name, ratio, target)) for name in attacks}
-    reversal = {name: reversed_triggers(victim=v.asked, n=n_defender, seed=ch.seed,
-                                        budget=budget) for name, v in victims.items()}
+    asked = {name: {"victim": v.asked, "n": n_defender, "seed": ch.seed, "budget": budget}
+             for name, v in victims.items()}
+    reversal = {name: reversed_triggers(**a) for name, a in asked.items()}
     suspect = {name: target if synthetic_label == "target" else r.suspect
                for name, r in reversal.items()}
-    return SimpleNamespace(vanilla=vanilla, victims=victims, reversal=reversal, suspect=suspect)
+    exams = {name: examined(vanilla=vanilla.asked, reversal=asked[name], suspect=suspect[name],
+                            n_stats=n_stats, target=target) for name in attacks}
+    return SimpleNamespace(vanilla=vanilla, victims=victims, reversal=reversal, suspect=suspect,
+                           exams=exams)
+
+
+def measures(ch, *, attacks, ratio=0.1, target=0, n_defender=1000, nc_steps=None,
+             synthetic_label="target", n_stats=1000) -> dict:
+    """What the ℓ∞ page shows, as plain data (see `views.linf_pruning`)."""
+    r = results(ch, attacks=attacks, ratio=ratio, target=target, n_defender=n_defender,
+                nc_steps=nc_steps, synthetic_label=synthetic_label, n_stats=n_stats)
+    curves = {(name, rank): c for name, e in r.exams.items() for rank, c in e["curves"].items()}
+    orders = {name: e["orders"] for name, e in r.exams.items()}
+    tuned = tuned_models(r.victims, curves, orders, n_defender=n_defender, seed=ch.seed,
+                         device=ch.device)
+    cam = gradcam_table(r.exams)
+    tail = tails_table(r.exams)
+    points = operating_points(r.victims, curves, orders, tuned)
+    return {"accuracy": _rows(accuracy_table(r.vanilla, r.victims)),
+            "neural_cleanse": {"rows": _rows(neural_cleanse_table(r.reversal)),
+                               "flagged": {n: x.flagged for n, x in r.reversal.items()},
+                               "suspect": {n: x.suspect for n, x in r.reversal.items()},
+                               "synthetic": r.suspect, "target": target},
+            "reversal": {n: _arrays(e["reversal"]) for n, e in r.exams.items()},
+            "gradcam": {n: _arrays(e["gradcam"]) for n, e in r.exams.items()},
+            "cam": _rows(cam), "tails": _rows(tail), "points": _rows(points),
+            "norms": {n: _arrays(e["norms"]) for n, e in r.exams.items()},
+            "overlap": _rows(overlap_table(orders)),
+            "curves": {n: e["curves"] for n, e in r.exams.items()},
+            "orders": {n: _arrays(o) for n, o in orders.items()},
+            "rankings": list(lp.RANKINGS), "channels": next(iter(r.exams.values()))["channels"],
+            "stopped": [n for n in attacks if lp.stop_at_asr(curves[n, "linf"]["defender"])
+                        is not None],
+            "claims": claims(attacks, cam, tail, points, curves),
+            "model_and_recipe": ch.model_and_recipe()}
+
+
+def _rows(frame: pd.DataFrame) -> list[dict]:
+    """A table's rows, its named index levels as columns."""
+    named = any(name is not None for name in frame.index.names)
+    return (frame.reset_index() if named else frame).to_dict("records")
+
+
+def _arrays(value):
+    """`value` with every tensor a numpy array, as measures keep them."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    if isinstance(value, dict):
+        return {k: _arrays(v) for k, v in value.items()}
+    return value
+
+
+def _needs_exam(a: dict) -> list:
+    return [trained_victim.job(**a["vanilla"]), reversed_triggers.job(**a["reversal"])]
+
+
+@step("linf.examine", read=lambda kept, args: unpack(kept), needs=_needs_exam,
+      work=lambda a: 6 * a["n_stats"] + 4 * a["reversal"]["n"],
+      describe=lambda a: f"ℓ∞ examination {a['reversal']['victim']['attack']}")
+def examined(vanilla: dict, reversal: dict, suspect: int, n_stats: int, target: int) -> Kept:
+    """One attack's victim (the one `reversal`, the arguments of its Neural Cleanse job, was
+    run on) beside the `vanilla` model: the reversed trigger for label `suspect` and the real
+    one; Grad-CAM of both models on three images clean and with either trigger; the last conv
+    map's per-channel norms on `n_stats` test images not of `target` (`statistics_set`), clean
+    and with either trigger; every ranking's channel order from the defender's images and its
+    pruning curves."""
+    van, v = trained_victim(**vanilla), trained_victim(**reversal["victim"])
+    found = reversed_triggers(**reversal)
+    stats = statistics_set(van.test, target, n_stats, reversal["seed"])
+    mask, pattern = found.trigger(suspect)
+    shown = stats.images[:3]
+    inputs = {"clean": shown, "real": v.attack.apply(shown),
+              "synthetic": found.stamp(shown, suspect)}
+    models = {"vanilla": van.model, "backdoored": v.model}
+    orders, curves = pruning(v, found, suspect, n_defender=reversal["n"],
+                             seed=reversal["seed"], target=target)
+    return pack({
+        "reversal": {"mask": mask[0], "masked_pattern": mask * pattern,
+                     "real": v.attack.apply(stats.images[:1])[0]},
+        "gradcam": {"images": inputs,
+                    "heat": {m: {k: cams(model, x, van.test.normalize) for k, x in inputs.items()}
+                             for m, model in models.items()}},
+        "cam": gradcam_rows(models, v.attack, stats),
+        "norms": norm_summary(models, stats, v.attack.apply(stats.images),
+                              found.stamp(stats.images, suspect)),
+        "orders": orders, "curves": curves, "channels": v.model.head.in_features})
 
 
 def tuned_models(victims: dict, curves: dict, orders: dict, *, n_defender: int, seed: int,
@@ -107,136 +192,52 @@ def neural_cleanse_table(reversal: dict) -> pd.DataFrame:
     return table
 
 
-def neural_cleanse_summary(reversal: dict, suspect: dict, target: int) -> str:
-    return ("Neural Cleanse: " + "; ".join(
-        f"**{name}** flagged {r.flagged or 'no label'}, suspect {r.suspect} "
-        f"({'the true target' if r.suspect == target else 'not the target'})"
-        for name, r in reversal.items())
-        + ". Synthetic trigger used: the reversal for label "
-        + ", ".join(f"{suspect[name]} ({name})" for name in reversal) + ".")
-
-
-def _bare(ax) -> None:
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.grid(False)
-
-
-def reversal_figure(victims: dict, reversal: dict, suspect: dict, example: ImageSet):
-    """Per attack: the reversed mask, mask · pattern, and the real trigger on `example`."""
-    fig, axes = plt.subplots(len(victims), 3, figsize=(4.2, 1.5 * len(victims)), squeeze=False)
-    for row, (name, v) in zip(axes, victims.items()):
-        mask, pattern = reversal[name].trigger(suspect[name])
-        row[0].imshow(mask[0], cmap="magma", vmin=0, vmax=1)
-        row[1].imshow((mask * pattern).permute(1, 2, 0).squeeze(-1), cmap="gray", vmin=0, vmax=1)
-        row[2].imshow(v.attack.apply(example)[0].permute(1, 2, 0).squeeze(-1), cmap="gray")
-        row[0].set_ylabel(name)
-        for ax in row:
-            _bare(ax)
-    for ax, title in zip(axes[0], ("reversed mask", "mask · pattern", "real trigger")):
-        ax.set_title(title)
-    fig.tight_layout(pad=0.3)
-    return fig
-
-
-def gradcam_figure(vanilla, victims: dict, reversal: dict, suspect: dict, shown):
-    """Rows: the vanilla and backdoored model of each attack; columns: three images `shown`
-    clean, with the real and with the synthetic trigger, each with its Grad-CAM."""
-    normalize = vanilla.test.normalize
-    inputs = {name: [("clean", shown), ("real", v.attack.apply(shown)),
-                     ("synthetic", reversal[name].stamp(shown, suspect[name]))]
-              for name, v in victims.items()}
-    fig, axes = plt.subplots(2 * len(victims), 9, figsize=(6.8, 1.7 * len(victims)), squeeze=False)
-    panels = [(name, label, model) for name in victims
-              for label, model in (("vanilla", vanilla.model), ("backdoored", victims[name].model))]
-    for r, (name, label, model) in enumerate(panels):
-        for j, (kind, images) in enumerate(inputs[name]):
-            heat = cams(model, images, normalize)
-            for i in range(3):
-                ax = axes[r, 3 * i + j]
-                ax.imshow(images[i].float().mean(0), cmap="gray", vmin=0, vmax=255)
-                ax.imshow(heat[i], cmap="jet", alpha=0.45)
-                _bare(ax)
-                if r == 0:
-                    ax.set_title(kind, fontsize=8)
-        axes[r, 0].set_ylabel(f"{name}\n{label}", fontsize=8)
-    fig.tight_layout(pad=0.2)
-    return fig
-
-
-def gradcam_table(vanilla, victims: dict, stats: ImageSet) -> pd.DataFrame:
-    """Per attack and model, the share of the triggered images' Grad-CAM mass on the conv cells
-    the trigger touches; attacks whose trigger touches every cell are left out."""
-    rows = []
+def gradcam_rows(models: dict, attack, stats: ImageSet) -> list[dict]:
+    """Per model, the share of the triggered images' Grad-CAM mass on the conv cells the
+    trigger touches; none when the trigger touches every cell."""
     channels, size = stats.images.shape[1], tuple(stats.images.shape[2:])
-    for name, v in victims.items():
-        triggered = v.attack.apply(stats.images)
-        for model_name, model in (("vanilla", vanilla.model), ("backdoored", v.model)):
-            coarse = cams(model, triggered, stats.normalize, upsample=False)
-            region = trigger_cells(v.attack, channels, size, coarse.shape[-2:])
-            if region.all():
-                continue
-            rows.append({"attack": name, "model": model_name,
-                         "cells covered %": 100 * region.float().mean().item(),
-                         "heat on trigger cells %": 100 * mass_in(coarse, region).nanmean().item()})
+    triggered = attack.apply(stats.images)
+    rows = []
+    for name, model in models.items():
+        coarse = cams(model, triggered, stats.normalize, upsample=False)
+        region = trigger_cells(attack, channels, size, coarse.shape[-2:])
+        if region.all():
+            return []
+        rows.append({"model": name, "cells covered %": 100 * region.float().mean().item(),
+                     "heat on trigger cells %": 100 * mass_in(coarse, region).nanmean().item()})
+    return rows
+
+
+def gradcam_table(exams: dict) -> pd.DataFrame:
+    """Every attack's `gradcam_rows`; attacks whose trigger touches every cell are left out."""
+    rows = [{"attack": name, **row} for name, e in exams.items() for row in e["cam"]]
     return pd.DataFrame(rows, columns=["attack", "model", "cells covered %",
                                        "heat on trigger cells %"]).set_index(["attack", "model"])
 
 
-def norm_maps(vanilla, victims: dict, stats: ImageSet, reversal: dict, suspect: dict) -> dict:
-    """The last conv maps of `stats`, per (attack, model) and per trigger (clean, real,
-    synthetic), on the CPU."""
-    maps = {}
-    for name, v in victims.items():
-        real = stats.with_images(v.attack.apply(stats.images))
-        synthetic = stats.with_images(reversal[name].stamp(stats.images, suspect[name]))
-        for model_name, model in (("vanilla", vanilla.model), ("backdoored", v.model)):
-            maps[name, model_name] = {kind: lp.feature_maps(model, d).cpu() for kind, d in
-                                      zip(TRIGGERS, (stats, real, synthetic))}
-    return maps
+def norm_summary(models: dict, stats: ImageSet, real: torch.Tensor, synthetic: torch.Tensor
+                 ) -> dict:
+    """Per model: each channel's mean ℓ1, ℓ2 and ℓ∞ norm of the last conv map over `stats`,
+    clean and with either trigger's images (`real`, `synthetic`); and each channel's
+    standardised change of each norm under either trigger."""
+    out = {}
+    for name, model in models.items():
+        maps = {kind: lp.feature_maps(model, stats.with_images(x)).cpu()
+                for kind, x in zip(TRIGGERS, (stats.images, real, synthetic))}
+        out[name] = {"means": {k: {p: v.mean(0) for p, v in lp.channel_norms(m).items()}
+                               for k, m in maps.items()},
+                     "changes": {t: lp.standardized_change(maps["clean"], maps[t])
+                                 for t in ("real", "synthetic")}}
+    return out
 
 
-def norm_histograms(maps: dict, name: str):
-    """Per norm (rows) and {vanilla, backdoored} × {clean, trigger} (columns), the histogram of
-    the channels' mean norms; the synthetic trigger's outlined."""
-    fig, axes = plt.subplots(3, 4, figsize=(6.8, 4.6), sharey="row")
-    for c, (model_name, kind) in enumerate((m, k) for m in MODELS for k in ("clean", "real")):
-        for r, p in enumerate(lp.NORMS):
-            values = lp.channel_norms(maps[name, model_name][kind])[p].mean(0)
-            axes[r, c].hist(values, bins=24, color="C0" if kind == "clean" else "C3", alpha=0.8)
-            if kind == "real":
-                synth = lp.channel_norms(maps[name, model_name]["synthetic"])[p].mean(0)
-                axes[r, c].hist(synth, bins=24, histtype="step", color="k", lw=1)
-            axes[0, c].set_title(f"{model_name}, {'clean' if kind == 'clean' else 'trigger'}")
-            axes[r, 0].set_ylabel({"l1": "ℓ1", "l2": "ℓ2", "linf": "ℓ∞"}[p] + "\nchannels")
-    fig.suptitle(f"{name}: per-channel mean norms", y=1.0)
-    fig.tight_layout(pad=0.3)
-    return fig
-
-
-def tails(maps: dict, attacks) -> tuple[pd.DataFrame, object]:
-    """The largest standardised change of each norm per (attack, model, trigger), and the figure
-    of the sorted changes under the real trigger."""
-    fig, axes = plt.subplots(1, len(attacks), figsize=(plots.row_width(len(attacks)), 2.8),
-                             squeeze=False)
-    rows = []
-    for ax, name in zip(axes[0], attacks):
-        for model_name, style in (("backdoored", "-"), ("vanilla", "--")):
-            m = maps[name, model_name]
-            for trig in ("real", "synthetic"):
-                z = lp.standardized_change(m["clean"], m[trig])
-                rows.append({"attack": name, "model": model_name, "trigger": trig,
-                             **{p: z[p].max().item() for p in lp.NORMS}})
-                if trig == "real":
-                    for p, color in zip(lp.NORMS, ("C0", "C1", "C3")):
-                        ax.plot(z[p].sort(descending=True).values, style, color=color,
-                                label=f"{model_name} {p}")
-        ax.set_title(f"{name}, real trigger")
-        ax.set_xlabel("channels, sorted")
-        ax.set_ylabel("standardised change")
-    axes[0, 0].legend()
-    fig.tight_layout()
-    return pd.DataFrame(rows).set_index(["attack", "model", "trigger"]), fig
+def tails_table(exams: dict) -> pd.DataFrame:
+    """The largest standardised change of each norm per (attack, model, trigger)."""
+    rows = [{"attack": name, "model": m, "trigger": t,
+             **{p: e["norms"][m]["changes"][t][p].max().item() for p in lp.NORMS}}
+            for name, e in exams.items() for m in ("backdoored", "vanilla")
+            for t in ("real", "synthetic")]
+    return pd.DataFrame(rows).set_index(["attack", "model", "trigger"])
 
 
 def defender_sets(v, reversal: nc.Reversal, label: int, *, n_defender: int, seed: int
@@ -262,29 +263,25 @@ def linf_curve(v, reversal: nc.Reversal, label: int, *, n_defender: int, seed: i
     return order, curve
 
 
-def pruning(victims: dict, reversal: dict, suspect: dict, *, n_defender: int, seed: int,
+def pruning(v, reversal: nc.Reversal, suspect: int, *, n_defender: int, seed: int,
             target: int) -> tuple[dict, dict]:
-    """Per attack, every ranking's channel order (decided on the defender's images) and its
+    """Every ranking's channel order of victim `v` (decided on the defender's images) and its
     pruning curves on the defender's images (synthetic trigger) and on the test set (real)."""
-    curves, orders = {}, {}
-    for name, v in victims.items():
-        defender, others, syn_set = defender_sets(v, reversal[name], suspect[name],
-                                                  n_defender=n_defender, seed=seed)
-        real_set = others.with_images(v.attack.apply(others.images))
-        orders[name] = lp.rankings(lp.feature_maps(v.model, others),
-                                   lp.feature_maps(v.model, syn_set),
-                                   lp.feature_maps(v.model, real_set), seed=seed)
-        pooled = {k: lp.Pooled.of(v.model, d) for k, d in
-                  (("defender", defender), ("synthetic", syn_set), ("test", v.test),
-                   ("backdoor", v.backdoor))}
-        counts = lp.counts_up_to(v.model.head.in_features)
-        for rank, order in orders[name].items():
-            curves[name, rank] = {
-                "defender": lp.sweep(v.model, order, pooled["defender"], pooled["synthetic"],
-                                     suspect[name], counts),
-                "test": lp.sweep(v.model, order, pooled["test"], pooled["backdoor"], target,
-                                 counts)}
-    return curves, orders
+    defender, others, syn_set = defender_sets(v, reversal, suspect, n_defender=n_defender,
+                                              seed=seed)
+    real_set = others.with_images(v.attack.apply(others.images))
+    orders = lp.rankings(lp.feature_maps(v.model, others), lp.feature_maps(v.model, syn_set),
+                         lp.feature_maps(v.model, real_set), seed=seed)
+    pooled = {k: lp.Pooled.of(v.model, d) for k, d in
+              (("defender", defender), ("synthetic", syn_set), ("test", v.test),
+               ("backdoor", v.backdoor))}
+    counts = lp.counts_up_to(v.model.head.in_features)
+    curves = {rank: {"defender": lp.sweep(v.model, order, pooled["defender"],
+                                          pooled["synthetic"], suspect, counts),
+                     "test": lp.sweep(v.model, order, pooled["test"], pooled["backdoor"], target,
+                                      counts)}
+              for rank, order in orders.items()}
+    return orders, curves
 
 
 def overlap_table(orders: dict) -> pd.DataFrame:
@@ -292,29 +289,6 @@ def overlap_table(orders: dict) -> pd.DataFrame:
     return pd.DataFrame([{"attack": name, **{f"top-{k}": lp.top_k_overlap(
         o["linf"], o["oracle_linf"], k) for k in (1, 5, 10, 20)}}
         for name, o in orders.items()]).set_index("attack")
-
-
-STYLES = {"linf": ("C3", "-"), "l2": ("C1", "-"), "l1": ("C0", "-"), "nc_gap": ("C2", ":"),
-          "dormant": ("C4", "-."), "random": ("0.5", "-"), "oracle_linf": ("k", "--")}
-
-
-def pruning_figure(curves: dict, attacks, channels: int):
-    """Test ASR (real trigger) and CA against the share of channels pruned, per ranking."""
-    fig, axes = plt.subplots(2, len(attacks), figsize=(plots.row_width(len(attacks)), 5),
-                             squeeze=False, sharex=True)
-    for c, name in enumerate(attacks):
-        for rank, (color, style) in STYLES.items():
-            t = curves[name, rank]["test"]
-            fraction = [n / channels for n in t["n"]]
-            axes[0, c].plot(fraction, [100 * a for a in t["asr"]], style, color=color, label=rank)
-            axes[1, c].plot(fraction, [100 * a for a in t["ca"]], style, color=color, label=rank)
-        axes[0, c].set_title(name)
-        axes[0, c].set_ylabel("ASR % (real trigger)")
-        axes[1, c].set_ylabel("CA %")
-        axes[1, c].set_xlabel("fraction of last-conv channels pruned")
-    axes[0, 0].legend(ncol=2)
-    fig.tight_layout()
-    return fig
 
 
 def _at(curve: dict, n: int) -> tuple[float, float]:
@@ -382,25 +356,3 @@ def claims(attacks, cam_table: pd.DataFrame, tail: pd.DataFrame, points: pd.Data
                                          - measured["linf_bias_badnets"])
     measured["undefended_asr_min"] = min(measured[f"undefended_asr_{name}"] for name in attacks)
     return measured
-
-
-def summary(points: pd.DataFrame, attacks, channels: int) -> list[str]:
-    """One line per attack: what ℓ∞ pruning at rule i, and fine-tuning after it, did."""
-    lines = []
-    for name in attacks:
-        p = points.loc[name]
-        row = p.loc[("linf", "i")]
-        if pd.isna(row["pruned"]):
-            lines.append(f"**{name}**: no ℓ∞ pruning up to half the layer brought the synthetic "
-                         "trigger's ASR below 5 %.")
-            continue
-        line = (f"**{name}**: ℓ∞ pruning of {row['pruned']:.0f} of {channels} channels (rule i) "
-                f"takes the real trigger's ASR from {row['asr before']:.1f} % to "
-                f"{row['asr after']:.1f} % and CA from {row['ca before']:.2f} % to "
-                f"{row['ca after']:.2f} %")
-        if ("linf + fine-tune", "i + FT") in p.index:
-            tuned = p.loc[("linf + fine-tune", "i + FT")]
-            line += (f"; fine-tuning on the defender's images then gives CA "
-                     f"{tuned['ca after']:.2f} % and ASR {tuned['asr after']:.1f} %")
-        lines.append(line + ".")
-    return lines
