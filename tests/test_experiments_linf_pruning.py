@@ -7,6 +7,7 @@ import torch
 from reprolib.defenses import linf_pruning as lp
 from reprolib.defenses import neural_cleanse as nc
 from reprolib.experiments import linf_pruning as ex
+from reprolib.experiments.plain import arrays
 from reprolib.views import linf_pruning as view
 
 matplotlib.use("Agg")
@@ -54,10 +55,10 @@ def test_the_gradcam_table_measures_the_corner_trigger_only(chapter):
     assert list(table.index) == [("badnets", "vanilla"), ("badnets", "backdoored")]
     assert (table["cells covered %"] == 100 / 16).all()           # one cell of the 4×4 map
     assert table["heat on trigger cells %"].between(0, 100).all()
-    gradcam = {n: ex._arrays(e["gradcam"]) for n, e in exams.items()}
+    gradcam = {n: arrays(e["gradcam"]) for n, e in exams.items()}
     assert gradcam["badnets"]["heat"]["backdoored"]["real"].shape == (3, 32, 32)
     assert len(view.gradcam_figure(gradcam).axes) == 4 * 9
-    shown = {n: ex._arrays(e["reversal"]) for n, e in exams.items()}
+    shown = {n: arrays(e["reversal"]) for n, e in exams.items()}
     mask, pattern = reversal["badnets"].trigger(0)
     assert np.array_equal(shown["badnets"]["mask"], mask[0].numpy())
     assert len(view.reversal_figure(shown).axes) == 2 * 3
@@ -78,7 +79,7 @@ def test_the_norms_tails_and_pruning_of_every_ranking(chapter, smoke_victims):
     assert tails.loc[("badnets", "vanilla", "synthetic"), "linf"] == pytest.approx(
         lp.standardized_change(lp.feature_maps(smoke_victims.clean.model, stats),
                                synthetic)["linf"].max().item())
-    arrays = {n: ex._arrays(e["norms"]) for n, e in exams.items()}
+    arrays = {n: arrays(e["norms"]) for n, e in exams.items()}
     assert len(view.norm_histograms(arrays, "badnets").axes) == 12
     assert len(view.tails_figure(arrays, list(victims)).axes) == 2
 

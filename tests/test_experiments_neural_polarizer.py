@@ -6,6 +6,8 @@ import torch
 from reprolib.config import Recipe
 from reprolib.defenses import neural_polarizer as npd_
 from reprolib.experiments import neural_polarizer as ex
+from reprolib.experiments.plain import arrays
+from reprolib.views import neural_polarizer as view
 
 matplotlib.use("Agg")
 
@@ -42,12 +44,15 @@ def test_every_defense_gets_a_row_and_npd_trains_a_sliver_of_the_model(main):
     assert table.loc[("badnets", "FP"), "pruned"] >= 0 and table["pruned"].notna().sum() == 2
     assert table.loc[("badnets", "NPD"), "ASR %"] == pytest.approx(
         100 * v.scores(polarized["badnets"].model)["asr"])
-    view = ex.main_view(table, victims)
-    assert view.shape == (1, 4 * 5) and [d for _, d in view.columns[:5]] == ex.DEFENSES
+    shown = view.main_view(table, victims, ex.DEFENSES)
+    assert shown.shape == (1, 4 * 5) and [d for _, d in shown.columns[:5]] == ex.DEFENSES
     cost = ex.cost_table(table)
     assert cost.loc["badnets", ("NPD / FT", "parameters %")] == pytest.approx(
         100 * (64 * 64 + 128) / table.loc[("badnets", "FT"), "trained parameters"])
-    assert len(ex.loss_figure(polarized).axes) == 1
+    kept = {"cost": {"columns": [list(c) for c in cost.columns], "index": list(cost.index),
+                     "values": cost.to_numpy().tolist()}}
+    assert view.cost(kept).equals(cost)                     # as the page reads it back
+    assert len(view.loss_figure({n: p.loss for n, p in polarized.items()}).axes) == 1
 
 
 def test_the_sweeps_reuse_the_main_tables_runs_and_add_the_others(main, smoke_victims):
@@ -58,7 +63,7 @@ def test_the_sweeps_reuse_the_main_tables_runs_and_add_the_others(main, smoke_vi
     assert by_data.loc[("badnets", 5.0, "NPD"), "diverged"] == ex.unstable(polarized["badnets"])
     assert by_data.xs("FT", level="defense")["diverged"].isna().all()    # FT keeps no loss
     assert by_data.loc[("badnets", 5.0, "NPD"), "ASR %"] == table.loc[("badnets", "NPD"), "ASR %"]
-    assert len(ex.clean_data_figure(by_data, victims, ["badnets"]).axes) == 2
+    assert len(view.clean_data_figure(by_data, table, ["badnets"]).axes) == 2
     common = {k: v for k, v in smoke_victims.common.items() if k != "ratio"}
     by_poison = ex.poisoning_sweep(victims, ["badnets"], [0.1, 0.05], table, polarized,
                                    ratio=0.1, clean_ratio=0.05, dataset="fashion-mnist",
@@ -66,7 +71,7 @@ def test_the_sweeps_reuse_the_main_tables_runs_and_add_the_others(main, smoke_vi
     assert list(by_poison.index) == [("badnets", 10.0), ("badnets", 5.0)]
     assert by_poison.loc[("badnets", 10.0), "ASR after %"] == table.loc[("badnets", "NPD"),
                                                                        "ASR %"]
-    assert len(ex.poisoning_figure(by_poison, ["badnets"]).axes) == 1
+    assert len(view.poisoning_figure(by_poison, ["badnets"]).axes) == 1
     assert by_poison["diverged"].isin([True, False]).all()
     assert by_poison.loc[("badnets", 10.0), "diverged"] == ex.unstable(polarized["badnets"])
     ablated = ex.ablation(victims, ["badnets"], table, polarized, 0.05,
@@ -76,9 +81,12 @@ def test_the_sweeps_reuse_the_main_tables_runs_and_add_the_others(main, smoke_vi
     measured = ex.claims(table, ex.cost_table(table), by_data, [0.05, 0.01], victims)
     assert measured["npd.badnets.asr"] == table.loc[("badnets", "NPD"), "ASR %"]
     assert "npd_minus_ft_der_scarce" not in measured              # no share ≤ 0.5 % ran
-    lines = ex.summary(table, ablated, victims, ["badnets"])
+    lines = view.summary(table, ablated, victims, ["badnets"])
     assert len(lines) == 2 and "Ablation, **badnets**" in lines[1]
-    assert len(ex.feature_figure(victims, polarized, ["badnets"], 0).axes) == 2
+    features = ex.features(npd=dict(victim=victims["badnets"].asked, defense="NPD", share=0.05,
+                                    **HOW), n=50)
+    assert features["backdoored"]["clean"].shape == (50, 2) and len(features["labels"]) == 50
+    assert len(view.feature_figure({"badnets": arrays(features)}, ["badnets"]).axes) == 2
 
 
 def test_the_ablation_variants_scale_the_radius_to_the_image():

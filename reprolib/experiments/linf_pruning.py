@@ -17,6 +17,7 @@ from ..gradcam import cams, mass_in, trigger_cells
 from ..jobs import Kept, pack, step, unpack
 from ..train import train
 from ..victims import n_classes, trained_victim
+from .plain import arrays, rows
 
 TRIGGERS = ("clean", "real", "synthetic")
 TUNE = Recipe(epochs=5, batch_size=64, lr=0.01, schedule="cosine")   # after rule-i pruning
@@ -85,38 +86,23 @@ def measures(ch, *, attacks, ratio=0.1, target=0, n_defender=1000, nc_steps=None
     cam = gradcam_table(r.exams)
     tail = tails_table(r.exams)
     points = operating_points(r.victims, curves, orders, tuned)
-    return {"accuracy": _rows(accuracy_table(r.vanilla, r.victims)),
-            "neural_cleanse": {"rows": _rows(neural_cleanse_table(r.reversal)),
+    return {"accuracy": rows(accuracy_table(r.vanilla, r.victims)),
+            "neural_cleanse": {"rows": rows(neural_cleanse_table(r.reversal)),
                                "flagged": {n: x.flagged for n, x in r.reversal.items()},
                                "suspect": {n: x.suspect for n, x in r.reversal.items()},
                                "synthetic": r.suspect, "target": target},
-            "reversal": {n: _arrays(e["reversal"]) for n, e in r.exams.items()},
-            "gradcam": {n: _arrays(e["gradcam"]) for n, e in r.exams.items()},
-            "cam": _rows(cam), "tails": _rows(tail), "points": _rows(points),
-            "norms": {n: _arrays(e["norms"]) for n, e in r.exams.items()},
-            "overlap": _rows(overlap_table(orders)),
+            "reversal": {n: arrays(e["reversal"]) for n, e in r.exams.items()},
+            "gradcam": {n: arrays(e["gradcam"]) for n, e in r.exams.items()},
+            "cam": rows(cam), "tails": rows(tail), "points": rows(points),
+            "norms": {n: arrays(e["norms"]) for n, e in r.exams.items()},
+            "overlap": rows(overlap_table(orders)),
             "curves": {n: e["curves"] for n, e in r.exams.items()},
-            "orders": {n: _arrays(o) for n, o in orders.items()},
+            "orders": {n: arrays(o) for n, o in orders.items()},
             "rankings": list(lp.RANKINGS), "channels": next(iter(r.exams.values()))["channels"],
             "stopped": [n for n in attacks if lp.stop_at_asr(curves[n, "linf"]["defender"])
                         is not None],
             "claims": claims(attacks, cam, tail, points, curves),
             "model_and_recipe": ch.model_and_recipe()}
-
-
-def _rows(frame: pd.DataFrame) -> list[dict]:
-    """A table's rows, its named index levels as columns."""
-    named = any(name is not None for name in frame.index.names)
-    return (frame.reset_index() if named else frame).to_dict("records")
-
-
-def _arrays(value):
-    """`value` with every tensor a numpy array, as measures keep them."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().numpy()
-    if isinstance(value, dict):
-        return {k: _arrays(v) for k, v in value.items()}
-    return value
 
 
 def _needs_exam(a: dict) -> list:

@@ -1,16 +1,15 @@
 """The Neural Polarizer chapter's experiments: NPD against FT and FP on the same defender's data,
 what each costs, how little clean data NPD needs, the poisoning ratio, the features the polarizer
-leaves, and an ablation of two of the reference's choices."""
+leaves, and an ablation of two of the reference's choices; `measures` turns them into the plain
+data the page (`views.neural_polarizer`) is drawn from."""
 from __future__ import annotations
 
 import dataclasses
 from types import SimpleNamespace
 
-import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 
-from .. import plots
 from ..metrics import score_row
 from ..config import Recipe, check_range, profile
 from ..config import scale as scale_of
@@ -18,8 +17,9 @@ from ..data import ImageSet
 from ..defenses import linf_pruning as lp
 from ..defenses import neural_polarizer as npd_
 from ..defenses.fine_tuning import fine_prune, ft
-from ..jobs import Kept, section, step
+from ..jobs import Kept, pack, section, step, unpack
 from ..victims import datasets, sizes, trained_victim
+from .plain import arrays, rows
 
 METRICS = ["CA %", "ASR %", "RA %", "DER %"]
 DEFENSES = ["none", "FT", "FP", "FP held-out", "NPD"]
@@ -63,10 +63,36 @@ def results(ch, *, attacks, ratio=0.1, target=0, clean_ratio=0.05, clean_ratios=
                         **how)
     ablated = section(ablation, victims, sweep_attacks, main, polarized, clean_ratio,
                       image=image, **how)
+    pictured = {name: features(npd=dict(victim=victims[name].asked, defense="NPD",
+                                        share=clean_ratio, **how), n=500)
+                for name in sweep_attacks}
     return SimpleNamespace(
         how=how, shares=shares, victims=victims, main=main, polarized=polarized, cost=cost,
-        by_data=by_data, by_poison=by_poison, ablation=ablated,
+        by_data=by_data, by_poison=by_poison, ablation=ablated, features=pictured,
         measured=section(claims, main, cost, by_data, shares, victims))
+
+
+def measures(ch, *, attacks, ratio=0.1, target=0, clean_ratio=0.05, clean_ratios=None,
+             poison_ratios=(0.1, 0.05, 0.01), sweep_attacks=("badnets", "blended"),
+             npd_epochs=None, ft_epochs=None) -> dict:
+    """What the Neural Polarizer page shows, as plain data (see `views.neural_polarizer`)."""
+    r = results(ch, attacks=attacks, ratio=ratio, target=target, clean_ratio=clean_ratio,
+                clean_ratios=clean_ratios, poison_ratios=poison_ratios,
+                sweep_attacks=sweep_attacks, npd_epochs=npd_epochs, ft_epochs=ft_epochs)
+    first = next(iter(r.victims.values()))
+    clean = defender(first, clean_ratio, ch.seed)
+    return {"main": rows(r.main), "defenses": DEFENSES,
+            "defender": {"images": len(clean), "per_class": len(clean) // len(clean.classes),
+                         "of": len(first.train), "share": clean_ratio},
+            "loss": {name: list(p.loss) for name, p in r.polarized.items()},
+            "diverged": diverged(r.polarized),
+            "cost": {"columns": [list(c) for c in r.cost.columns], "index": list(r.cost.index),
+                     "values": r.cost.to_numpy().tolist()},
+            "clean_data": rows(r.by_data), "poisoning_ratio": rows(r.by_poison),
+            "ablation": rows(r.ablation),
+            "features": arrays(r.features),
+            "shares": r.shares, "npd_epochs": r.how["settings"].epochs,
+            "claims": r.measured, "model_and_recipe": ch.model_and_recipe(wanet="wanet" in attacks)}
 
 
 def defender(v, share: float, seed: int) -> ImageSet:
@@ -159,24 +185,6 @@ def main_table(victims: dict, clean_ratio: float, **how) -> tuple[pd.DataFrame, 
     return pd.DataFrame(rows).set_index(["attack", "defense"]), polarized
 
 
-def main_view(main: pd.DataFrame, attacks) -> pd.DataFrame:
-    """The main table with one column group per metric and one column per defense."""
-    return main[METRICS].unstack("defense").reindex(columns=DEFENSES, level="defense").reindex(
-        list(attacks))
-
-
-def loss_figure(polarized: dict):
-    fig, ax = plt.subplots(figsize=(4.5, 2.6))
-    for name, result in polarized.items():
-        ax.plot(range(1, len(result.loss) + 1), result.loss, label=name)
-    ax.set_xlabel("epoch after the warm-up")
-    ax.set_ylabel("outer loss")
-    ax.set_yscale("log")
-    ax.legend()
-    fig.tight_layout()
-    return fig
-
-
 def diverged(polarized: dict, above: float = 100.0) -> list[str]:
     """The attacks whose polarizer's training diverged (`unstable`)."""
     return [name for name, result in polarized.items() if unstable(result, above)]
@@ -220,26 +228,6 @@ def clean_data_sweep(victims: dict, attacks, shares, main: pd.DataFrame, polariz
     return pd.DataFrame(rows).set_index(["attack", "clean %", "defense"])[METRICS + ["diverged"]]
 
 
-def clean_data_figure(by_data: pd.DataFrame, victims: dict, attacks):
-    fig, axes = plt.subplots(2, len(attacks), figsize=(plots.row_width(len(attacks)), 4.6),
-                             sharex=True, squeeze=False)
-    for c, name in enumerate(attacks):
-        for defense, color in (("NPD", "C3"), ("FT", "C0")):
-            part = by_data.loc[name].xs(defense, level="defense")
-            axes[0, c].plot(part.index, part["ASR %"], "o-", color=color, label=defense)
-            axes[1, c].plot(part.index, part["CA %"], "o-", color=color, label=defense)
-        axes[1, c].axhline(victims[name].scores()["ca"] * 100, color="0.5", ls=":",
-                           label="no defense")
-        axes[0, c].set_title(name)
-        axes[1, c].set_xscale("log")
-        axes[1, c].set_xlabel("clean data, % of the training set")
-    axes[0, 0].set_ylabel("ASR %")
-    axes[1, 0].set_ylabel("CA %")
-    axes[1, 0].legend()
-    fig.tight_layout()
-    return fig
-
-
 def poisoning_sweep(victims: dict, attacks, ratios, main: pd.DataFrame, polarized: dict, *,
                     ratio: float, clean_ratio: float, dataset: str, common: dict,
                     **how) -> pd.DataFrame:
@@ -263,58 +251,31 @@ def poisoning_sweep(victims: dict, attacks, ratios, main: pd.DataFrame, polarize
     return pd.DataFrame(rows).set_index(["attack", "poisoned %"])
 
 
-def poisoning_figure(by_poison: pd.DataFrame, attacks):
-    fig, axes = plt.subplots(1, len(attacks), figsize=(plots.row_width(len(attacks)), 3.0),
-                             squeeze=False)
-    for ax, name in zip(axes[0], attacks):
-        part = by_poison.loc[name]
-        x = range(len(part))
-        for offset, (col, color, label) in zip((-0.3, -0.1, 0.1, 0.3), (
-                ("ASR before %", "C3", "ASR before"), ("ASR after %", "C1", "ASR after NPD"),
-                ("CA before %", "C0", "CA before"), ("CA after %", "C2", "CA after NPD"))):
-            ax.bar([i + offset for i in x], part[col], width=0.2, color=color, label=label)
-        ax.set_xticks(list(x), [f"{p:g} %" for p in part.index])
-        ax.set_xlabel("poisoned training images")
-        ax.set_title(name)
-    axes[0, 0].set_ylabel("%")
-    fig.legend(*axes[0, 0].get_legend_handles_labels(), ncol=2, loc="upper center")
-    fig.tight_layout(rect=(0, 0, 1, 0.82))
-    return fig
-
-
 def principal_axes(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The mean of `features` and their first two principal directions (D × 2)."""
     centred = features - features.mean(0)
     return features.mean(0), torch.linalg.svd(centred, full_matrices=False).Vh[:2].T
 
 
-def feature_figure(victims: dict, polarized: dict, attacks, seed: int):
-    """Clean (by class) and triggered (black) test features before and after NPD, on the
-    backdoored model's first two principal axes."""
-    fig, axes = plt.subplots(len(attacks), 2, figsize=(5.6, 2.7 * len(attacks)), squeeze=False)
-    for row, name in zip(axes, attacks):
-        v = victims[name]
-        clean_view = v.test.sample(min(500, len(v.test)), seed)
-        triggered_view = v.backdoor.sample(min(500, len(v.backdoor)), seed)
-        before = [lp.Pooled.of(v.model, d).features.cpu() for d in (clean_view, triggered_view)]
-        centre, axes2 = principal_axes(torch.cat(before))
-        after = [lp.Pooled.of(polarized[name].model.backbone, d).features.cpu()
-                 for d in (clean_view, triggered_view)]
-        for ax, (title, (c_feat, t_feat)) in zip(row, (("backdoored", before),
-                                                       ("after NPD", after))):
-            c_xy, t_xy = (c_feat - centre) @ axes2, (t_feat - centre) @ axes2
-            for k, label in enumerate(clean_view.classes):
-                mine = clean_view.labels.cpu() == k
-                ax.scatter(c_xy[mine, 0], c_xy[mine, 1], color=plt.cm.tab10(k), s=4, alpha=0.6,
-                           label=label)
-            ax.scatter(t_xy[:, 0], t_xy[:, 1], c="k", s=4, marker="x", label="triggered")
-            ax.set_title(f"{name}: {title}")
-            ax.set_xticks([])
-            ax.set_yticks([])
-    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="center left",
-               bbox_to_anchor=(1.0, 0.5), markerscale=2.5, title="clean, by class")
-    fig.tight_layout()
-    return fig
+@step("npd.features", read=lambda kept, args: unpack(kept),
+      needs=lambda a: [defended.job(**a["npd"])],
+      describe=lambda a: f"features before and after NPD {a['npd']['victim']['attack']}")
+def features(npd: dict, n: int) -> Kept:
+    """`n` clean test images' and `n` triggered ones' last-layer features, drawn from the NPD
+    job's seed, of its victim before and after its polarizer, on the backdoored model's first
+    two principal axes; with the clean images' labels and the class names."""
+    v = trained_victim(**npd["victim"])
+    _, result = defended(**npd)
+    clean_view = v.test.sample(min(n, len(v.test)), npd["seed"])
+    triggered_view = v.backdoor.sample(min(n, len(v.backdoor)), npd["seed"])
+    before = [lp.Pooled.of(v.model, d).features.cpu() for d in (clean_view, triggered_view)]
+    centre, axes = principal_axes(torch.cat(before))
+    after = [lp.Pooled.of(result.model.backbone, d).features.cpu()
+             for d in (clean_view, triggered_view)]
+    xy = {when: {"clean": (c - centre) @ axes, "triggered": (t - centre) @ axes}
+          for when, (c, t) in (("backdoored", before), ("after NPD", after))}
+    return pack({"labels": clean_view.labels.cpu(), "classes": list(clean_view.classes),
+                 "backdoored": xy["backdoored"], "after NPD": xy["after NPD"]})
 
 
 def variants(settings: npd_.Settings, image: torch.Tensor) -> dict[str, npd_.Settings]:
@@ -369,18 +330,3 @@ def claims(main: pd.DataFrame, cost: pd.DataFrame, by_data: pd.DataFrame, shares
     return measured
 
 
-def summary(main: pd.DataFrame, ablated: pd.DataFrame, attacks, sweep_attacks) -> list[str]:
-    lines = []
-    for name in attacks:
-        none, npd_row = main.loc[(name, "none")], main.loc[(name, "NPD")]
-        best = main.loc[name].drop("none")["DER %"].idxmax()
-        lines.append(f"**{name}**: NPD takes ASR from {none['ASR %']:.1f} % to "
-                     f"{npd_row['ASR %']:.1f} % and CA from {none['CA %']:.2f} % to "
-                     f"{npd_row['CA %']:.2f} % (DER {npd_row['DER %']:.1f} %); the best DER here "
-                     f"is {best}'s.")
-    for name in sweep_attacks:
-        a = ablated.loc[name]
-        lines.append(f"Ablation, **{name}**: " + "; ".join(
-            f"{variant} CA {r['CA %']:.2f} % ASR {r['ASR %']:.1f} %" for variant, r in a.iterrows())
-            + ".")
-    return lines
