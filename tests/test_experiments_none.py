@@ -8,7 +8,10 @@ import pytest
 
 from reprolib.config import ParameterError
 from reprolib.defenses import none as none_
+from reprolib.defenses.none import activations, neuron_scores
 from reprolib.experiments import none as ex
+from reprolib.experiments.plain import arrays
+from reprolib.views import none as view
 
 matplotlib.use("Agg")
 
@@ -61,16 +64,21 @@ def test_the_main_table_filtering_linearity_ablation_and_natural_scan(smoke_vict
     assert quality["flagged"] == len(repaired["badnets"].rounds[0].dropped)
     assert quality["poisoned"] == len(v.poison_indices) == 200
     assert filtered.loc[("badnets", "ABL (isolated 1 %)"), "flagged"] == 20
-    assert ex.main_view(main, victims).shape == (1, 9)
+    assert view.main_view(main, victims).shape == (1, 9)
     assert list(ex.ratio_table(main, victims).index) == ["ABL", "NONE"]
-    assert len(ex.score_figure(repaired, victims).axes) == 1
+    first_round = repaired["badnets"].rounds[0]
+    scores = {"badnets": {"scores": arrays(first_round.scores),
+                          "poisoned": arrays(v.poison_indices),
+                          "threshold": float(first_round.threshold)}}
+    assert len(view.score_figure(scores).axes) == 1
 
-    picture = ex.linearity(v, per_class=5, steps=3)
-    peaks = picture["acts"].peaks[picture["layer"]]
-    assert picture["layer"] == "conv4" and picture["curves"].shape == (3, 50, peaks.shape[1])
-    suspicious = picture["channels"]["suspicious"]
-    assert picture["score"]["conv4"][suspicious] == picture["score"]["conv4"].max()
-    panels = ex.linearity_figure(v, picture).axes      # the fourth holds the classes' legend
+    picture = arrays(ex.linearity(victim=v.asked, per_class=5, steps=3))
+    assert picture["layer"] == "conv4" and picture["curves"].shape == (3, 10, 2)
+    score = neuron_scores(activations(v.model, v.train))["conv4"]
+    assert picture["scores"]["suspicious"] == pytest.approx(score.max().item())
+    assert picture["channels"]["suspicious"] == int(score.argmax())
+    assert len(picture["sure"]) + len(picture["unsure"]) <= len(v.train)
+    panels = view.linearity_figure(picture).axes      # the fourth holds the classes' legend
     assert len(panels) == 4 and not panels[3].axison and panels[3].get_legend() is not None
 
     variants = none_.variants(repair, [0.03, 0.1], v.model)
@@ -81,11 +89,12 @@ def test_the_main_table_filtering_linearity_ablation_and_natural_scan(smoke_vict
     assert list(ablated.index) == ["f = 0.03", "no reset"]
     assert ablated.loc["f = 0.03", "ASR %"] == main.loc[("badnets", "NONE"), "ASR %"]
     assert ablated.loc["no reset", "reset channels"] > 0               # chosen, not zeroed
-    assert len(ex.ablation_figure(ablated, [0.03], 90.0, "badnets").axes) == 1
+    assert len(view.ablation_figure(ablated, [0.03], 90.0, "badnets").axes) == 1
 
     clean = smoke_victims.clean
     first = ex.natural_round(victim=clean.asked, settings=natural, index=1, augment=False, seed=0)
-    scans, accuracy, ratio = ex.natural(clean, [first], areas=[0.02], scan_steps=3,
+    args = dict(victim=clean.asked, settings=natural, index=1, augment=False, seed=0)
+    scans, accuracy, ratio = ex.natural(clean, [first], [args], areas=[0.02], scan_steps=3,
                                         check_images=100, seed=0)
     assert list(scans.index) == [("standard", 2.0), ("NONE round 1", 2.0)]
     assert scans["max REASR %"].between(0, 100).all()
@@ -93,10 +102,12 @@ def test_the_main_table_filtering_linearity_ablation_and_natural_scan(smoke_vict
     standard = scans.loc[("standard", 2.0), "max REASR %"]
     final = scans.loc[("NONE round 1", 2.0), "max REASR %"]
     assert ratio["ratio of means"] == pytest.approx(standard / max(final, 1e-9))
-    assert len(ex.natural_figure(scans, 1).axes) == 1
+    assert accuracy.loc["NONE round 1", "CA %"] == pytest.approx(
+        100 * clean.scores(first.model)["ca"])
+    assert len(view.natural_figure(scans, 1).axes) == 1
     measured = ex.claims(main, ex.ratio_table(main, victims), ratio)
     assert measured["none_badnets_ca_drop"] == pytest.approx(
         main.loc[("badnets", "no defense"), "CA %"] - main.loc[("badnets", "NONE"), "CA %"])
-    lines = ex.summary(main, filtered, ex.ratio_table(main, victims), scans, accuracy, ratio, 1,
-                       victims)
+    lines = view.summary(main, filtered, ex.ratio_table(main, victims), scans, accuracy, ratio, 1,
+                         victims)
     assert len(lines) == 3 and lines[0].startswith("**badnets**: ASR")

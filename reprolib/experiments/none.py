@@ -1,19 +1,19 @@
 """The NONE chapter's experiments: NONE against ABL on injected backdoors, the abstract's average
 ASR ratio, the filtering quality, the linearity picture, the ablation, and natural backdoors
-measured by a bounded REASR scan."""
+measured by a bounded REASR scan; `measures` turns them into the plain data the page
+(`views.none`) is drawn from."""
 from __future__ import annotations
 
 import copy
 import math
 from types import SimpleNamespace
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
 
 from ..metrics import score_row
-from .. import models, plots
+from .. import models
 from ..config import ParameterError, check_range
 from ..devices import resolve as resolve_device
 from ..defenses import abl as abl_
@@ -21,6 +21,7 @@ from ..defenses import none as none_
 from ..defenses import reasr
 from ..jobs import Job, Kept, pack, step, unpack
 from ..victims import sizes, trained_victim
+from .plain import arrays, rows
 
 DEFENSES = ["no defense", "ABL", "NONE"]
 
@@ -111,13 +112,43 @@ def results(ch, *, attacks, ratio=0.1, target=0, none_lr=0.01, none_epochs=None,
                                          augment=augment, seed=ch.seed)
                for variant, s in variants.items()}
     clean = trained_victim(**ch.victim_args(None, target=target))
-    natural_rounds = [natural_round(victim=clean.asked, settings=natural_settings, index=r + 1,
-                                    augment=augment, seed=ch.seed) for r in range(rounds)]
+    round_args = [dict(victim=clean.asked, settings=natural_settings, index=r + 1,
+                       augment=augment, seed=ch.seed) for r in range(rounds)]
+    natural_rounds = [natural_round(**a) for a in round_args]
     main, filtered = main_table(victims, isolated, repaired)
     return SimpleNamespace(
         scale=scale, augment=augment, settings=repair, rounds=rounds, victims=victims,
         isolated=isolated, repaired=repaired, probe=probe, variants=variants, ablated=ablated,
-        clean=clean, natural_rounds=natural_rounds, main=main, filtered=filtered)
+        clean=clean, natural_rounds=natural_rounds, round_args=round_args, main=main,
+        filtered=filtered)
+
+
+def measures(ch, *, attacks, ratio=0.1, target=0, none_lr=0.01, none_epochs=None,
+             abl_epochs=None, fractions=(0.01, 0.03, 0.05, 0.1, 0.2), natural_schedule=None,
+             areas=(0.02,), scan_steps=None, fit_images=240) -> dict:
+    """What the NONE page shows, as plain data (see `views.none`)."""
+    r = results(ch, attacks=attacks, ratio=ratio, target=target, none_lr=none_lr,
+                none_epochs=none_epochs, abl_epochs=abl_epochs, fractions=fractions,
+                natural_schedule=natural_schedule, areas=areas, scan_steps=scan_steps,
+                fit_images=fit_images)
+    v = r.victims[r.probe]
+    picture = linearity(victim=v.asked)
+    scans, accuracy, ratio_natural = natural(
+        r.clean, r.natural_rounds, r.round_args, areas=areas, scan_steps=r.scale.scan_steps,
+        check_images=r.scale.check_images, fit_images=fit_images, seed=ch.seed)
+    ratios = ratio_table(r.main, r.victims)
+    return {"main": rows(r.main), "filtering": rows(r.filtered), "asr_ratio": rows(ratios),
+            "scores": {name: {"scores": arrays(x.rounds[0].scores),
+                              "poisoned": arrays(r.victims[name].poison_indices),
+                              "threshold": float(x.rounds[0].threshold)}
+                       for name, x in r.repaired.items()},
+            "probe": r.probe, "linearity": arrays(picture),
+            "ablation": rows(ablation(v, r.variants, r.ablated)), "variants": list(r.variants),
+            "natural": rows(scans), "natural_accuracy": rows(accuracy),
+            "natural_ratio": ratio_natural, "rounds": r.rounds,
+            "training_images": len(v.train),
+            "claims": claims(r.main, ratios, ratio_natural),
+            "model_and_recipe": ch.model_and_recipe(wanet="wanet" in attacks)}
 
 
 def settings(scale, *, none_lr: float, augment: bool, fractions, areas):
@@ -169,11 +200,6 @@ def main_table(victims: dict, isolated: dict, repaired: dict
             pd.DataFrame(filter_rows).set_index(["attack", "defense"]))
 
 
-def main_view(main: pd.DataFrame, attacks) -> pd.DataFrame:
-    return main[["CA %", "ASR %", "RA %"]].unstack("defense").reindex(
-        columns=DEFENSES, level="defense").reindex(list(attacks))
-
-
 def asr_ratios(main: pd.DataFrame, victims: dict, defense: str) -> dict[str, float]:
     """Undefended ASR over `defense`'s, read both ways: the ratio of the mean ASRs and the
     geometric mean of the per-attack ratios; an ASR of 0 counts as one triggered image."""
@@ -192,32 +218,17 @@ def ratio_table(main: pd.DataFrame, victims: dict) -> pd.DataFrame:
         "defense")
 
 
-def score_figure(repaired: dict, victims: dict):
-    """NONE's per-image scores of clean and poisoned training images, with the Jenks break."""
-    fig, axes = plots.grid(len(victims), size=(2.25, 2.2))
-    for ax, (name, v) in zip(axes, victims.items()):
-        first = repaired[name].rounds[0]
-        poisoned = torch.zeros(len(v.train), dtype=torch.bool)
-        poisoned[v.poison_indices.cpu()] = True
-        bins = np.linspace(first.scores.min().item(), first.scores.max().item(), 60)
-        ax.hist(first.scores[~poisoned].numpy(), bins=bins, color="C0", alpha=0.7, label="clean")
-        ax.hist(first.scores[poisoned].numpy(), bins=bins, color="C3", alpha=0.7,
-                label="poisoned")
-        ax.axvline(first.threshold, color="k", ls="--", lw=1, label="Jenks break")
-        ax.set_yscale("log")
-        ax.set_title(name)
-        ax.set_xlabel("sample score")
-    axes[0].set_ylabel("training images")
-    axes[0].legend()
-    fig.tight_layout()
-    return fig
-
-
-def linearity(v, per_class: int = 30, steps: int = 11) -> dict:
-    """The most suspicious channel of the last monitored layer (top NONE score) and a benign one
-    (median score): their mean peak activation, per class, on `per_class` test images of each
-    class blended towards their triggered versions, x_α = (1 − α)·x + α·T(x); and what the
-    score reads on the training set."""
+@step("none.linearity", read=lambda kept, args: unpack(kept), needs=_needs_victim,
+      work=lambda a: sizes(a["victim"])[0] + 10 * a.get("per_class", 30) * a.get("steps", 11),
+      describe=lambda a: f"NONE linearity picture {a['victim']['attack']}")
+def linearity(victim: dict, per_class: int = 30, steps: int = 11) -> Kept:
+    """The most suspicious channel of the last monitored layer (top NONE score) of the victim
+    asked for by `victim`, and a benign one (median score): each class's mean peak activation
+    on `per_class` test images of the class blended towards their triggered versions,
+    x_α = (1 − α)·x + α·T(x), at `steps` values of α (α × classes × the two channels); and the
+    suspicious channel's peaks on the training images the model is sure are (S, p > 0.9) and
+    are not (W, p < 0.1) the target."""
+    v = trained_victim(**victim)
     acts = none_.activations(v.model, v.train)
     score = none_.neuron_scores(acts)
     layer = list(score)[-1]
@@ -225,45 +236,22 @@ def linearity(v, per_class: int = 30, steps: int = 11) -> dict:
     channels = {"suspicious": int(order[0]), "benign": int(order[len(order) // 2])}
     chosen = torch.cat([(v.test.labels == k).nonzero().flatten()[:per_class]
                         for k in range(len(v.test.classes))])
-    images, labels = v.test.images[chosen], v.test.labels[chosen]
+    images, labels = v.test.images[chosen], v.test.labels[chosen].cpu()
     alphas = torch.linspace(0, 1, steps)
     triggered = v.attack.apply(images).float()
-    curves = torch.stack([none_.activations(v.model, v.test.with_images(
+    peaks = torch.stack([none_.activations(v.model, v.test.with_images(
         ((1 - a) * images.float() + a * triggered).round().to(torch.uint8), labels)).peaks[layer]
         .cpu() for a in alphas])                                  # α × images × channels
-    return {"acts": acts, "score": score, "layer": layer, "channels": channels, "labels": labels,
-            "alphas": alphas, "curves": curves}
-
-
-def linearity_figure(v, picture: dict):
-    """Per channel, each class's mean peak against α; then the suspicious channel's peaks on
-    the training images the model is sure are (S) and are not (W) the target class."""
-    layer, labels, curves = picture["layer"], picture["labels"], picture["curves"]
-    fig, axes = plots.grid(4, cols=2, size=(3.4, 2.6))
-    for ax, (kind, c) in zip(axes, picture["channels"].items()):
-        for k in range(len(v.test.classes)):
-            ax.plot(picture["alphas"], curves[:, labels == k, c].mean(1), color=plt.cm.tab10(k),
-                    lw=1.2, label=v.test.classes[k])
-        ax.set_title(f"{kind}: {layer} channel {c} (score {picture['score'][layer][c]:.2f})",
-                     fontsize=8)
-        ax.set_xlabel("α (0: clean, 1: triggered)")
-    axes[0].set_ylabel("peak activation (pre-BN)")
-    axes[3].axis("off")
-    axes[3].legend(*axes[1].get_legend_handles_labels(), ncol=2, loc="center",
-                   title="test images of class")
-    a = picture["acts"].peaks[layer][:, picture["channels"]["suspicious"]].cpu()
-    p = picture["acts"].probs[:, v.target].cpu()
-    bins = np.linspace(a.min().item(), a.max().item(), 50)
-    axes[2].hist(a[p < 0.1].numpy(), bins=bins, color="C0", alpha=0.7,
-                 label=f"W: p_{v.target} < 0.1")
-    axes[2].hist(a[p > 0.9].numpy(), bins=bins, color="C3", alpha=0.7,
-                 label=f"S: p_{v.target} > 0.9")
-    axes[2].set_yscale("log")
-    axes[2].set_title(f"suspicious channel, target class {v.target}", fontsize=8)
-    axes[2].set_xlabel("peak activation")
-    axes[2].legend()
-    fig.tight_layout()
-    return fig
+    pair = list(channels.values())
+    curves = torch.stack([peaks[:, labels == k][:, :, pair].mean(1)
+                          for k in range(len(v.test.classes))], 1)
+    sure = acts.probs[:, v.target].cpu()
+    suspicious = acts.peaks[layer][:, channels["suspicious"]].cpu()
+    return pack({"layer": layer, "channels": channels,
+                 "scores": {k: float(score[layer][c]) for k, c in channels.items()},
+                 "alphas": alphas, "curves": curves, "classes": list(v.test.classes),
+                 "target": v.target, "sure": suspicious[sure > 0.9],
+                 "unsure": suspicious[sure < 0.1]})
 
 
 def ablation(v, variants: dict, ablated: dict) -> pd.DataFrame:
@@ -280,49 +268,55 @@ def ablation(v, variants: dict, ablated: dict) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("variant")
 
 
-def ablation_figure(ablated: pd.DataFrame, fractions, undefended_ba: float, title: str):
-    sweep = ablated.loc[[f"f = {f:g}" for f in fractions]]
-    fig, ax = plt.subplots(figsize=(4.5, 2.6))
-    ax.plot(sweep["fraction"] * 100, sweep["ASR %"], "o-", color="C3", label="ASR")
-    ax.plot(sweep["fraction"] * 100, sweep["CA %"], "o-", color="C0", label="CA")
-    ax.axhline(undefended_ba, color="C0", ls=":", label="CA, no defense")
-    ax.set_xscale("log")
-    ax.set_xlabel("channels reset per layer, %")
-    ax.set_ylabel("%")
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    return fig
+def _needs_model(args: dict) -> list[Job]:
+    if args["after_round"] is None:
+        return [trained_victim.job(**args["clean"])]
+    return [natural_round.job(**args["after_round"])]
 
 
-def natural(clean, natural_rounds: list, *, areas, scan_steps: int, check_images: int,
-            seed: int, fit_images: int = 240):
-    """The clean model scanned by bounded REASR at every area, then each of `natural_rounds`
-    (NONE's natural setting, round after round): the scans per (model, area), CA per model,
-    and the ratio of the standard model's REASR to the last round's. Triggers are fitted on
-    `fit_images` test images and measured on up to `check_images` others."""
+@step("none.scan", read=lambda kept, args: kept.record, needs=_needs_model,
+      work=lambda a: len(a["areas"]) * a["scan_steps"] * 24 * 10,
+      describe=lambda a: "REASR scan, " + ("standard model" if a["after_round"] is None else
+                                           f"NONE natural round {a['after_round']['index']}"))
+def scanned(clean: dict, after_round: dict | None, areas: list, scan_steps: int,
+            check_images: int, fit_images: int, seed: int) -> Kept:
+    """The clean model asked for by `clean` (or, with `after_round`, that NONE natural round's
+    model) scanned by bounded REASR at each of `areas`, its triggers fitted on `fit_images` test
+    images and measured on up to `check_images` others (both drawn from `seed`); with its CA
+    and how many images the triggers were measured on."""
+    c = trained_victim(**clean)
+    model = c.model if after_round is None else natural_round(**after_round).model
+    order = torch.randperm(len(c.test), generator=torch.Generator().manual_seed(seed))
+    fit = c.test.subset(order[:fit_images])
+    check = c.test.subset(order[fit_images:fit_images + check_images])
+    found = [{"area %": 100 * a, "max REASR %": 100 * s.max, "label": s.label}
+             for a in areas for s in [reasr.scan(model, fit, check, a, steps=scan_steps,
+                                                 seed=seed)]]
+    return Kept(record={"scans": found, "ca": 100 * c.scores(model)["ca"],
+                        "checked": len(check)})
+
+
+def natural(clean, natural_rounds: list, round_args: list[dict], *, areas, scan_steps: int,
+            check_images: int, seed: int, fit_images: int = 240):
+    """The clean model scanned by bounded REASR at every area (`scanned`), then each of
+    `natural_rounds` (NONE's natural setting, round after round, asked for by `round_args`):
+    the scans per (model, area), CA per model, and the ratio of the standard model's REASR to
+    the last round's."""
     check_range("fit_images", fit_images, low=1, high=len(clean.test) - 1, integer=True)
-    order = torch.randperm(len(clean.test), generator=torch.Generator().manual_seed(seed))
-    fit = clean.test.subset(order[:fit_images])
-    check = clean.test.subset(order[fit_images:fit_images + check_images])
-
-    def scanned(model, state):
-        return [{"model": state, "area %": 100 * a, "max REASR %": 100 * s.max, "label": s.label}
-                for a in areas
-                for s in [reasr.scan(model, fit, check, a, steps=scan_steps, seed=seed)]]
-
-    scans = scanned(clean.model, "standard")
-    accuracy = [{"model": "standard", "CA %": 100 * clean.scores()["ca"], "seconds": 0.0,
-                 "diverged": False}]
-    spent = 0.0
-    for r, result in enumerate(natural_rounds):
-        model, spent = result.model, spent + result.seconds
-        scans += scanned(model, f"NONE round {r + 1}")
-        accuracy.append({"model": f"NONE round {r + 1}", "CA %": 100 * clean.scores(model)["ca"],
-                         "seconds": spent, "diverged": result.diverged})
+    how = dict(clean=clean.asked, areas=list(areas), scan_steps=scan_steps,
+               check_images=check_images, fit_images=fit_images, seed=seed)
+    states = [("standard", None, None), *((f"NONE round {i + 1}", a, result) for i, (a, result)
+                                          in enumerate(zip(round_args, natural_rounds)))]
+    scans, accuracy, spent = [], [], 0.0
+    for state, after_round, result in states:
+        found = scanned(after_round=after_round, **how)
+        spent += result.seconds if result else 0.0
+        scans += [{"model": state, **row} for row in found["scans"]]
+        accuracy.append({"model": state, "CA %": found["ca"], "seconds": spent,
+                         "diverged": result.diverged if result else False})
     scans = pd.DataFrame(scans).set_index(["model", "area %"])
     return (scans, pd.DataFrame(accuracy).set_index("model"),
-            natural_ratio(scans, len(natural_rounds), len(check)))
+            natural_ratio(scans, len(natural_rounds), found["checked"]))
 
 
 def natural_ratio(scans: pd.DataFrame, rounds: int, checked: int) -> dict[str, float]:
@@ -334,21 +328,6 @@ def natural_ratio(scans: pd.DataFrame, rounds: int, checked: int) -> dict[str, f
             "geometric mean of ratios": math.exp(np.log(
                 standard / final.clip(lower=100 / checked)).mean()),
             "paper (NONE, natural)": 1.75}
-
-
-def natural_figure(scans: pd.DataFrame, rounds: int):
-    standard = scans.loc["standard", "max REASR %"]
-    fig, ax = plt.subplots(figsize=(4.8, 2.9))
-    ax.plot(standard.index, standard, "o-", color="k", label="standard training")
-    for r in range(1, rounds + 1):
-        curve = scans.loc[f"NONE round {r}", "max REASR %"]
-        ax.plot(curve.index, curve, "o-", color=plt.cm.Reds(0.35 + 0.65 * r / rounds), lw=1,
-                label=f"NONE round {r}")
-    ax.set_xlabel("trigger area bound, % of the image")
-    ax.set_ylabel("max REASR %")
-    ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5))
-    fig.tight_layout()
-    return fig
 
 
 def claims(main: pd.DataFrame, ratios: pd.DataFrame, natural_ratios: dict) -> dict[str, float]:
@@ -367,28 +346,3 @@ def claims(main: pd.DataFrame, ratios: pd.DataFrame, natural_ratios: dict) -> di
     return measured
 
 
-def summary(main: pd.DataFrame, filtered: pd.DataFrame, ratios: pd.DataFrame, scans, accuracy,
-            natural_ratios: dict, rounds: int, attacks) -> list[str]:
-    lines = []
-    for name in attacks:
-        a = main.loc[name]
-        q = filtered.loc[(name, "NONE (Jenks drop)")]
-        lines.append(
-            f"**{name}**: ASR {a.loc['no defense', 'ASR %']:.1f} % → ABL "
-            f"{a.loc['ABL', 'ASR %']:.1f} % / NONE {a.loc['NONE', 'ASR %']:.1f} %; CA "
-            f"{a.loc['no defense', 'CA %']:.2f} % → ABL {a.loc['ABL', 'CA %']:.2f} % / NONE "
-            f"{a.loc['NONE', 'CA %']:.2f} %; NONE dropped {q['flagged']:.0f} images (precision "
-            f"{q['precision %']:.1f} %, recall {q['recall %']:.1f} %)"
-            + ("; NONE's fine-tuning diverged, so the defender kept the backdoored model"
-               if a.loc['NONE', 'diverged'] else "") + ".")
-    lines.append(f"Average ASR ratio, NONE: {ratios.loc['NONE', 'ratio of means']:.2f}× (ratio of "
-                 f"means), {ratios.loc['NONE', 'geometric mean of ratios']:.2f}× (geometric "
-                 f"mean); ABL: {ratios.loc['ABL', 'ratio of means']:.2f}×, "
-                 f"{ratios.loc['ABL', 'geometric mean of ratios']:.2f}×. Paper: 54.83×.")
-    standard = scans.loc["standard", "max REASR %"]
-    final = scans.loc[f"NONE round {rounds}", "max REASR %"]
-    lines.append(f"Natural backdoors: mean max REASR {standard.mean():.1f} % (standard) → "
-                 f"{final.mean():.1f} % after {rounds} NONE round(s), "
-                 f"{natural_ratios['ratio of means']:.2f}×; CA {accuracy['CA %'].iloc[0]:.2f} % "
-                 f"→ {accuracy['CA %'].iloc[-1]:.2f} %. Paper: 1.75×.")
-    return lines
