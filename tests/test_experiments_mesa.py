@@ -8,6 +8,8 @@ import torch
 from reprolib.attacks.patterns import pattern_classes
 from reprolib.defenses import mesa
 from reprolib.experiments import mesa as ex
+from reprolib.experiments.plain import arrays
+from reprolib.views import mesa as view
 
 matplotlib.use("Agg")
 
@@ -63,19 +65,26 @@ def test_one_pattern_gets_every_retraining_and_every_sampler_measured(run):
                                      "baseline round 0", "baseline round 1"]
     assert samples["entropy (nats)"].notna().sum() == 3
     assert samples["trigger ASR %"].between(0, 100).all()
-    summary = ex.summary_table(results)
-    assert list(summary.index) == ex.METHODS
+    summary = view.summary_table(results)
+    assert list(summary.index) == view.METHODS == ex.METHODS
     assert summary.loc["baseline", "mean ASR %"] == pytest.approx(
         results[results.method == "baseline"]["ASR %"].mean())
-    table = ex.per_pattern(results)
+    table = view.per_pattern(results)
     assert table.loc["170", ("mean", "no defense")] == results.iloc[0]["ASR %"]
-    assert ex.attack_table(results, 90.0).loc["170", "clean model CA %"] == 90.0
-    patches = {"170": patch}
-    assert len(ex.defense_figure(results, "black and white", "t", patches, 1).axes) == 1
-    shown = [ax for ax in ex.beta_figure(done.found, "svd", 0, 1).axes if ax.axison]
+    assert view.attack_table(results, 90.0).loc["170", "clean model CA %"] == 90.0
+    patches = {"170": arrays(patch.tensor())}
+    assert len(view.defense_figure(results, "black and white", patches, 1).axes) == 1
+    drawn = ex.drawn(list(done.found.generators.items()), "svd", 0, n=16)
+    assert drawn["keys"] == [0.9, 0.8, 0.5] and drawn["xy"].shape == (48, 2)
+    assert torch.equal(torch.from_numpy(drawn["draws"][0]),
+                       mesa.sample(done.found.generators[0.9], 16, seed=0).cpu())
+    shown = [ax for ax in view.samples_figure(drawn, "β", 1, with_cloud=True).axes
+             if ax.axison]
     assert len(shown) == 4          # all samples, then one panel per β (a spare one is off)
-    assert len(ex.beta_table(samples)) == 3
-    assert len(ex.distribution_figure({"170": done}, patches, "svd", 0, 1).axes) == 1
+    assert len(view.beta_table(samples)) == 3
+    spread = ex.distribution({"170": done}, {"170": patch}, "svd", 0, n=16)
+    assert spread[0]["xy"].shape == (3 * 16 + 2 + 1, 2)       # samples, reversed, original
+    assert len(view.distribution_figure(spread, 1).axes) == 1
 
 
 def test_the_sweeps_detection_and_claims(run):
@@ -85,7 +94,8 @@ def test_the_sweeps_detection_and_claims(run):
     assert by_alpha[0.1] is done.found.generators[0.9]           # reused, not searched again
     alphas = ex.alpha_sweep(done, by_alpha, held_out=held_out, target=0, seed=0)
     assert list(alphas.index) == [0.1, 0.0]
-    assert len(ex.alpha_figure(by_alpha, "svd", 0, 1).axes) == 2
+    drawn = ex.drawn(list(by_alpha.items()), "svd", 0, n=16)
+    assert len(view.samples_figure(drawn, "α", 1, with_cloud=False).axes) == 2
     rates = ex.rate_sensitivity(done, results, ex.rate_retrainings(done, [0.5]))
     assert list(rates.index) == [0.01, 0.5]
     worst = int(results[results.method == "baseline"].set_index("round")["ASR %"].idxmax())
@@ -95,14 +105,14 @@ def test_the_sweeps_detection_and_claims(run):
     detected = ex.detection(done, ex.detected(
         run=done.run, settings=dataclasses.replace(done.run["settings"], betas=(0.9,))))
     assert list(detected.index) == list(range(10))
-    assert len(ex.detection_figure(detected, 0).axes) == 1
+    assert len(view.detection_figure(detected, 0).axes) == 1
     measured = ex.claims(results, samples, detected, alphas, 90.0, 0)
     others = detected.drop(index=0)["generated-trigger ASR %"]
     assert measured["detection_margin"] == pytest.approx(
         detected.loc[0, "generated-trigger ASR %"] - others.max())
     assert measured["entropy_gap_alpha"] == pytest.approx(
         alphas.loc[0.1, "entropy (nats)"] - alphas.loc[0.0, "entropy (nats)"])
-    lines = ex.summary(results, ex.summary_table(results), detected, measured, clean_ca=90.0,
+    lines = view.summary(results, view.summary_table(results), detected, measured, clean_ca=90.0,
                        target=0, n_random=0, alphas=[0.1, 0.0])
     assert lines[0].startswith("Attack, 1 black-and-white pattern(s)")
     assert lines[-1].startswith("Detection: class 0 reaches")

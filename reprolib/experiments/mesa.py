@@ -6,21 +6,20 @@ from __future__ import annotations
 import dataclasses
 from types import SimpleNamespace
 
-import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 import torch
 
-from .. import plots
 from ..attacks.patch import Patch
 from ..attacks.patterns import pattern_classes
 from ..config import Recipe, check_choice, check_range, profile
 from ..data import ImageSet
 from ..defenses import mesa
+from ..embedding import EMBEDDINGS, embed
 from ..jobs import Kept, pack, step, unpack
 from ..models import model_device
 from ..train import evaluate
 from ..victims import datasets, injected, sizes, trained_victim
+from .plain import arrays, rows
 
 METHODS = ["MESA β=0.9", "MESA β=0.8", "MESA β=0.5", "MESA ensemble", "baseline",
            "ideal (true patch)", "clean fine-tune", "no defense"]
@@ -75,7 +74,7 @@ def check_parameters(scale, *, rate: float, rates, alphas, embedding: str) -> No
         check_range("rate", r, low=0, high=1, low_open=True)
     for a in alphas:
         check_range("alphas", a, low=0)
-    check_choice("embedding", embedding, plots.EMBEDDINGS)
+    check_choice("embedding", embedding, EMBEDDINGS)
 
 
 def how(ch, scale, *, target: int, rate: float, search_batch: int, reverse_batch: int) -> dict:
@@ -245,82 +244,54 @@ def results(ch, *, target=0, n_patterns=None, n_random=None, rounds=None, rate=0
         retrained=rate_retrainings(run170, rates))
 
 
-def attack_table(results: pd.DataFrame, clean_ca: float) -> pd.DataFrame:
-    before = results[results.method == "no defense"].set_index("pattern")[
-        ["family", "CA %", "ASR %"]]
-    before["clean model CA %"] = clean_ca
-    return before
+def measures(ch, *, target=0, n_patterns=None, n_random=None, rounds=None, rate=0.01,
+             rates=(0.1, 0.5), alphas=(0.0, 0.1, 10.0), embedding="svd", search_batch=128,
+             reverse_batch=100) -> dict:
+    """What the MESA page shows, as plain data (see `views.mesa`). The searches, injections
+    and retrainings are jobs; scoring the clean model and sampling the generators they kept
+    run here, so that the page only draws."""
+    r = results(ch, target=target, n_patterns=n_patterns, n_random=n_random, rounds=rounds,
+                rate=rate, rates=rates, alphas=alphas, embedding=embedding,
+                search_batch=search_batch, reverse_batch=reverse_batch)
+    _, held_out = mesa.split(r.clean.test, seed=ch.seed)
+    alpha_table = alpha_sweep(r.run170, r.by_alpha, held_out=held_out, target=target,
+                              seed=ch.seed)
+    detection_table = detection(r.run170, r.detected)
+    clean_ca = 100 * evaluate(r.clean.model, held_out)["ca"]
+    return {"defense": rows(r.rows), "samples": rows(r.samples), "clean_ca": clean_ca,
+            "patches": {name: arrays(p.tensor()) for name, p in r.patches.items()},
+            "channels": r.channels, "betas": list(r.settings.betas), "rounds": r.scale.rounds,
+            "n_random": r.scale.n_random, "classes": len(held_out.classes), "target": target,
+            "beta": drawn(list(r.run170.found.generators.items()), embedding, ch.seed),
+            "alpha_sweep": rows(alpha_table),
+            "alpha": drawn(list(r.by_alpha.items()), embedding, ch.seed),
+            "distribution": distribution(r.runs, r.patches, embedding, ch.seed),
+            "rates": rows(rate_sensitivity(r.run170, r.rows, r.retrained)),
+            "detection": rows(detection_table),
+            "claims": claims(r.rows, r.samples, detection_table, alpha_table, clean_ca, target),
+            "model_and_recipe": ch.model_and_recipe()}
 
 
-def per_pattern(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per pattern, each method's mean and standard deviation of the ASR over its rounds,
-    sorted by the baseline's mean."""
-    table = frame.groupby(["pattern", "method"])["ASR %"].agg(["mean", "std"]).unstack("method")
-    return table.sort_values(("mean", "baseline"))
+def drawn(generators: list, embedding: str, seed: int, n: int = 128) -> dict:
+    """`n` samples of each of `generators` ((key, generator) pairs: a β or an α each) and their
+    coordinates in one embedding."""
+    draws = [mesa.sample(g, n, seed=seed).cpu() for _, g in generators]
+    return {"keys": [k for k, _ in generators], "draws": arrays(draws),
+            "xy": embed(torch.cat(draws), embedding, seed=seed)}
 
 
-def defense_figure(results: pd.DataFrame, which: str, title: str, patches_: dict, channels: int):
-    """ASR after retraining per pattern of family `which`, sorted by the baseline's mean (the
-    paper's Fig. 4), each pattern drawn under its tick."""
-    table = per_pattern(results[results.family == which])
-    x = np.arange(len(table))
-    fig, ax = plt.subplots(figsize=(min(max(4.5, 0.28 * len(x) + 2.5), plots.WIDTH), 3.6))
-    mean, std = table["mean", "baseline"], table["std", "baseline"]
-    # a band and a line need two patterns; the bars and dashes also show a lone one
-    ax.fill_between(x, (mean - std).clip(lower=0), mean + std, color="0.8", label="baseline ± std")
-    ax.vlines(x, (mean - std).clip(lower=0), mean + std, color="0.8", lw=4)
-    ax.plot(x, mean, "o-", color="0.45", lw=1, ms=3, label="baseline mean")
-    for m, colour in zip(METHODS[:4], ["C0", "C1", "C2", "C3"]):
-        ax.plot(x, table["mean", m], "o-", color=colour, lw=1, ms=3, label=m)
-    ax.plot(x, table["mean", "ideal (true patch)"], "k--", marker="_", ms=12, lw=1,
-            label="ideal (true patch)")
-    ax.plot(x, table["mean", "clean fine-tune"], ":", color="0.3", marker="_", ms=12, lw=1,
-            label="clean fine-tune")
-    ax.set_xticks(x)
-    ax.set_xticklabels([])
-    plots.thumbnails(ax, [(i, -0.08) for i in x], torch.stack(
-        [patches_[p].tensor() for p in table.index]), channels, zoom=3.5,
-        xycoords=("data", "axes fraction"))
-    ax.set_ylabel("ASR after retraining, %")
-    ax.legend(loc="lower left", bbox_to_anchor=(0, 1.01), ncol=3, borderaxespad=0)
-    fig.tight_layout()
-    return fig
-
-
-def summary_table(results: pd.DataFrame) -> pd.DataFrame:
-    """Per method, over the black-and-white patterns: lowest, mean and highest ASR, mean CA."""
-    return (results[results.family == "black and white"].groupby("method")
-            .agg(**{"lowest ASR %": ("ASR %", "min"), "mean ASR %": ("ASR %", "mean"),
-                    "highest ASR %": ("ASR %", "max"), "mean CA %": ("CA %", "mean")})
-            .reindex(METHODS))
-
-
-def _frame(ax, xy) -> None:
-    ax.set_xlim(xy[:, 0].min() - 0.3, xy[:, 0].max() + 0.3)
-    ax.set_ylim(xy[:, 1].min() - 0.3, xy[:, 1].max() + 0.3)
-
-
-def beta_figure(found: mesa.Search, embedding: str, seed: int, channels: int, n: int = 128):
-    """`n` samples of each β's generator in one embedding, and each β's drawn as pictures."""
-    betas = list(found.generators)
-    draws = {b: mesa.sample(g, n, seed=seed) for b, g in found.generators.items()}
-    xy = plots.embed(torch.cat(list(draws.values())), embedding, seed=seed)
-    fig, axes = plots.grid(1 + len(betas), size=(2.2, 2.2))
-    for i, b in enumerate(betas):
-        part = xy[n * i:n * (i + 1)]
-        axes[0].scatter(*part.T, s=6, color=f"C{i}", label=f"β = {b}")
-        _frame(axes[1 + i], xy)
-        plots.thumbnails(axes[1 + i], part[:40], draws[b][:40], channels, zoom=2.5)
-        axes[1 + i].set_title(f"β = {b}")
-    axes[0].legend()
-    axes[0].set_title("all samples")
-    fig.tight_layout()
-    return fig
-
-
-def beta_table(samples: pd.DataFrame) -> pd.DataFrame:
-    return samples[samples.sampler.str.startswith("MESA")].pivot_table(
-        index="sampler", values=["entropy (nats)", "trigger ASR %"], aggfunc="mean")
+def distribution(runs: dict, patches_: dict, embedding: str, seed: int, n: int = 128) -> list:
+    """For up to four black-and-white patterns: MESA's samples (every β), the baseline's
+    reversed triggers and the original patch, in one embedding per pattern."""
+    shown = []
+    for name in [p for p in patches_ if family(p) == "black and white"][:4]:
+        found, reversed_ = runs[name].found, runs[name].reversed.cpu()
+        cloud = torch.cat([mesa.sample(g, n, seed=seed) for g in found.generators.values()]).cpu()
+        original = patches_[name].tensor()[None]
+        shown.append({"pattern": name, "betas": list(found.generators), "n": n,
+                      "reversed": arrays(reversed_), "original": arrays(original),
+                      "xy": embed(torch.cat([cloud, reversed_, original]), embedding, seed=seed)})
+    return shown
 
 
 def alpha_generators(defended: Defended, alphas, settings: mesa.Settings) -> dict:
@@ -340,44 +311,6 @@ def alpha_sweep(defended: Defended, by_alpha: dict, *, held_out: ImageSet, targe
          "trigger ASR %": 100 * mesa.trigger_asr(defended.victim.model, held_out,
                                                  mesa.from_generator(g), target, seed=seed)}
         for a, g in by_alpha.items()]).set_index("α")
-
-
-def alpha_figure(by_alpha: dict, embedding: str, seed: int, channels: int, n: int = 128):
-    draws = {a: mesa.sample(g, n, seed=seed) for a, g in by_alpha.items()}
-    xy = plots.embed(torch.cat(list(draws.values())), embedding, seed=seed)
-    fig, axes = plots.grid(len(draws), size=(2.2, 2.2))
-    for ax, a in zip(axes, draws):
-        i = list(draws).index(a)
-        _frame(ax, xy)
-        plots.thumbnails(ax, xy[n * i:n * i + 40], draws[a][:40], channels, zoom=2.5)
-        ax.set_title(f"α = {a:g}")
-    fig.tight_layout()
-    return fig
-
-
-def distribution_figure(runs: dict, patches_: dict, embedding: str, seed: int, channels: int,
-                        n: int = 128):
-    """For up to four black-and-white patterns: MESA's samples (every β) in one embedding with
-    the original patch (red frame) and the baseline's reversed triggers (black frames)."""
-    shown = [p for p in patches_ if family(p) == "black and white"][:4]
-    fig, axes = plots.grid(len(shown), cols=2, size=(3.3, 3.0))
-    for ax, name in zip(axes, shown):
-        found, reversed_ = runs[name].found, runs[name].reversed
-        cloud = torch.cat([mesa.sample(g, n, seed=seed) for g in found.generators.values()]).cpu()
-        original = patches_[name].tensor()[None]
-        xy = plots.embed(torch.cat([cloud, reversed_.cpu(), original]), embedding, seed=seed)
-        for i, b in enumerate(found.generators):
-            ax.scatter(*xy[n * i:n * (i + 1)].T, s=5, color=f"C{i}", alpha=0.6, label=f"β = {b}")
-        ax.update_datalim(xy)                   # the thumbnails' points too
-        ax.margins(0.12)
-        ax.autoscale_view()
-        plots.thumbnails(ax, xy[len(cloud):len(cloud) + len(reversed_)], reversed_, channels,
-                         zoom=2.5, frame="k")
-        plots.thumbnails(ax, xy[-1:], original, channels, zoom=3.5, frame="red")
-        ax.set_title(f"pattern {name}")
-    axes[0].legend()
-    fig.tight_layout()
-    return fig
 
 
 def worst_round(defended: Defended) -> int:
@@ -421,17 +354,6 @@ def detection(defended: Defended, found: dict) -> pd.DataFrame:
                         ).set_index("class")
 
 
-def detection_figure(detected: pd.DataFrame, target: int):
-    fig, ax = plt.subplots(figsize=(4.8, 2.6))
-    ax.bar(detected.index, detected["generated-trigger ASR %"],
-           color=["C3" if k == target else "C0" for k in detected.index])
-    ax.set_xticks(detected.index)
-    ax.set_xlabel("candidate target class")
-    ax.set_ylabel("generated-trigger ASR %")
-    fig.tight_layout()
-    return fig
-
-
 def claims(results: pd.DataFrame, samples: pd.DataFrame, detected: pd.DataFrame,
            alpha_table: pd.DataFrame, clean_ca: float, target: int) -> dict[str, float]:
     """The paper's numbers and the claims' measures, over the black-and-white patterns."""
@@ -463,32 +385,3 @@ def claims(results: pd.DataFrame, samples: pd.DataFrame, detected: pd.DataFrame,
     return measured
 
 
-def summary(results: pd.DataFrame, summary_: pd.DataFrame, detected: pd.DataFrame,
-            measured: dict, *, clean_ca: float, target: int, n_random: int,
-            alphas) -> list[str]:
-    attack_rows = results[(results.family == "black and white") & (results.method == "no defense")]
-    lines = [f"Attack, {len(attack_rows)} black-and-white pattern(s): ASR "
-             f"{attack_rows['ASR %'].min():.1f}–{attack_rows['ASR %'].max():.1f} % (mean "
-             f"{attack_rows['ASR %'].mean():.1f} %), CA {attack_rows['CA %'].mean():.2f} % "
-             f"against the clean model's {clean_ca:.2f} %. Paper: 92.3–99.8 % (mean 98.7 %)."]
-    for m in METHODS[:-1]:
-        s = summary_.loc[m]
-        lines.append(f"After **{m}**: ASR {s['lowest ASR %']:.1f}–{s['highest ASR %']:.1f} % "
-                     f"(mean {s['mean ASR %']:.1f} %), CA {s['mean CA %']:.2f} %.")
-    lines.append("Paper: 1.2–5.9 % after MESA, 2.4–51.4 % after the baseline.")
-    rnd = results[results.family == "random"].groupby("method")["ASR %"].mean()
-    if len(rnd):
-        lines.append(f"Random-colour patches ({n_random}): ASR {rnd['no defense']:.1f} % before; "
-                     f"after MESA (β pooled) {rnd[MESA_METHODS].mean():.1f} %, ensemble "
-                     f"{rnd['MESA ensemble']:.1f} %, baseline {rnd['baseline']:.1f} %, clean "
-                     f"fine-tune {rnd['clean fine-tune']:.1f} %.")
-    lines.append(f"Entropy of the samples, β = 0.5 minus β = 0.9: "
-                 f"{measured['entropy_gap_beta']:.1f} nats"
-                 + (f"; α = {max(alphas):g} minus α = 0: "
-                    f"{measured['entropy_gap_alpha']:.1f} nats"
-                    if "entropy_gap_alpha" in measured else "") + ".")
-    others = detected.drop(index=target)["generated-trigger ASR %"]
-    lines.append(f"Detection: class {target} reaches "
-                 f"{detected.loc[target, 'generated-trigger ASR %']:.1f} %; the highest other "
-                 f"class, {others.idxmax()}, {others.max():.1f} %.")
-    return lines

@@ -83,6 +83,27 @@ def trigger_grid(rows: dict[str, np.ndarray]):
     return fig
 
 
+def patch_image(values: np.ndarray, channels: int) -> np.ndarray:
+    """A flat C·9 trigger in [0, 1] as a 3×3 picture (grey when it has one channel)."""
+    img = np.clip(np.moveaxis(np.asarray(values, dtype=np.float32).reshape(channels, 3, 3), 0, -1),
+                  0, 1)
+    return img[..., 0] if channels == 1 else img
+
+
+def thumbnails(ax, xy, triggers: np.ndarray, channels: int, zoom: float = 4.0,
+               frame: str = "0.5", xycoords="data") -> None:
+    """Each trigger (a row of `triggers`, C·9 values in [0, 1]) drawn as a small 3×3 picture at
+    its point of `xy` (in `xycoords`)."""
+    from matplotlib.colors import Normalize
+    from matplotlib.offsetbox import AnnotationBbox, OffsetImage
+    for (x, y), t in zip(xy, triggers):
+        picture = OffsetImage(patch_image(t, channels), zoom=zoom, cmap="gray",
+                              norm=Normalize(0, 1), interpolation="nearest")
+        ax.add_artist(AnnotationBbox(picture, (x, y), xycoords=xycoords, frameon=True, pad=0.05,
+                                     annotation_clip=False,
+                                     bboxprops={"edgecolor": frame, "lw": 0.6}))
+
+
 def seeds_figure(comparison, ref, by_seed: dict[int, dict]):
     """One panel per checked row of `comparison` measured at two seeds or more: each seed's
     value (dots, from `by_seed`), their mean and 95 % interval (bar), and what it is checked
