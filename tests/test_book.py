@@ -354,7 +354,8 @@ def test_a_page_drawn_from_measures_tells_its_notebook_and_parameters_apart(tmp_
 
 @pytest.mark.notebook
 @pytest.mark.parametrize("chapter, seeds", [("attacks", [0]), ("linf_pruning", [0, 1]),
-                                           ("neural_polarizer", [0]), ("none", [0]), ("mesa", [0])])
+                                           ("neural_polarizer", [0]), ("none", [0]), ("mesa", [0]),
+                                           ("clear", [0])])
 def test_a_page_drawn_again_from_its_measures_is_the_same_and_computes_nothing(
         tmp_path, monkeypatch, chapter, seeds):
     root = tmp_path / "project"

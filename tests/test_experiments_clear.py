@@ -13,6 +13,7 @@ from reprolib.config import ParameterError, Recipe
 from reprolib.config import profile as profile_of
 from reprolib.experiments import clear as ex
 from reprolib.train import evaluate
+from reprolib.views import clear as view
 
 matplotlib.use("Agg")
 
@@ -69,7 +70,7 @@ def test_each_attack_draws_a_target_poisons_and_an_attacked_model(runs):
     assert len(brew.atk.indices) == round(0.01 * len(clean.train))
     table = ex.attack_table(found)
     assert list(table.poisons) == [30, 5, 20] and list(table.success) == [r.success for r in found]
-    summary = ex.attack_summary(table)
+    summary = view.attack_summary(table)
     assert list(summary.index) == list(DRAWS) and (summary.draws == 1).all()
 
 
@@ -107,11 +108,13 @@ def test_detection_scores_every_run_and_the_clean_references(runs, smoke_victims
     assert row["clean references"] == 1 and row["models"] == 1
     assert row["TPR %"] == 100 * (copies.examined.score > threshold["from scratch"])
     assert row["Deep k-NN recall % (all)"] == pytest.approx(100 * copies.knn_r)
-    knn, mine = ex.flags_of(table, "Deep k-NN"), ex.flags_of(table, "CLEAR")
+    knn, mine = view.flags_of(table, "Deep k-NN"), view.flags_of(table, "CLEAR")
     assert list(knn) == ["precision %", "precision % (all)", "recall %", "recall % (all)"]
     assert list(mine) == [*knn, "poisons in the widest hull %"]
     assert knn.loc["mislabelled copies", "recall % (all)"] == row["Deep k-NN recall % (all)"]
-    assert len(ex.score_figure(found, DRAWS, scores, threshold).axes) == 2
+    runs_ = [ex.run_row(r) for r in found]
+    assert runs_[0]["score"] == copies.examined.score and runs_[0]["transfer"] is False
+    assert len(view.score_figure(runs_, DRAWS, ex.SETTING, scores, threshold).axes) == 2
     top = ex.top_pockets(found)
     assert len(top) == 3 and (top.candidates >= 0).all()
 
@@ -134,16 +137,22 @@ def test_mitigation_figures_ablation_and_claims(runs):
     per_draw = ex.mitigate(found, mitigations)
     assert len(per_draw) == len(ex.METHODS) * len(won)
     assert all(list(r.after) == ["CLEAR relabel + FT"] for r in won)
-    table = ex.mitigation_table(per_draw)
+    table = view.mitigation_table(per_draw)
     assert table["attack success %"].between(0, 100).all()
     shown = won[0] if won else found[0]
-    assert len(ex.pocket_figure(shown, clean.test, clean.train, 0).axes) >= 2
-    fig, caption = ex.feature_figure(shown, clean.test, 0)
+    pocket = ex.pocket_picture(shown, clean.test, clean.train, 0)
+    assert list(pocket["panels"])[:2] == ["before the attack", "after the attack"]
+    assert pocket["panels"]["after the attack"].shape == (41, 41)
+    assert len(view.pocket_figure(pocket).axes) >= 2
+    picture = ex.feature_picture(shown, clean.test, 0)
+    assert len(picture["poisons"]) == len(shown.atk.indices) and picture["target"].shape == (2,)
+    fig, caption = view.feature_figure(picture)
     assert len(fig.axes) == 1 and caption.endswith(".")
-    ablation = ex.ablation(found, clean.model, [2, 4], [10, 20])
+    collision = [r for r in found if r.attack == "feature collision"]
+    ablation = ex.ablation([ex.ablated(run=r.args, dims=[2, 4], ks=[10, 20]) for r in collision])
     assert list(ablation.index) == [(2, 10), (2, 20), (4, 10), (4, 20)]
     assert list(ablation.columns) == ex.ABLATION_COLUMNS[2:]
-    assert len(ex.ablation_figure(ablation, [10, 20]).axes) == 2
+    assert len(view.ablation_figure(ablation, [10, 20]).axes) == 2
     detection = ex.detection_table(found, DRAWS, {"transfer": [0.0], "from scratch": [0.0]},
                                    {"transfer": 0.0, "from scratch": 0.0})
     measured = ex.claims(found, per_draw, detection, train_seconds=10.0)
@@ -151,7 +160,8 @@ def test_mitigation_figures_ablation_and_claims(runs):
     assert measured["detect_time_share"] == pytest.approx(
         np.mean([r.examined.seconds for r in scratch]) / 10.0)
     assert ("clear_recall" in measured) == bool(won)
-    lines = ex.summary(found, ex.attack_table(found), detection, table, 90.0, 10.0)
+    lines = view.summary([ex.run_row(r) for r in found], ex.attack_table(found), detection,
+                         table, 90.0, 10.0, ex.SETTING)
     assert lines[0].startswith("**mislabelled copies** (from scratch): ")
     assert lines[-1].startswith("CLEAR's detection took")
 

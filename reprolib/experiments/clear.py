@@ -1,6 +1,7 @@
 """The CLEAR chapter's experiments: three sample-targeted attacks drawn against a clean model,
 CLEAR's and Deep k-NN's detection on every poisoned training set, the mitigation, the pocket in
-input and in feature space, and the neighbourhood and dimension ablation."""
+input and in feature space, and the neighbourhood and dimension ablation; `measures` turns them
+into the plain data the page (`views.clear`) is drawn from."""
 from __future__ import annotations
 
 import copy
@@ -8,12 +9,9 @@ import time
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
-from matplotlib.colors import ListedColormap
-from scipy.spatial import ConvexHull
 
 from ..attacks.feature_collision import feature_collision
 from ..attacks.gradient_matching import gradient_matching
@@ -25,6 +23,7 @@ from ..jobs import Kept, pack, step, unpack
 from ..metrics import auroc, precision_recall
 from ..train import evaluate, linear_transfer, trained
 from ..victims import sizes, trained_victim
+from .plain import arrays, rows
 
 ATTACKS = ("mislabelled copies", "feature collision", "gradient matching")
 SETTING = {"mislabelled copies": "from scratch", "feature collision": "transfer",
@@ -225,15 +224,6 @@ def attack_table(runs: list[Run]) -> pd.DataFrame:
                           "poisons": len(r.atk.indices), "seconds": r.seconds} for r in runs])
 
 
-def attack_summary(attacks: pd.DataFrame) -> pd.DataFrame:
-    """Per attack: draws, successes, the attacked models' mean CA and seconds, success rate."""
-    table = attacks.groupby("attack", sort=False).agg(
-        **{"draws": ("success", "size"), "succeeded": ("success", "sum"),
-           "mean CA %": ("ca", "mean"), "mean time (s)": ("seconds", "mean")})
-    table["success %"] = 100 * table.succeeded / table.draws
-    return table
-
-
 def _k(run: dict, k_transfer: int, k_scratch: int) -> int:
     return k_transfer if SETTING[run["name"]] == "transfer" else k_scratch
 
@@ -330,34 +320,6 @@ def detection_table(runs: list[Run], draws, clean_scores: dict, threshold: dict)
         row["CLEAR s / model"] = np.mean([r.examined.seconds for r in mine]) if mine else np.nan
         rows.append(row)
     return pd.DataFrame(rows).set_index("attack")
-
-
-def flags_of(detection: pd.DataFrame, detector: str) -> pd.DataFrame:
-    """`detector`'s precision and recall columns of `detection_table`, named without the
-    detector; CLEAR's also the widest-hull diagnosis, which bounds its hull test."""
-    columns = [c for c in detection if c.startswith(f"{detector} ") and "%" in c]
-    if detector == "CLEAR":
-        columns.append("poisons in the widest hull %")
-    return detection[columns].rename(columns=lambda c: c.removeprefix(f"{detector} "))
-
-
-def score_figure(runs: list[Run], draws, clean_scores: dict, threshold: dict):
-    """Every model's score against its setting's threshold, clean references first."""
-    fig, axes = plt.subplots(1, 2, figsize=(6.8, 2.8))
-    for ax, s in zip(axes, ("transfer", "from scratch")):
-        ax.scatter(clean_scores[s], np.zeros(len(clean_scores[s])), marker="o", color="0.5",
-                   label="clean")
-        names = [n for n in draws if SETTING[n] == s]
-        for j, name in enumerate(names):
-            mine = [r for r in runs if r.attack == name]
-            ax.scatter([r.examined.score for r in mine], np.full(len(mine), j + 1),
-                       c=["C3" if r.success else "C0" for r in mine], marker="x", label=name)
-        ax.axvline(threshold[s], color="k", lw=0.8, ls="--")
-        ax.set_yticks(range(1 + len(names)), ["clean"] + names)
-        ax.set_xlabel("model score (highest pocket score)")
-        ax.set_title(f"{s} (red: attack succeeded)")
-    fig.tight_layout()
-    return fig
 
 
 def top_pockets(runs: list[Run]) -> pd.DataFrame:
@@ -480,20 +442,56 @@ def results(ch, *, pairing="nearest", draws_copies=None, draws_collision=None,
                                                  scratch_recipe=scratch_recipe,
                                                  plain_one_in=plain_one_in, seed=ch.seed)
                    for r, a, d in zip(runs, args, detections) if r.success}
+    ablations = [ablated(run=a, dims=list(dims), ks=list(ks)) for a in args
+                 if a["name"] == "feature collision"]
     return SimpleNamespace(scale=scale, draws=draws(scale), clean=clean, runs=runs,
                            examinations=examinations, clean_scores=clean_scores,
-                           mitigations=mitigations)
+                           mitigations=mitigations, ablations=ablations)
 
 
-def mitigation_table(per_draw: pd.DataFrame) -> pd.DataFrame:
-    table = per_draw.groupby(["attack", "method"], sort=False).agg(
-        attacks=("still succeeds", "size"), success_pct=("still succeeds", "mean"),
-        ca=("CA %", "mean")).rename(columns={"success_pct": "attack success %", "ca": "CA %"})
-    table["attack success %"] *= 100
-    return table
+def measures(ch, *, pairing="nearest", draws_copies=None, draws_collision=None,
+             draws_brew=None, copies=50, poisons=25, budget=0.01, eps=8, brew_steps=None,
+             restarts=None, pool_size=None, brew_augment=True, dim=8, k_transfer=50,
+             k_scratch=100, ks=(25, 50, 100), dims=(4, 8, 16, 32)) -> dict:
+    """What the CLEAR page shows, as plain data (see `views.clear`)."""
+    r = results(ch, pairing=pairing, draws_copies=draws_copies, draws_collision=draws_collision,
+                draws_brew=draws_brew, copies=copies, poisons=poisons, budget=budget, eps=eps,
+                brew_steps=brew_steps, restarts=restarts, pool_size=pool_size,
+                brew_augment=brew_augment, dim=dim, k_transfer=k_transfer, k_scratch=k_scratch,
+                ks=ks, dims=dims)
+    runs = r.runs
+    detect(runs, r.examinations)
+    threshold = {s: float(np.percentile(v, 95)) for s, v in r.clean_scores.items()}
+    detection = detection_table(runs, r.draws, r.clean_scores, threshold)
+    per_draw = mitigate(runs, r.mitigations)
+    train_seconds = sum(r.clean.card["history"]["epoch_seconds"])
+    shown = next((x for x in runs if x.success), runs[0] if runs else None)
+    return {"attacks": rows(attack_table(runs)),
+            "clean_ca": 100 * evaluate(r.clean.model, r.clean.test)["ca"],
+            "runs": [run_row(x) for x in runs], "draws": r.draws, "settings": SETTING,
+            "clean_scores": r.clean_scores, "threshold": threshold,
+            "detection": rows(detection), "top_pockets": rows(top_pockets(runs)),
+            "mitigation": rows(per_draw), "methods": METHODS,
+            "pocket": pocket_picture(shown, r.clean.test, r.clean.train, ch.seed) if shown else None,
+            "features": feature_picture(shown, r.clean.test, ch.seed) if shown else None,
+            "ablation": rows(ablation(r.ablations)),
+            "hull_enclosures": [float(f.hull.enclosure) for x in runs for f in x.examined.found
+                                if f.hull is not None],
+            "train_seconds": train_seconds,
+            "claims": claims(runs, per_draw, detection, train_seconds),
+            "model_and_recipe": ch.model_and_recipe()}
 
 
-def pocket_figure(shown: Run, test, train_set, seed: int, extent: float = 1.5):
+def run_row(r: Run) -> dict:
+    """What the page reads of one draw: its pair, whether it succeeded, its setting, the
+    model's score and CLEAR's seconds, and both detectors' precision and recall."""
+    return {"attack": r.attack, "draw": r.draw, "target": r.target, "true": r.true,
+            "attacker": r.attacker, "success": r.success, "transfer": r.transfer, "ca": r.ca,
+            "score": r.examined.score, "seconds": r.examined.seconds, "clear_p": r.clear_p,
+            "clear_r": r.clear_r, "knn_p": r.knn_p, "knn_r": r.knn_r}
+
+
+def pocket_picture(shown: Run, test, train_set, seed: int, extent: float = 1.5) -> dict:
     """Decision regions on the input-space plane through the target, spanned by the direction
     to one poison and to a random training image of the target's class: before the attack,
     after it and (when mitigated) after CLEAR."""
@@ -505,108 +503,82 @@ def pocket_figure(shown: Run, test, train_set, seed: int, extent: float = 1.5):
     panels = {"before the attack": shown.before, "after the attack": shown.model}
     if shown.after:
         panels["after CLEAR"] = shown.after["CLEAR relabel + FT"]
-    cmap = ListedColormap(plt.get_cmap("tab10").colors[:len(test.classes)])
-    fig, axes = plt.subplots(1, len(panels), figsize=(2.1 * len(panels) + 0.2, 2.6))
-    for ax, (title, net) in zip(np.atleast_1d(axes), panels.items()):
-        grid = clear.decision_slice(net, test, origin, toward, across, extent=extent, steps=41)
-        ax.imshow(grid, origin="lower", extent=(-extent, extent, -extent, extent), cmap=cmap,
-                  vmin=-0.5, vmax=len(test.classes) - 0.5, interpolation="nearest")
-        ax.plot(0, 0, "*", color="w", mec="k", ms=12)
-        ax.plot(1, 0, "X", color="w", mec="k", ms=8)
-        ax.set_title(title)
-        ax.set_xlabel("→ poison")
-    np.atleast_1d(axes)[0].set_ylabel("→ same-class image")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(c)) for c in (shown.true, shown.attacker)]
-    fig.legend(handles, [f"{test.classes[shown.true]} (true)",
-                         f"{test.classes[shown.attacker]} (attacker)"],
-               loc="lower center", ncol=2, fontsize=8)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
-    return fig
+    return {"panels": {title: arrays(clear.decision_slice(net, test, origin, toward, across,
+                                                           extent=extent, steps=41))
+                       for title, net in panels.items()},
+            "extent": extent, "classes": list(test.classes), "true": shown.true,
+            "attacker": shown.attacker, "attack": shown.attack, "draw": shown.draw,
+            "target": shown.target, "success": shown.success}
 
 
-def feature_figure(shown: Run, test, seed: int):
-    """The extractor's features (2-D PCA) of the target's and the attacker's class, the poisons,
-    the target and the hull CLEAR fitted around the pocket holding most poisons; with the
-    caption that says what that hull is."""
+def feature_picture(shown: Run, test, seed: int, most: int = 1500) -> dict:
+    """The extractor's features (2-D PCA) of up to `most` training images of the target's and
+    of the attacker's class, the poisons and the target; and the hull CLEAR fitted around the
+    pocket holding most poisons (its vertices' coordinates and what it is), None where it
+    wrapped no pocket holding a poison."""
     data = shown.atk.data
     both = data.with_images(torch.cat([data.images, test.images[shown.target][None]]),
                             torch.cat([data.labels, torch.tensor([shown.true])]))
     xy = clear.features(shown.extractor, both, dim=2).cpu()
     poison_mask = torch.zeros(len(data), dtype=torch.bool)
     poison_mask[shown.atk.indices] = True
-    fig, ax = plt.subplots(figsize=(6.2, 3.8))
     g = torch.Generator().manual_seed(seed)
-    for c, colour in ((shown.true, "C0"), (shown.attacker, "C1")):
+    classes = {}
+    for c in (shown.true, shown.attacker):
         members = ((data.labels.cpu() == c) & ~poison_mask).nonzero().flatten()
-        members = members[torch.randperm(len(members), generator=g)[:1500]]
-        ax.scatter(*xy[members].T, s=3, color=colour, alpha=0.4, label=test.classes[c])
-    ax.scatter(*xy[:-1][poison_mask].T, s=12, color="C3", label="poisons")
-    ax.plot(*xy[-1], "*", color="w", mec="k", ms=14, label="target")
+        classes[test.classes[c]] = arrays(xy[members[torch.randperm(len(members),
+                                                                    generator=g)[:most]]])
     wrapped = [f for f in shown.examined.found if f.hull is not None]
     best = max(wrapped, key=lambda f: int(poison_mask[f.pocket.cpu()].sum()), default=None)
+    hull = None
     if best is not None and int(poison_mask[best.pocket.cpu()].sum()) > 0:
-        corners = xy[best.hull.vertices.cpu()].numpy()
-        ax.scatter(*corners.T, s=14, facecolors="none", edgecolors="k", label="hull vertices")
-        if len(corners) >= 3:
-            outline = ConvexHull(corners)
-            ring = np.append(outline.vertices, outline.vertices[0])
-            ax.plot(*corners[ring].T, "k-", lw=0.8)
-        caption = (f"Hull: {len(best.hull.vertices)} vertices of class {best.hull_class}, "
-                   f"enclosure {best.hull.enclosure:.2f}, tightness {best.hull.tightness:.2f}; "
-                   f"pocket of {len(best.pocket)} image(s), "
-                   f"{int(poison_mask[best.pocket.cpu()].sum())} of them poisons.")
-    else:
-        caption = "CLEAR wrapped no pocket holding a poison of this model."
-    ax.legend(markerscale=1.5, loc="center left", bbox_to_anchor=(1.02, 0.5))
-    ax.set_xlabel("first principal direction")
-    ax.set_ylabel("second principal direction")
-    ax.set_title(f"{shown.attack}, draw {shown.draw}")
-    fig.tight_layout()
-    return fig, caption
+        hull = {"corners": arrays(xy[best.hull.vertices.cpu()]), "class": int(best.hull_class),
+                "enclosure": float(best.hull.enclosure), "tightness": float(best.hull.tightness),
+                "pocket": len(best.pocket),
+                "poisons": int(poison_mask[best.pocket.cpu()].sum())}
+    return {"classes": classes, "poisons": arrays(xy[:-1][poison_mask]),
+            "target": arrays(xy[-1]), "hull": hull, "attack": shown.attack, "draw": shown.draw}
 
 
 ABLATION_COLUMNS = ["dim", "k", "CLEAR recall %", "CLEAR precision %", "Deep k-NN recall %",
                     "Deep k-NN precision %", "wrapped pockets"]
 
 
-def ablation(runs: list[Run], extractor, dims, ks) -> pd.DataFrame:
-    """On the feature-collision sets (every draw): CLEAR's and Deep k-NN's recall and precision
-    and CLEAR's wrapped pockets, per PCA dimension and neighbourhood size, averaged."""
+def _ablation_passes(a: dict) -> float:
+    return len(a["dims"]) * len(a["ks"]) * a["run"]["pool_size"] * 2 / 3
+
+
+@step("clear.ablate", read=lambda kept, args: kept.record["rows"],
+      needs=lambda a: [attacked.job(**a["run"])], work=_ablation_passes,
+      describe=lambda a: f"CLEAR ablation {a['run']['name']} draw {a['run']['draw']}")
+def ablated(run: dict, dims: list, ks: list) -> Kept:
+    """CLEAR's and Deep k-NN's recall and precision and CLEAR's wrapped pockets on the training
+    set of an attack's draw (`run`), per PCA dimension of `dims` and neighbourhood size of `ks`
+    (those smaller than the set), with the clean model's features."""
+    r = attacked(**run)
+    extractor = trained_victim(**run["clean"]).model
+    data, poisons = r.atk.data, r.atk.indices
     rows = []
-    collisions = [r for r in runs if r.attack == "feature collision"]
     for d in dims:
-        for k in ks:
-            if collisions and k >= len(collisions[0].atk.data):
-                continue
-            for r in collisions:
-                data, poisons = r.atk.data, r.atk.indices
-                z = clear.features(extractor, data, dim=d)
-                labels = data.labels.to(z.device)
-                found = clear.detect(z, labels, hood=clear.neighbourhood(z, labels, k=k))
-                knn = clear.neighbourhood(clear.features(extractor, data), labels, k=k)
-                cp, cr = precision_recall(clear.flagged(found), poisons, len(data))
-                kp, kr = precision_recall(knn.flagged.nonzero().flatten(), poisons, len(data))
-                rows.append({"dim": d, "k": k, "CLEAR recall %": 100 * cr,
-                             "CLEAR precision %": 100 * cp, "Deep k-NN recall %": 100 * kr,
-                             "Deep k-NN precision %": 100 * kp,
-                             "wrapped pockets": sum(f.hull is not None for f in found)})
+        z = clear.features(extractor, data, dim=d)
+        labels = data.labels.to(z.device)
+        for k in (k for k in ks if k < len(data)):
+            found = clear.detect(z, labels, hood=clear.neighbourhood(z, labels, k=k))
+            knn = clear.neighbourhood(clear.features(extractor, data), labels, k=k)
+            cp, cr = precision_recall(clear.flagged(found), poisons, len(data))
+            kp, kr = precision_recall(knn.flagged.nonzero().flatten(), poisons, len(data))
+            rows.append({"dim": d, "k": k, "CLEAR recall %": 100 * cr,
+                         "CLEAR precision %": 100 * cp, "Deep k-NN recall %": 100 * kr,
+                         "Deep k-NN precision %": 100 * kp,
+                         "wrapped pockets": sum(f.hull is not None for f in found)})
+    return Kept(record={"rows": rows})
+
+
+def ablation(per_draw: list[list[dict]]) -> pd.DataFrame:
+    """The feature-collision draws' `ablated` rows averaged per PCA dimension and
+    neighbourhood size."""
+    rows = [row for found in per_draw for row in found]
     return pd.DataFrame(rows, columns=ABLATION_COLUMNS).groupby(["dim", "k"]).mean()
-
-
-def ablation_figure(table: pd.DataFrame, ks):
-    fig, axes = plt.subplots(1, 2, figsize=(6.6, 2.8), sharey=True)
-    for ax, who in zip(axes, ("CLEAR", "Deep k-NN")):
-        for k in ks:
-            if k in table.index.get_level_values("k"):
-                part = table.xs(k, level="k")
-                ax.plot(part.index, part[f"{who} recall %"], "o-", label=f"k = {k}")
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("PCA dimension")
-        ax.set_title(f"{who}: recall of the poisons")
-    axes[0].set_ylabel("recall %")
-    axes[0].legend()
-    fig.tight_layout()
-    return fig
 
 
 def claims(runs: list[Run], per_draw: pd.DataFrame, detection: pd.DataFrame,
@@ -633,31 +605,3 @@ def claims(runs: list[Run], per_draw: pd.DataFrame, detection: pd.DataFrame,
     return measured
 
 
-def _at(precision: float) -> str:
-    return "flagging nothing" if np.isnan(precision) else f"at precision {precision:.1f} %"
-
-
-def summary(runs: list[Run], attacks: pd.DataFrame, detection: pd.DataFrame,
-            mitigation: pd.DataFrame, clean_ca: float, train_seconds: float) -> list[str]:
-    lines = [f"**{name}** ({SETTING[name]}): {int(row.succeeded)} of {int(row.draws)} draws "
-             f"succeeded; attacked CA {row['mean CA %']:.2f} % (clean {clean_ca:.2f} %)."
-             for name, row in attack_summary(attacks).iterrows()]
-    for name, row in detection.iterrows():
-        if row.succeeded:
-            lines.append(f"Detection, {name}: CLEAR recall {row['CLEAR recall %']:.0f} % "
-                         f"{_at(row['CLEAR precision %'])}; Deep k-NN recall "
-                         f"{row['Deep k-NN recall %']:.0f} % {_at(row['Deep k-NN precision %'])}; "
-                         f"model-level AUROC {row['AUROC']:.2f} against "
-                         f"{int(row['clean references'])} clean reference(s); the widest hull "
-                         f"around the true poisons holds {row['poisons in the widest hull %']:.0f} "
-                         f"% of them.")
-    for (name, m), row in mitigation.iterrows():
-        if m != "no defense":
-            lines.append(f"{name}, {m}: attack success {row['attack success %']:.0f} %, CA "
-                         f"{row['CA %']:.2f} %.")
-    scratch = [r for r in runs if not r.transfer]
-    if scratch:
-        lines.append(f"CLEAR's detection took {np.mean([r.examined.seconds for r in scratch]):.0f}"
-                     f" s per from-scratch model, against {train_seconds:.0f} s to train the clean "
-                     f"model.")
-    return lines
