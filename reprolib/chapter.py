@@ -1,8 +1,8 @@
 """What a chapter computes: its setting resolved and checked, its jobs, its run record.
 
-A chapter drawn from measures asks for them through `views.page.Page.measured`, which builds a
-Chapter and calls the chapter's `experiments` module's `measures(ch, ...)`. The chapters whose
-pages still compute use a Chapter as their page (it is a `Page`):
+Every chapter of the book asks for its measures through `views.page.Page.measured`, which
+builds a Chapter and calls the chapter's `experiments` module's `measures(ch, ...)`. A Chapter is
+a `Page` too, so a notebook may compute and report in one (the tests' small chapters do):
 
     ch = Chapter("attacks", profile=profile, model=model, dataset=dataset, device=device,
                  results=results)
@@ -38,7 +38,7 @@ from .views.page import Page
 
 class Chapter(Page):
     """The parameters a chapter runs with, resolved and checked, and the jobs it computes; as a
-    `Page`, what it reports (for the chapters whose pages still compute)."""
+    `Page`, what it reports when a notebook computes and reports in one."""
 
     def __init__(self, name: str, *, profile: str | None = None, model: str | None = None,
                  dataset: str = "auto", device: str = "auto", seed: int = 0,

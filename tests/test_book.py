@@ -355,17 +355,21 @@ def test_a_page_drawn_from_measures_tells_its_notebook_and_parameters_apart(tmp_
 @pytest.mark.notebook
 @pytest.mark.parametrize("chapter, seeds", [("attacks", [0]), ("linf_pruning", [0, 1]),
                                            ("neural_polarizer", [0]), ("none", [0]), ("mesa", [0]),
-                                           ("clear", [0])])
+                                           ("clear", [0]), ("comparison", [0])])
 def test_a_page_drawn_again_from_its_measures_is_the_same_and_computes_nothing(
         tmp_path, monkeypatch, chapter, seeds):
     root = tmp_path / "project"
-    root.mkdir()
-    project_copy(root)
-    book.run(chapter, profile="smoke", dataset="fashion-mnist", device="cpu", root=root,
-             params={"seeds": seeds}, progress=False)
+    made = os.environ.get("REPRO_SMOKE_BOOK")     # make test's smoke book: every chapter, seed 0
+    if made and seeds == [0]:
+        shutil.copytree(made, root, ignore=shutil.ignore_patterns("_build", "__pycache__"))
+    else:
+        root.mkdir()
+        project_copy(root)
+        book.run(chapter, profile="smoke", dataset="fashion-mnist", device="cpu", root=root,
+                 params={"seeds": seeds}, progress=False)
     kept = root / "book" / "measures"
-    assert sorted(p.name for p in kept.iterdir()) == [f"{chapter}.json",
-                                                      f"{chapter}.safetensors"]
+    names = {p.name for p in kept.iterdir() if p.stem == chapter}    # the arrays, if it has any
+    assert {f"{chapter}.json"} <= names <= {f"{chapter}.json", f"{chapter}.safetensors"}
     assert not list((root / "book" / ".partial").glob("*measures*"))
 
     def read():

@@ -11,6 +11,7 @@ from reprolib.views import reference
 from reprolib.chapter import Chapter
 from reprolib.config import ParameterError
 from reprolib.experiments import comparison as ex
+from reprolib.views import comparison as view
 
 matplotlib.use("Agg")
 
@@ -36,7 +37,7 @@ def main():
 
 
 def test_ranking_reads_mean_der_worst_asr_and_ca_losses(main):
-    ranked = ex.ranking(main, ["a", "b"])
+    ranked = view.ranking(main, ["a", "b"])
     assert list(ranked.index) == ex.DEFENSES            # DER falls with i: already in rank order
     assert ranked["rank"].tolist() == list(range(1, 9))
     third = ranked.loc[ex.DEFENSES[3]]
@@ -48,9 +49,9 @@ def test_ranking_reads_mean_der_worst_asr_and_ca_losses(main):
 
 def test_ties_share_a_rank_and_findings_follow_the_table(main):
     main.loc[("a", "FP"), "DER %"], main.loc[("b", "FP"), "DER %"] = 90.0, 80.0   # = FT's
-    ranked = ex.ranking(main, ["a", "b"])
+    ranked = view.ranking(main, ["a", "b"])
     assert ranked.loc["FT", "rank"] == ranked.loc["FP", "rank"] == 1
-    found = {f["finding"]: f["value"] for f in ex.findings(main, ranked, ["a", "b"])}
+    found = {f["finding"]: f["value"] for f in view.findings(main, ranked, ["a", "b"])}
     assert found["highest mean DER over 2 attacks: FT, FP"] == pytest.approx(85.0)
     # ASR below 10 % on every attack: only FT (0 %); at most 2 CA points lost: FT, FP, NC
     assert found["defenses with ASR below 10 % on every attack: FT"] == 1
@@ -61,22 +62,22 @@ def test_ties_share_a_rank_and_findings_follow_the_table(main):
 def test_cost_is_the_mean_over_attacked_victims_only(main):
     main.loc[("a", "NPD"), "seconds"] = 5.0
     main.loc[("clean", "NPD"), "seconds"] = 100.0
-    cost = ex.cost_table(main, ["a", "b"])
+    cost = view.cost_table(main, ["a", "b"])
     assert list(cost.index) == ex.DEFENSES
     assert cost.loc["NPD", "seconds (mean)"] == pytest.approx(3.0)
 
 
 def test_the_views_and_figures_cover_every_defense(main):
-    view = ex.main_view(main, ["a", "b", "clean"])
-    assert list(view.index) == ["none", *ex.DEFENSES]
-    assert view[("CA %", "clean")].notna().all() and view[("ASR %", "clean")].isna().all()
-    fig = ex.tradeoff_figure(main, ["a", "b"])
+    shown = view.main_view(main, ["a", "b", "clean"])
+    assert list(shown.index) == ["none", *ex.DEFENSES] and view.DEFENSES == ex.DEFENSES
+    assert shown[("CA %", "clean")].notna().all() and shown[("ASR %", "clean")].isna().all()
+    fig = view.tradeoff_figure(main, ["a", "b"])
     assert len(fig.axes) == 2 and len(fig.axes[0].collections) == len(ex.DEFENSES) + 1
     five = table({(a, d): (80, 50, 60) for a in "cdefg" for d in ["none", *ex.DEFENSES]})
-    fig = ex.tradeoff_figure(five, list("cdefg"))             # 2 rows of 3: the spare holds
+    fig = view.tradeoff_figure(five, list("cdefg"))             # 2 rows of 3: the spare holds
     assert len(fig.axes) == 6 and not fig.axes[5].axison     # the legend
     assert len(fig.axes[5].get_legend().get_texts()) == len(ex.DEFENSES) + 1
-    heat = ex.der_figure(main, ["a", "b"])
+    heat = view.der_figure(main, ["a", "b"])
     assert heat.axes[0].images[0].get_array().shape == (len(ex.DEFENSES), 2)
 
 

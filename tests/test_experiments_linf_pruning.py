@@ -79,9 +79,9 @@ def test_the_norms_tails_and_pruning_of_every_ranking(chapter, smoke_victims):
     assert tails.loc[("badnets", "vanilla", "synthetic"), "linf"] == pytest.approx(
         lp.standardized_change(lp.feature_maps(smoke_victims.clean.model, stats),
                                synthetic)["linf"].max().item())
-    arrays = {n: arrays(e["norms"]) for n, e in exams.items()}
-    assert len(view.norm_histograms(arrays, "badnets").axes) == 12
-    assert len(view.tails_figure(arrays, list(victims)).axes) == 2
+    norms = {n: arrays(e["norms"]) for n, e in exams.items()}
+    assert len(view.norm_histograms(norms, "badnets").axes) == 12
+    assert len(view.tails_figure(norms, list(victims)).axes) == 2
 
     orders = {n: e["orders"] for n, e in exams.items()}
     curves = {(n, rank): c for n, e in exams.items() for rank, c in e["curves"].items()}

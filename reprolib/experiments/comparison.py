@@ -14,8 +14,6 @@ import copy
 from pathlib import Path
 from types import SimpleNamespace
 
-import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 
 from .. import staleness
@@ -30,28 +28,11 @@ from ..victims import sizes, trained_victim
 from . import linf_pruning as linf_ex
 from . import neural_polarizer as npd_ex
 from . import none as none_ex
+from .plain import rows
 
 DEFENSES = ["FT", "FP", "NC", "ℓ∞ + FT", "NPD", "NONE", "ABL", "MESA"]
 METRICS = ["CA %", "ASR %", "RA %", "DER %"]
 FROM_NPD = {"FT": "FT", "FP": "FP held-out", "NPD": "NPD"}   # our name: the NPD chapter's
-
-# What each defense assumes the defender has, as the chapter runs it.
-NEEDS = pd.DataFrame([
-    ("FT", "5 %", "no", "no", "clean labels", "none", "no"),
-    ("FP", "5 % (a fifth held out for its stopping rule)", "no", "no", "clean labels", "none",
-     "no"),
-    ("NC", "5 %, and 1,000 images for the reversal", "no", "no", "clean labels",
-     "a mask-and-pattern stamp", "no: it ranks every label"),
-    ("ℓ∞ + FT", "1,000 images", "no", "no", "clean labels",
-     "NC's reversed stamp of its suspect label", "no: NC's suspect"),
-    ("NPD", "5 %", "no", "no", "clean labels", "none (a targeted perturbation stands in)",
-     "no: estimated per image"),
-    ("NONE", "none", "yes: it retrains", "yes", "the training set's", "none", "no"),
-    ("ABL", "none", "yes: it trains from scratch", "yes", "the training set's", "none", "no"),
-    ("MESA", "5 %", "no", "no", "clean labels", "a 3×3 patch, anywhere", "yes"),
-], columns=["defense", "clean data", "training", "poisoned training set", "labels",
-            "trigger family", "target label"]).set_index("defense")
-
 
 def setup(ch, *, clean_ratio: float, nc_images: int, nc_steps: int | None = None,
           search_batch: int | None = None) -> dict:
@@ -166,24 +147,32 @@ def results(ch, *, attacks, ratio=0.1, target=0, clean_ratio=0.05, nc_images=100
         (name, d): defended(d, v, how) for name, v in victims.items() for d in DEFENSES})
 
 
-def pruning_cuts(victims: dict, how: dict) -> dict[str, tuple[list[int], int, str]]:
-    """Per victim, ℓ∞ pruning aimed at NC's suspect label, as the ℓ∞ chapter prunes (rule i:
-    the fewest channels at which the suspect's reversed trigger works on under 5 % of the
-    defender's images; rule ii, at most 2 points of their accuracy lost, where rule i is not
-    reached within half the layer): the channels pruned, their count and the rule."""
-    found = {}
-    for name, v in victims.items():
-        reversal = _reversal(v.asked, how["nc"])()
-        order, curve = linf_ex.linf_curve(v, reversal, reversal.suspect,
-                                          n_defender=how["nc"]["n"], seed=how["seed"])
-        n, rule = lp.stop_at_asr(curve), "i"
-        if n is None:
-            n, rule = lp.stop_at_ca_drop(curve), "ii"
-        found[name] = (order[:n].tolist(), n, rule)
-    return found
+@step("comparison.cut", read=lambda kept, args: kept.record["cut"],
+      needs=lambda a: [_reversal(a["victim"], a["nc"])],
+      work=lambda a: 2 * a["nc"]["n"], describe=lambda a: f"ℓ∞ cut {a['victim']['attack']}")
+def pruning_cut(victim: dict, nc: dict, seed: int) -> Kept:
+    """ℓ∞ pruning of the victim asked for by `victim` aimed at NC's suspect label (its reversal
+    by `nc`), as the ℓ∞ chapter prunes (rule i: the fewest channels at which the suspect's
+    reversed trigger works on under 5 % of the defender's images; rule ii, at most 2 points of
+    their accuracy lost, where rule i is not reached within half the layer): the channels
+    pruned, their count and the rule."""
+    v = trained_victim(**victim)
+    reversal = _reversal(victim, nc)()
+    order, curve = linf_ex.linf_curve(v, reversal, reversal.suspect, n_defender=nc["n"],
+                                      seed=seed)
+    n, rule = lp.stop_at_asr(curve), "i"
+    if n is None:
+        n, rule = lp.stop_at_ca_drop(curve), "ii"
+    return Kept(record={"cut": [order[:n].tolist(), n, rule]})
 
 
-def tuning_job(v, cut: tuple, how: dict, device) -> Job:
+def pruning_cuts(victims: dict, how: dict) -> dict[str, list]:
+    """Per victim, its `pruning_cut`: the channels pruned, their count and the rule."""
+    return {name: pruning_cut(victim=v.asked, nc=how["nc"], seed=how["seed"])
+            for name, v in victims.items()}
+
+
+def tuning_job(v, cut: list, how: dict, device) -> Job:
     """The fine-tuning of `v` pruned by `cut` (`pruning_cuts`), as the ℓ∞ chapter's job."""
     return linf_ex.pruned_and_tuned.job(victim=v.asked, pruned=cut[0], n=how["nc"]["n"],
                                         seed=how["seed"], device=device)
@@ -223,38 +212,6 @@ def main_table(victims: dict, how: dict, defended_: dict, cuts: dict, tuned_: di
     return pd.DataFrame(rows).set_index(["attack", "defense"])
 
 
-def main_view(main: pd.DataFrame, attacks) -> pd.DataFrame:
-    """CA / ASR / DER with one column per attack, one row per defense."""
-    view = main[["CA %", "ASR %", "DER %"]].unstack("attack")
-    return view.reindex(["none", *DEFENSES]).reindex(columns=list(attacks), level="attack")
-
-
-def ranking(main: pd.DataFrame, attacks) -> pd.DataFrame:
-    """Per defense: its mean DER over the attacks, its rank (1: best), its worst ASR and its
-    largest CA loss against the undefended models, and its CA loss on the clean twin."""
-    attacked = main.loc[list(attacks)].drop("none", level="defense")
-    before = main.xs("none", level="defense")["CA %"]
-    loss = before.reindex(attacked.index.get_level_values("attack")).values - attacked["CA %"]
-    table = pd.DataFrame({
-        "mean DER %": attacked["DER %"].groupby("defense").mean(),
-        "worst ASR %": attacked["ASR %"].groupby("defense").max(),
-        "largest CA loss (points)": loss.groupby("defense").max()})
-    if "clean" in main.index.get_level_values("attack"):
-        clean = main.loc["clean"]["CA %"]
-        table["CA loss, clean twin (points)"] = clean.loc["none"] - clean.drop("none")
-    table.insert(1, "rank", table["mean DER %"].rank(ascending=False, method="min").astype(int))
-    return table.reindex(DEFENSES).sort_values("rank", kind="stable")
-
-
-def cost_table(main: pd.DataFrame, attacks) -> pd.DataFrame:
-    """Per defense, its mean wall time, trained parameters and passes over the training set
-    across the attacked victims."""
-    attacked = main.loc[list(attacks)].drop("none", level="defense")
-    return (attacked[["seconds", "trained parameters", "passes"]].groupby("defense").mean()
-            .reindex(DEFENSES).rename(columns={"seconds": "seconds (mean)",
-                                               "passes": "passes over the training set"}))
-
-
 def nc_table(victims: dict, how: dict, cuts: dict) -> pd.DataFrame:
     """Per victim: the label NC suspects, its anomaly index, the labels it flags (and so
     unlearns), and the channels ℓ∞ pruning then removed, by which rule (`pruning_cuts`)."""
@@ -269,52 +226,21 @@ def nc_table(victims: dict, how: dict, cuts: dict) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("attack")
 
 
-def tradeoff_figure(main: pd.DataFrame, attacks):
-    """CA against ASR per attack: one point per defense, an arrow from the undefended model;
-    three panels a row, the legend in a spare panel (or above)."""
-    cols = min(3, len(attacks))
-    rows = -(-len(attacks) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.25 * cols, 2.3 * rows), squeeze=False)
-    colors = {d: f"C{i}" for i, d in enumerate(DEFENSES)}
-    for ax, name in zip(axes.flat, attacks):
-        part = main.loc[name]
-        x0, y0 = part.loc["none", "ASR %"], part.loc["none", "CA %"]
-        ax.scatter([x0], [y0], c="k", marker="x", s=30, label="no defense", zorder=4)
-        for d in DEFENSES:
-            x, y = part.loc[d, "ASR %"], part.loc[d, "CA %"]
-            ax.annotate("", (x, y), (x0, y0), arrowprops=dict(arrowstyle="->", color=colors[d],
-                                                              alpha=0.5, lw=0.8))
-            ax.scatter([x], [y], color=colors[d], s=22, label=d, zorder=3)
-        ax.set_title(name)
-        ax.set_xlabel("ASR %")
-        ax.set_ylabel("CA %")
-        ax.set_xlim(-5, 105)
-    spare = list(axes.flat)[len(attacks):]
-    for ax in spare:
-        ax.axis("off")
-    handles = axes.flat[0].get_legend_handles_labels()
-    if spare:
-        spare[0].legend(*handles, loc="center")
-        fig.tight_layout()
-    else:
-        fig.legend(*handles, ncol=5, loc="upper center")
-        fig.tight_layout(rect=(0, 0, 1, 0.85))
-    return fig
-
-
-def der_figure(main: pd.DataFrame, attacks):
-    """DER (%) per defense and attack, as a heat map."""
-    grid = main["DER %"].unstack("attack").reindex(index=DEFENSES, columns=list(attacks))
-    fig, ax = plt.subplots(figsize=(min(0.8 * len(attacks) + 2.4, 6.8), 0.42 * len(DEFENSES) + 1))
-    image = ax.imshow(grid.values, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
-    ax.grid(False)
-    for (i, j), value in np.ndenumerate(grid.values):
-        ax.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=8)
-    ax.set_xticks(range(len(grid.columns)), grid.columns, rotation=30, ha="right")
-    ax.set_yticks(range(len(grid.index)), grid.index)
-    fig.colorbar(image, ax=ax, label="DER %")
-    fig.tight_layout()
-    return fig
+def measures(ch, *, attacks, ratio=0.1, target=0, clean_ratio=0.05, nc_images=1000,
+             nc_steps=None, search_batch=None) -> dict:
+    """What the comparison page shows, as plain data (see `views.comparison`): every defense's
+    row against every victim, NC's and ℓ∞'s choices, and the CLEAR chapter's row."""
+    r = results(ch, attacks=attacks, ratio=ratio, target=target, clean_ratio=clean_ratio,
+                nc_images=nc_images, nc_steps=nc_steps, search_batch=search_batch)
+    cuts = pruning_cuts(r.victims, r.how)
+    tuned_ = tuned(r.victims, cuts, r.how, ch.device)
+    main = main_table(r.victims, r.how, r.defended, cuts, tuned_, ch.device)
+    # the CLEAR chapter's results in the book this notebook runs in (its cwd is notebooks/)
+    clear, source = clear_row(Path("../book/results/clear.json"), ch.run_setting)
+    return {"main": rows(main), "neural_cleanse": rows(nc_table(r.victims, r.how, cuts)),
+            "clear": rows(clear) if clear is not None else None, "clear_source": source,
+            "claims": claims(main, [a for a in attacks if a != "badnets_all2all"]),
+            "model_and_recipe": ch.model_and_recipe(wanet="wanet" in attacks)}
 
 
 def clear_row(results: Path, setting: dict | None = None) -> tuple[pd.DataFrame | None, str]:
@@ -358,20 +284,3 @@ def claims(main: pd.DataFrame, attacks) -> dict[str, float]:
     return measured
 
 
-def findings(main: pd.DataFrame, ranked: pd.DataFrame, attacks) -> list[dict]:
-    """What this run measured, stated as findings of ours (not a paper's claims)."""
-    best = ranked.index[ranked["rank"] == 1].tolist()
-    low = ranked.index[ranked["worst ASR %"] < 10].tolist()
-    cheap = ranked.index[ranked["largest CA loss (points)"] <= 2].tolist()
-    found = [
-        {"finding": f"highest mean DER over {len(attacks)} attacks: {', '.join(best)}",
-         "value": ranked.loc[best[0], "mean DER %"]},
-        {"finding": "defenses with ASR below 10 % on every attack: " + (", ".join(low) or "none"),
-         "value": float(len(low))},
-        {"finding": "defenses losing at most 2 CA points on every attack: "
-                    + (", ".join(cheap) or "none"), "value": float(len(cheap))}]
-    if "CA loss, clean twin (points)" in ranked:
-        worst = ranked["CA loss, clean twin (points)"].idxmax()
-        found.append({"finding": f"largest CA loss on the clean twin: {worst}",
-                      "value": ranked.loc[worst, "CA loss, clean twin (points)"]})
-    return found

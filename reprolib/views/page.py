@@ -16,7 +16,8 @@
 (`measures`, which `repro book --render` sets): then nothing imports torch, reads a model or
 a dataset, and the page is drawn again from the same data. Either way the page is drawn from the
 measures as read back from their file format, so a computed page and a re-rendered one are the
-same. `Chapter` is a Page too: the chapters not yet drawn from measures compute in the page.
+same. `Chapter` is a Page too, for a notebook that computes and reports in one (the tests'
+small chapters do; the book's chapters are drawn from measures).
 """
 from __future__ import annotations
 
