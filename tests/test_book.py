@@ -390,7 +390,7 @@ def test_a_page_drawn_again_from_its_measures_is_the_same_and_computes_nothing(
     r = drawn_results["record"]
     assert r["measures"] and r["rendered"]["wall_time_s"] >= 0 and r["seeds"] == seeds
     assert r["jobs"] == computed_results["record"]["jobs"] and r["jobs"]["computed"] > 0
-    assert not staleness.stale_text(r, root)
+    assert not staleness.stale_text(r)           # against the code the kernel ran
 
 
 def test_a_rerun_of_clear_stales_the_comparison_that_read_its_results(tmp_path, monkeypatch):

@@ -7,7 +7,7 @@ import torch
 from reprolib.defenses import linf_pruning as lp
 from reprolib.defenses import neural_cleanse as nc
 from reprolib.experiments import linf_pruning as ex
-from reprolib.experiments.plain import arrays
+from reprolib.experiments.plain import arrays, rows
 from reprolib.views import linf_pruning as view
 
 matplotlib.use("Agg")
@@ -42,6 +42,10 @@ def test_the_accuracy_and_neural_cleanse_tables(chapter):
     table = ex.neural_cleanse_table(reversal)
     assert len(table) == 10 and table.index.name == "label"
     assert table["badnets mask ℓ1"].tolist() == pytest.approx(reversal["badnets"].l1.tolist())
+    shown = view.table({"neural_cleanse": {"rows": rows(table)}}, "neural_cleanse")
+    assert list(shown.columns) == ["mask ℓ1", "anomaly", "success %"]     # narrow: one label a row
+    assert shown.loc[("blended", 3), "mask ℓ1"] == pytest.approx(reversal["blended"].l1[3].item())
+    assert len(shown) == 2 * 10
     nc_ = {"flagged": {n: r.flagged for n, r in reversal.items()},
            "suspect": {n: r.suspect for n, r in reversal.items()},
            "synthetic": {"badnets": 0, "blended": 0}, "target": 0}

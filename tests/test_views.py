@@ -81,8 +81,33 @@ def test_a_page_refuses_measures_computed_with_other_parameters(tmp_path):
               "executed": {}}
     path = tmp_path / "attacks.json"
     measures.write(path, {"params": {"ratio": 0.1, "seed": 0}, "record": record, "values": {},
-                          "by_seed": {}})
+                          "by_seed": {}, "changed": {}})
     page = Page.measured("attacks", measures=str(path), ratio=0.1, seed=0)
     assert page.rendered and page.seeds == [0] and page.values == {}
     with pytest.raises(ParameterError, match=r"other parameters than these \(ratio=0.1, not 0.2\)"):
         Page.measured("attacks", measures=str(path), ratio=0.2, seed=0)
+
+
+def test_the_seeds_figure_takes_a_number_only_when_it_is_drawn(monkeypatch):
+    from reprolib.views import display, reference
+    shown = []
+    monkeypatch.setattr(display, "display", shown.append)
+    ref = reference.load("attacks")
+    run = {"profile": "smoke", "dataset": "fashion-mnist", "model": "small_cnn"}
+    two = {0: {"min_asr_dirty": 97.0}, 1: {"min_asr_dirty": 99.0}}
+    table = reference.compare(ref, {"min_asr_dirty": [97.0, 99.0]}, run)
+    assert display.comparison(table, ref, two, 3) is True
+    assert any("Figure 3." in str(getattr(s, "data", "")) for s in shown)
+    unmeasured = {0: {}, 1: {}}                  # two seeds, but no row measured at both
+    table = reference.compare(ref, {"min_asr_dirty": [None, None]}, run)
+    assert display.comparison(table, ref, unmeasured, 4) is False
+
+
+def test_a_page_says_which_parameters_its_run_set_otherwise(monkeypatch):
+    from reprolib.views import display
+    from reprolib.views.page import notebook_defaults
+    defaults = notebook_defaults("attacks")
+    assert defaults["ratio"] == 0.1 and defaults["attacks"][0] == "badnets"
+    line = display.changed_line({"ratio": 0.05, "attacks": ["badnets", "wanet"]})
+    assert line == ("**Set for this run** (the notebook's defaults otherwise): ratio = 0.05; "
+                    "attacks = badnets, wanet.")

@@ -31,6 +31,14 @@ def record_line(r: dict, wall: bool) -> str:
     return line
 
 
+def changed_line(changed: dict) -> str:
+    """The parameters a run set otherwise than its notebook's defaults, with their values."""
+    def value(v):
+        return ", ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+    return ("**Set for this run** (the notebook's defaults otherwise): "
+            + "; ".join(f"{k} = {value(v)}" for k, v in changed.items()) + ".")
+
+
 def jobs_line(r: dict) -> str:
     """How many jobs the run of record `r` took, and how many it read from the cache."""
     j = r["jobs"]
@@ -63,12 +71,12 @@ def _value(v) -> str:
 
 
 def comparison(table: pd.DataFrame, ref: reference.Reference, by_seed: dict[int, dict],
-               number: int) -> None:
+               number: int) -> bool:
     """The comparison `table`, what was checked first: the paper's claims, then the paper's
     numbers this run could compare, each value with its interval over seeds (or "1 seed"); the
     numbers it could not compare fold into one line per reason, their list in a dropdown. With
     several seeds (`by_seed`: what each measured), a figure (numbered `number`) of every
-    checked row's seeds."""
+    checked row measured at two seeds or more. Returns whether it drew that figure."""
     c = table.assign(interval=[reference.interval_text(r) if r["n"] > 1 else ""
                                for _, r in table.iterrows()],     # one seed: no interval
                      verdict=[reference.verdict_text(r) for _, r in table.iterrows()])
@@ -104,6 +112,8 @@ def comparison(table: pd.DataFrame, ref: reference.Reference, by_seed: dict[int,
                    "(black square) and 95 % interval (its bar), against the claim's threshold "
                    "(dashed) or the paper's number (red line, its tolerance shaded): a verdict "
                    "is only as firm as its interval.")
+            return True
+    return False
 
 
 MAX_WIDTH_IN = 7.0   # at the book's 110 dpi, 8-pt text stays 8 pt in the 676-px column

@@ -19,8 +19,16 @@ INDEX = {"accuracy": ["model"], "neural_cleanse": ["label"], "cam": ["attack", "
 
 
 def table(m: dict, name: str) -> pd.DataFrame:
-    """The measured table `name` with its index."""
-    rows = m[name]["rows"] if name == "neural_cleanse" else m[name]
+    """The measured table `name` with its index; Neural Cleanse's per attack and label (its
+    columns "attack what" as rows, so that the table over seeds fits the text column)."""
+    if name == "neural_cleanse":
+        wide = pd.DataFrame(m[name]["rows"]).set_index("label")
+        long = wide.stack().rename("value").reset_index(level=1)
+        long[["attack", "what"]] = long.pop("level_1").str.split(" ", n=1, expand=True)
+        return long.pivot_table(index=["attack", "label"], columns="what", values="value",
+                                sort=False)[["mask ℓ1", "anomaly", "success %"]].rename_axis(
+            columns=None)
+    rows = m[name]
     columns = None if rows else [*INDEX[name]]
     return pd.DataFrame(rows, columns=columns).set_index(INDEX[name])
 

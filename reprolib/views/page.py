@@ -21,6 +21,7 @@ small chapters do; the book's chapters are drawn from measures).
 """
 from __future__ import annotations
 
+import ast
 import importlib
 import json
 import sys
@@ -40,6 +41,23 @@ SETTING = ("profile", "model", "dataset", "device", "seed", "data_dir")   # Chap
 KEPT_OUT = ("pooled", "results", "measures")     # where a run reads and writes, not what it is
 
 
+def notebook_defaults(name: str, root: Path = config.ROOT) -> dict:
+    """The values chapter `name`'s notebook gives its parameters (its `parameters` cell), where
+    they are written as literals."""
+    cells = json.loads((root / "notebooks" / f"{name}.ipynb").read_text())["cells"]
+    source = next("".join(c["source"]) for c in cells
+                  if "parameters" in c.get("metadata", {}).get("tags", []))
+    found = {}
+    for node in ast.parse(source).body:
+        if (isinstance(node, ast.Assign) and len(node.targets) == 1
+                and isinstance(node.targets[0], ast.Name)):
+            try:
+                found[node.targets[0].id] = ast.literal_eval(node.value)
+            except ValueError:
+                pass
+    return found
+
+
 def measures_path(results: Path) -> Path:
     """Where a run writing its results to `results` (PAGE.json) writes its measures
     (PAGE.measures.json)."""
@@ -51,8 +69,9 @@ class Page:
     computed them and what the other seeds measured (`by_seed`)."""
 
     def __init__(self, name: str, record: dict, values: dict, by_seed: dict[int, dict],
-                 results: str | None = None, rendered: bool = False):
+                 results: str | None = None, rendered: bool = False, changed: dict = ()):
         self.name, self.values = name, values
+        self.changed = dict(changed)   # the parameters set otherwise than the notebook's defaults
         self.reference = reference.load(name)
         self._record = record
         self.profile, self.dataset, self.model = record["profile"], record["dataset"], record["model"]
@@ -90,7 +109,7 @@ class Page:
                     f"({', '.join(f'{k}={v[1]!r}, not {v[0]!r}' for k, v in differ.items())}): "
                     f"`repro run {name}` computes them for these")
             return cls(name, kept["record"], kept["values"], _seeds(kept["by_seed"]), results,
-                       rendered=True)
+                       rendered=True, changed=kept["changed"])
         from ..chapter import Chapter           # compute: torch, models, data
         setting = {k: v for k, v in params.items() if k in SETTING}
         ch = Chapter(name, pooled=pooled, results=results, **setting)
@@ -98,7 +117,10 @@ class Page:
         module = importlib.import_module(f"reprolib.experiments.{name}")
         values = ch.compute(module.measures, **{k: v for k, v in params.items()
                                                  if k not in SETTING})
+        defaults = notebook_defaults(name)
         kept = {"params": asked, "record": ch.record(), "values": values,
+                "changed": {k: v for k, v in asked.items() if k not in SETTING
+                            and k in defaults and defaults[k] != v},
                 "by_seed": {str(s): {k: r[k] for k in ("tables", "measured", "wall_time_s",
                                                         "jobs")}
                             for s, r in ch.by_seed.items()}}
@@ -106,7 +128,8 @@ class Page:
         kept = stored.decode(stored.encode(kept, arrays), arrays)    # as a render reads them
         if results:
             stored.write(measures_path(Path(results)), kept)
-        return cls(name, kept["record"], kept["values"], _seeds(kept["by_seed"]), results)
+        return cls(name, kept["record"], kept["values"], _seeds(kept["by_seed"]), results,
+                   changed=kept["changed"])
 
     def record(self) -> dict:
         """The run record of the measures, with the files this page's kernel executed merged in
@@ -129,6 +152,8 @@ class Page:
         """The run record at the top of the page, and how many jobs the run took."""
         r = self.record()
         display(Markdown(f"**Run record:** {shown.record_line(r, wall=False)}"))
+        if self.changed:
+            display(Markdown(shown.changed_line(self.changed)))
         if r.get("measures"):
             display(Markdown(shown.jobs_line(r)))
 
@@ -206,9 +231,8 @@ class Page:
     def show_comparison(self) -> None:
         """The comparison over seeds (`display.comparison`), its values glued for the page's
         prose (`glue.comparison`)."""
-        if len(self.seeds) > 1:
-            self.figures += 1
-        shown.comparison(self.comparison, self.reference, self.seed_measures(), self.figures)
+        self.figures += shown.comparison(self.comparison, self.reference, self.seed_measures(),
+                                         self.figures + 1)     # numbered only if drawn
         for before in self.runs_on_other_datasets():
             display(Markdown(shown.verdict_changes(self.comparison, before)))
         glue.comparison(self.comparison, self.seeds)
