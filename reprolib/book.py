@@ -227,12 +227,7 @@ def run(paper: str, *, profile: str = "quick", model: str = "auto", dataset: str
         result = json.loads(table.read_text())
         result["record"]["trained_before"] = before
         table.write_text(json.dumps(result, indent=1))
-    for_reading(page, root)
-    staleness.seal(table, page)
     name = page_name(paper, profile)
-    set_aside(results / f"{name}.json", table)
-    os.replace(table, results / f"{name}.json")
-    os.replace(page, runs / f"{name}.ipynb")
     kept = _measures_files(first)
     if kept[0].is_file():           # a chapter drawn from measures: commit them beside the page
         measures = root / "book" / "measures"
@@ -242,6 +237,19 @@ def run(paper: str, *, profile: str = "quick", model: str = "auto", dataset: str
                 os.replace(file, measures / f"{name}{suffix}")
             else:
                 (measures / f"{name}{suffix}").unlink(missing_ok=True)
+    return _publish(page, table, name, root)
+
+
+def _publish(page: Path, table: Path, name: str, root: Path) -> Path:
+    """An executed `page` and its results `table` made the book's page `name`: made for
+    reading, sealed, and moved into book/runs and book/results (the results they replace set
+    aside when they were measured on another dataset). Returns the page."""
+    runs, results = root / "book" / "runs", root / "book" / "results"
+    for_reading(page, root)
+    staleness.seal(table, page)
+    set_aside(results / f"{name}.json", table)
+    os.replace(table, results / f"{name}.json")
+    os.replace(page, runs / f"{name}.ipynb")
     return runs / f"{name}.ipynb"
 
 
@@ -253,18 +261,13 @@ def rerender(name: str, root: Path = ROOT, progress: bool = False) -> Path:
     from .views import measures as stored
     path = root / "book" / "measures" / f"{name}.json"
     params = stored.read(path)["params"]
-    partial, runs, results = root / "book" / ".partial", root / "book" / "runs", root / "book" / "results"
+    partial = root / "book" / ".partial"
     partial.mkdir(parents=True, exist_ok=True)
     sweep(partial)
     where = partial / f"{name}.{socket.gethostname()}.{os.getpid()}"
     execute(name.removesuffix("-paper"), {**params, "measures": str(path.resolve())}, where,
             root, progress)
-    page, table = _files(where)
-    for_reading(page, root)
-    staleness.seal(table, page)
-    os.replace(table, results / f"{name}.json")
-    os.replace(page, runs / f"{name}.ipynb")
-    return runs / f"{name}.ipynb"
+    return _publish(*_files(where), name, root)
 
 
 def measured(root: Path = ROOT) -> list[str]:
@@ -359,10 +362,12 @@ def _files(where: Path) -> tuple[Path, Path]:
 
 
 def _measures_files(where: Path) -> tuple[Path, Path]:
-    """The measures (JSON and arrays) an execution named `where` wrote, if its chapter is drawn
-    from measures (`views.page.measures_path`)."""
-    return (where.parent / f"{where.name}.measures.json",
-            where.parent / f"{where.name}.measures.safetensors")
+    """The measures (JSON and arrays) an execution named `where` wrote beside its results file
+    (`views.page.measures_path`)."""
+    from .views.measures import arrays_path
+    from .views.page import measures_path
+    found = measures_path(_files(where)[1])
+    return found, arrays_path(found)
 
 
 def execute(paper: str, parameters: dict, where: Path, root: Path, progress: bool) -> None:
