@@ -49,11 +49,9 @@ PACKAGE = Path(__file__).resolve().parent
 def _file_of(module: str, root: Path) -> Path | None:
     """The source file of `module` (dotted, from the package `root`'s name) under `root`."""
     parts = module.split(".")[1:]
-    for candidate in (root.joinpath(*parts).with_suffix(".py"),
-                      root.joinpath(*parts, "__init__.py")):
-        if parts and candidate.is_file() or not parts and candidate.name == "__init__.py":
-            return candidate if candidate.is_file() else None
-    return None
+    candidates = [root.joinpath(*parts).with_suffix(".py")] if parts else []
+    candidates.append(root.joinpath(*parts, "__init__.py"))
+    return next((c for c in candidates if c.is_file()), None)
 
 
 def imports_of(path: Path, module: str, root: Path) -> set[str]:
@@ -61,7 +59,8 @@ def imports_of(path: Path, module: str, root: Path) -> set[str]:
     (a function's own imports included), as dotted names; a name imported from a package that
     is a module of its own counts as that module."""
     package = root.name
-    here = module.split(".") if path.name != "__init__.py" else module.split(".") + ["x"]
+    # where a relative import starts from: a package's __init__ stands inside the package
+    here = module.split(".") + (["__init__"] if path.name == "__init__.py" else [])
     found = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):

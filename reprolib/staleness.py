@@ -98,14 +98,19 @@ def is_view(name: str, measured: bool = False) -> bool:
 def stale_of(record: dict, root: Path = ROOT) -> str | None:
     """"numbers" when a file that computes the run's numbers changed since (or the run did not
     record its files), "look" when only view files did, None when the run is fresh."""
+    return _staleness(record, root)[0]
+
+
+def _staleness(record: dict, root: Path) -> tuple[str | None, list[str]]:
+    """`stale_of`, and the files that changed."""
     executed = record.get("executed")
     if executed is None:
-        return "numbers"
+        return "numbers", []
     files = changed(executed, root)
     if not files:
-        return None
+        return None, []
     measured = bool(record.get("measures"))
-    return "look" if all(is_view(f, measured) for f in files) else "numbers"
+    return ("look" if all(is_view(f, measured) for f in files) else "numbers"), files
 
 
 def _listed(files: list[str]) -> str:
@@ -124,14 +129,13 @@ def rerun_command(record: dict) -> str:
 def stale_text(record: dict, root: Path = ROOT) -> str | None:
     """One sentence saying why the run of `record` is stale, numbers or look; None when it is
     not."""
-    kind = stale_of(record, root)
+    kind, files = _staleness(record, root)
     if kind is None:
         return None
     rerun = rerun_command(record)
     if record.get("executed") is None:
         return (f"Stale: run at code {record['code_version']}, which did not record the files "
                 f"it executed. {rerun} reruns it.")
-    files = changed(record["executed"], root)
     if kind == "numbers":
         computing = [f for f in files if not is_view(f, bool(record.get("measures")))]
         return (f"Stale numbers: run at code {record['code_version']}; {_listed(computing)} "
