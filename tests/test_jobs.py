@@ -104,6 +104,21 @@ def test_a_jobs_key_covers_its_code_and_no_view(tmp_path, monkeypatch):
     assert not [n for n in names if n.startswith("views/")]
 
 
+def test_no_step_of_the_book_keys_on_a_view():
+    """The steps' modules import no view, so that a change to how a page reads keeps every
+    job's key."""
+    import importlib
+    from reprolib import provenance
+    for chapter in book.chapters():
+        importlib.import_module(f"reprolib.experiments.{chapter}")
+    modules = {s.module for s in jobs.STEPS.values() if s.module.startswith("reprolib.")}
+    assert {"reprolib.victims", "reprolib.experiments.linf_pruning"} <= modules
+    for module in modules:
+        files = provenance.closure(module)
+        assert not [f for f in files if "views" in f.parts], module
+        assert provenance.PACKAGE / "jobs.py" in files
+
+
 def test_keys_read_dataclasses_by_their_fields_and_refuse_what_they_cannot_read():
     a, b = Recipe(epochs=2), Recipe(epochs=2, lr=0.02)
     assert jobs.canonical(a)["type"] == "Recipe" and jobs.canonical(a) != jobs.canonical(b)
