@@ -38,6 +38,7 @@ from .atomic import atomic_write
 from .config import cache_home
 from .provenance import code_version
 
+
 def key(spec: dict) -> str:
     """A stable hash of `spec` (key order does not matter)."""
     canonical = json.dumps({"spec": spec}, sort_keys=True, separators=(",", ":"))

@@ -68,6 +68,8 @@ def test_measures_come_back_as_written_arrays_and_all(tmp_path):
     path.with_suffix(".safetensors").write_bytes((tmp_path / "other.safetensors").read_bytes())
     with pytest.raises(measures.MeasuresCorrupt, match="is missing or is not the arrays file"):
         measures.read(path)
+    with pytest.raises(ValueError, match="two arrays of the measures would be stored as 'a.b'"):
+        measures.write(tmp_path / "clash.json", {"a.b": np.zeros(1), "a": {"b": np.ones(1)}})
     with pytest.raises(TypeError, match=r"a measure cannot be a set \(at x\)"):
         measures.write(tmp_path / "bad.json", {"x": {1, 2}})
 

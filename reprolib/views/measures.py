@@ -34,6 +34,8 @@ def arrays_path(path: Path) -> Path:
 def encode(value, arrays: dict, where: str = ""):
     """`value` as JSON data, each numpy array moved into `arrays` under its place."""
     if isinstance(value, np.ndarray):
+        if where in arrays:         # {"a.b": x} beside {"a": {"b": y}}: one name, two arrays
+            raise ValueError(f"two arrays of the measures would be stored as {where!r}")
         arrays[where] = np.ascontiguousarray(value)
         return {"$array": where}
     if isinstance(value, dict):
