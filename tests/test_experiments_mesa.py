@@ -66,7 +66,7 @@ def test_one_pattern_gets_every_retraining_and_every_sampler_measured(run):
     assert samples["entropy (nats)"].notna().sum() == 3
     assert samples["trigger ASR %"].between(0, 100).all()
     summary = view.summary_table(results)
-    assert list(summary.index) == view.METHODS == ex.METHODS
+    assert list(summary.index) == view.METHODS and view.MESA_METHODS == ex.MESA_METHODS
     assert summary.loc["baseline", "mean ASR %"] == pytest.approx(
         results[results.method == "baseline"]["ASR %"].mean())
     table = view.per_pattern(results)

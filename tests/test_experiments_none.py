@@ -56,7 +56,7 @@ def test_the_main_table_filtering_linearity_ablation_and_natural_scan(smoke_vict
     repaired = {"badnets": ex.repaired_by_none(victim=v.asked, settings=repair, augment=False,
                                                seed=0)}
     main, filtered = ex.main_table(victims, isolated, repaired)
-    assert list(main.index) == [("badnets", d) for d in ex.DEFENSES]
+    assert list(main.index) == [("badnets", d) for d in view.DEFENSES]
     assert main.loc[("badnets", "no defense"), "CA %"] == pytest.approx(100 * v.scores()["ca"])
     assert main.loc[("badnets", "NONE"), "ASR %"] == pytest.approx(
         100 * v.scores(repaired["badnets"].model)["asr"])

@@ -23,8 +23,6 @@ from ..jobs import Job, Kept, pack, step, unpack
 from ..victims import sizes, trained_victim
 from .plain import arrays, rows
 
-DEFENSES = ["no defense", "ABL", "NONE"]
-
 
 def _needs_victim(args: dict) -> list[Job]:
     return [trained_victim.job(**args["victim"])]
